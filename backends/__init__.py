@@ -1,0 +1,23 @@
+"""Backends: one DCGAN, two implementations. `get(name, config)` imports a framework only when asked."""
+
+from __future__ import annotations
+
+from backends.base import Backend
+from backends.config import CLASS_NAMES, GANConfig
+
+BACKENDS = ("numpy", "tf")
+
+
+def get(name: str, config: GANConfig) -> Backend:
+    if name == "numpy":
+        from backends.numpy import NumpyBackend
+
+        return NumpyBackend(config)
+    if name == "tf":
+        from backends.tf import TFBackend
+
+        return TFBackend(config)
+    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+__all__ = ["Backend", "BACKENDS", "CLASS_NAMES", "GANConfig", "get"]

@@ -1,0 +1,91 @@
+"""The Backend interface: what the trainer and the generator need, and no more.
+
+Arrays cross the seam as NumPy: images float32 NHWC in [-1, 1], z float (B, latent_dim),
+labels int (B,) class indices or None. Weights and optimizer state are flat dicts of NumPy
+arrays with the names of `backends.spec`, identical in every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from backends.config import GANConfig
+
+
+class Backend(ABC):
+    name: str = "?"
+
+    def __init__(self, config: GANConfig):
+        self.config = config
+
+    # --- training ---
+    @abstractmethod
+    def d_step(self, real: np.ndarray, z: np.ndarray, labels: np.ndarray | None = None) -> float:
+        """One Adam update of D on [real; G(z)] with targets [1 - smoothing; 0]; returns D's loss."""
+
+    @abstractmethod
+    def g_step(self, z: np.ndarray, labels: np.ndarray | None = None) -> float:
+        """One Adam update of G so that D calls G(z) real; returns G's loss."""
+
+    @abstractmethod
+    def train_step(
+        self, real: np.ndarray, z: np.ndarray, labels: np.ndarray | None = None
+    ) -> tuple[float, float]:
+        """A D step then a G step on the same batch and noise (fused where the backend can,
+        with G's forward pass shared); returns (d_loss, g_loss)."""
+
+    # --- inference ---
+    @abstractmethod
+    def generate(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """G in inference mode: float32 NHWC images in [-1, 1]."""
+
+    @abstractmethod
+    def discriminate(self, images: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """D's logits in inference mode (no dropout), shape (B,)."""
+
+    # --- inspection (parity tests) ---
+    @abstractmethod
+    def compute_gradients(
+        self, real: np.ndarray, z: np.ndarray, labels: np.ndarray | None = None
+    ) -> dict:
+        """Losses and gradients at the current weights, changing nothing.
+
+        Returns {"d_loss": float, "g_loss": float, "grads": {weight name: array}}: D's
+        gradients of d_loss on [real; G(z)], G's gradients of g_loss on D(G(z)), for every
+        trainable weight, both evaluated at the same (current) weights, G in training mode.
+        """
+
+    # --- state ---
+    @abstractmethod
+    def get_weights(self) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None: ...
+
+    @abstractmethod
+    def get_optimizer_state(self) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def set_optimizer_state(self, state: dict[str, np.ndarray]) -> None: ...
+
+    @abstractmethod
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        """The backend's own random state (dropout, augmentation) as named arrays."""
+
+    @abstractmethod
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None: ...
+
+
+def check_weights(expected: dict[str, tuple], given: dict[str, np.ndarray], what: str = "weights") -> None:
+    """Raise ValueError naming the first missing, unexpected or misshapen entry."""
+    missing = [n for n in expected if n not in given]
+    if missing:
+        raise ValueError(f"{what}: {len(missing)} missing, e.g. {missing[0]!r}")
+    extra = [n for n in given if n not in expected]
+    if extra:
+        raise ValueError(f"{what}: {len(extra)} unexpected, e.g. {extra[0]!r}")
+    for name, shape in expected.items():
+        if tuple(np.shape(given[name])) != tuple(shape):
+            raise ValueError(f"{what}: {name!r} has shape {np.shape(given[name])}, expected {tuple(shape)}")

@@ -1,0 +1,119 @@
+"""The one configuration both backends and the service read.
+
+A `GANConfig` fixes the model (architecture spec inputs), the optimiser, the loss options and
+the training-loop knobs. It round-trips through JSON (`to_dict` / `from_dict`) so a run
+directory's config.json rebuilds the same model in either backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+CLASS_NAMES = ("nevus", "melanoma", "seborrheic_keratosis")
+
+SUPPORTED_IMAGE_SIZES = (32, 64, 128, 256)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the field."""
+
+
+@dataclass
+class GANConfig:
+    # --- architecture (see backends.spec) ---
+    image_size: int = 64
+    latent_dim: int = 100
+    width: int = 128  # filters of the narrowest hidden conv layer; the thesis uses 128
+    max_width: int = 1024  # cap on any layer's filters; the thesis's widest layer is 1024
+    kernel_size: int = 4
+    channels: int = 3
+    num_classes: int = 0  # 0: unconditional; 3: conditional on the ISIC 2017 classes
+    dropout: float = 0.2  # discriminator dropout rate; 0 turns it off
+    leaky_slope: float = 0.2
+    # --- noise ---
+    noise: str = "uniform"  # "uniform" in [-1, 1] (the thesis) or "normal"
+    # --- optimiser: Adam, Keras 3 semantics ---
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta_1: float = 0.0005  # as the thesis prints it
+    beta_2: float = 0.999
+    epsilon: float = 1e-8  # the thesis's Adam(epsilon=1e-08)
+    # --- loss ---
+    label_smoothing: float = 0.0  # one-sided: real target is 1 - label_smoothing
+    diffaugment: str = ""  # comma list of "color", "translation", "cutout"; empty: off
+    # --- training loop (service.trainer) ---
+    batch_size: int = 100
+    margin: float = 0.1
+    max_rebalance_steps: int = 10
+    # --- numerics and randomness ---
+    dtype: str = "float32"  # "float64" only for gradient checks in the numpy backend
+    mixed_precision: bool = False  # tf backend only: bfloat16 compute where supported
+    seed: int = 0
+    preset: str = "custom"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.image_size not in SUPPORTED_IMAGE_SIZES:
+            raise ConfigError(
+                f"image_size must be one of {', '.join(map(str, SUPPORTED_IMAGE_SIZES))}, "
+                f"got {self.image_size}"
+            )
+        for name in ("latent_dim", "width", "max_width", "kernel_size", "channels", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.noise not in ("uniform", "normal"):
+            raise ConfigError(f"noise must be 'uniform' or 'normal', got {self.noise!r}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        for part in self.diffaugment_policy:
+            if part not in ("color", "translation", "cutout"):
+                raise ConfigError(
+                    f"diffaugment takes color, translation, cutout; got {part!r}"
+                )
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.margin < 0 or self.max_rebalance_steps < 0:
+            raise ConfigError("margin and max_rebalance_steps must be >= 0")
+        for name in ("lr_g", "lr_d", "epsilon"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0")
+        for name in ("beta_1", "beta_2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1)")
+
+    @property
+    def diffaugment_policy(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.diffaugment.split(",") if p.strip())
+
+    @property
+    def num_upsamplings(self) -> int:
+        """Upsampling blocks in G (= stride-2 conv blocks in D): 4 up to 64x64, then one per doubling."""
+        return max(4, int(math.log2(self.image_size // 4)))
+
+    @property
+    def base_size(self) -> int:
+        """Side of G's first feature map (the thesis: 4 at 64x64, 2 at 32x32)."""
+        return self.image_size // (2**self.num_upsamplings)
+
+    def replace(self, **changes) -> "GANConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GANConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**values)

@@ -1,0 +1,163 @@
+"""The architecture as data, and the weight names both backends share.
+
+`generator_spec(cfg)` and `discriminator_spec(cfg)` return a list of `Layer` records; each
+backend turns the list into its own layers, in order. Parameterised layers carry a unique
+`name`; a weight is called "<net>/<layer name>/<param>", e.g. "generator/conv_1/kernel".
+
+Parameters per layer kind (shapes follow Keras):
+  dense: kernel (in, units), bias (units,)
+  conv:  kernel (k, k, cin, filters), bias (filters,)
+  bn:    gamma, beta, moving_mean, moving_variance, each (channels,); the last two are not
+         trainable (moving averages), but they are weights and travel in checkpoints.
+
+Optimizer state: "opt/<net>/m/<weight name>", "opt/<net>/v/<weight name>" for each trainable
+weight of <net>, and "opt/<net>/iterations" (int64 scalar).
+
+Semantics both backends follow:
+- G's input is z (plus the one-hot label when conditional); D's input is the image (plus the
+  one-hot label broadcast to extra channels when conditional). D outputs one logit.
+- Every forward pass of G in training mode (d_step, g_step, train_step) uses batch statistics
+  and updates G's BN moving averages once; `generate` runs in inference mode (moving
+  averages), so an image depends on its own noise only.
+- D's step sees [real; fake] as one batch of 2B, targets [1 - label_smoothing; 0];
+  G's step targets 1. Both losses are mean binary cross-entropy from logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from backends.config import GANConfig
+
+NETS = ("generator", "discriminator")
+
+
+@dataclass(frozen=True)
+class Layer:
+    kind: str  # dense conv upsample bn relu leaky_relu tanh dropout reshape flatten
+    name: str
+    args: dict = field(default_factory=dict)
+
+    def __hash__(self):  # args is a dict; hash on kind and name, which are unique
+        return hash((self.kind, self.name))
+
+
+def _filters(cfg: GANConfig, level: int) -> int:
+    """Filters at a level counted from the image side: level 0 is `width`, doubling up to max."""
+    return min(cfg.width * 2**level, cfg.max_width)
+
+
+def generator_spec(cfg: GANConfig) -> list[Layer]:
+    n = cfg.num_upsamplings
+    s = cfg.base_size
+    c0 = _filters(cfg, n - 1)
+    layers = [
+        Layer("dense", "dense_0", {"units": c0 * s * s, "in": cfg.latent_dim + cfg.num_classes}),
+        Layer("bn", "bn_0", {"channels": c0 * s * s}),
+        Layer("relu", "relu_0"),
+        Layer("reshape", "reshape_0", {"shape": (s, s, c0)}),
+    ]
+    cin = c0
+    for i in range(1, n + 1):
+        last = i == n
+        cout = cfg.channels if last else _filters(cfg, n - 1 - i)
+        layers.append(Layer("upsample", f"upsample_{i}", {"factor": 2}))
+        layers.append(
+            Layer(
+                "conv",
+                f"conv_{i}",
+                {"filters": cout, "in": cin, "kernel": cfg.kernel_size, "stride": 1, "padding": "same"},
+            )
+        )
+        if last:
+            layers.append(Layer("tanh", f"tanh_{i}"))
+        else:
+            layers.append(Layer("bn", f"bn_{i}", {"channels": cout}))
+            layers.append(Layer("relu", f"relu_{i}"))
+        cin = cout
+    return layers
+
+
+def discriminator_spec(cfg: GANConfig) -> list[Layer]:
+    n = cfg.num_upsamplings
+    layers = []
+    cin = cfg.channels + cfg.num_classes
+    for i in range(n):
+        cout = _filters(cfg, i)
+        layers.append(
+            Layer(
+                "conv",
+                f"conv_{i}",
+                {"filters": cout, "in": cin, "kernel": cfg.kernel_size, "stride": 2, "padding": "same"},
+            )
+        )
+        layers.append(Layer("leaky_relu", f"leaky_relu_{i}", {"slope": cfg.leaky_slope}))
+        layers.append(Layer("dropout", f"dropout_{i}", {"rate": cfg.dropout}))
+        cin = cout
+    side = cfg.image_size // 2**n
+    layers.append(Layer("flatten", "flatten"))
+    layers.append(Layer("dense", "dense_out", {"units": 1, "in": side * side * cin}))
+    return layers
+
+
+def net_spec(cfg: GANConfig, net: str) -> list[Layer]:
+    if net == "generator":
+        return generator_spec(cfg)
+    if net == "discriminator":
+        return discriminator_spec(cfg)
+    raise ValueError(f"unknown network {net!r}")
+
+
+def layer_param_shapes(layer: Layer) -> dict[str, tuple[int, ...]]:
+    a = layer.args
+    if layer.kind == "dense":
+        return {"kernel": (a["in"], a["units"]), "bias": (a["units"],)}
+    if layer.kind == "conv":
+        return {"kernel": (a["kernel"], a["kernel"], a["in"], a["filters"]), "bias": (a["filters"],)}
+    if layer.kind == "bn":
+        c = (a["channels"],)
+        return {"gamma": c, "beta": c, "moving_mean": c, "moving_variance": c}
+    return {}
+
+
+NON_TRAINABLE = ("moving_mean", "moving_variance")
+
+
+def weight_shapes(cfg: GANConfig) -> dict[str, tuple[int, ...]]:
+    """Every weight of both networks, "<net>/<layer>/<param>" -> shape, in spec order."""
+    shapes = {}
+    for net in NETS:
+        for layer in net_spec(cfg, net):
+            for param, shape in layer_param_shapes(layer).items():
+                shapes[f"{net}/{layer.name}/{param}"] = shape
+    return shapes
+
+
+def is_trainable(weight_name: str) -> bool:
+    return weight_name.rsplit("/", 1)[-1] not in NON_TRAINABLE
+
+
+def trainable_names(cfg: GANConfig, net: str) -> list[str]:
+    return [n for n in weight_shapes(cfg) if n.startswith(net + "/") and is_trainable(n)]
+
+
+def optimizer_state_shapes(cfg: GANConfig) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    all_shapes = weight_shapes(cfg)
+    for net in NETS:
+        for name in trainable_names(cfg, net):
+            shapes[f"opt/{net}/m/{name}"] = all_shapes[name]
+            shapes[f"opt/{net}/v/{name}"] = all_shapes[name]
+        shapes[f"opt/{net}/iterations"] = ()
+    return shapes
+
+
+def count_parameters(cfg: GANConfig) -> dict[str, int]:
+    counts = {net: 0 for net in NETS}
+    for name, shape in weight_shapes(cfg).items():
+        if is_trainable(name):
+            size = 1
+            for d in shape:
+                size *= d
+            counts[name.split("/", 1)[0]] += size
+    return counts

@@ -1,0 +1,47 @@
+"""Options shared by several commands, so each is spelled and documented once."""
+
+from __future__ import annotations
+
+import argparse
+
+from backends.presets import PRESETS
+
+
+def add_backend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("tf", "numpy"), default="tf", help="compute backend (default: tf)")
+
+
+def add_seed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+
+def add_data(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        required=required,
+        help="ISIC 2017 folder, any image folder, or a DermaMNIST-style .npz "
+        "(default: the embedded stand-in dataset)",
+    )
+    p.add_argument("--labels", metavar="CSV", help="ground-truth CSV (image_id,melanoma,seborrheic_keratosis)")
+    p.add_argument("--crop", choices=("center", "squash"), default="center", help="fit images by center-crop (default) or squash")
+    p.add_argument("--strict", action="store_true", help="stop on the first unreadable image instead of skipping it")
+
+
+def add_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="training recipe (default: default; seed = the thesis)")
+    p.add_argument("--epochs", type=int, help="epochs to train")
+    p.add_argument("--image-size", type=int, choices=(32, 64, 128, 256), default=64, help="image side in pixels (default: 64)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training cleanly after this many seconds")
+    p.add_argument("--conditional", action="store_true", help="condition G and D on the three ISIC classes")
+
+
+def not_implemented(what: str):
+    """For a command whose issue has not landed: exit 2, never a fake result."""
+    from service.errors import NotImplementedYet
+
+    def run(args):
+        raise NotImplementedYet(what)
+
+    return run
