@@ -1,0 +1,203 @@
+"""Checkpoints: backend-neutral .npz files, written atomically, checksummed, last few kept.
+
+A checkpoint is a flat dict of NumPy arrays:
+  weights               "<net>/<layer>/<param>"   (backends.spec names, same in every backend)
+  optimizer state       "opt/..."                 (backends.spec names)
+  backend RNG           "rng/<backend>/..."       (skipped when resuming in another backend)
+  trainer RNG           "rng/trainer/..."
+  counters              "meta/step", "meta/epoch", "meta/batch_in_epoch", ...
+  checksum              "meta/sha256"             (32 bytes, over every other array)
+
+It is written to a temp file, fsynced and moved into place with os.replace, so a reader sees
+either the old set of checkpoints or the new one, never half a file. A file torn some other
+way (disk full, copied halfway) fails its checksum and `load_latest_valid` falls back to the
+previous one with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from service.errors import UserError
+from service.rundir import CHECKPOINT_DIR, load_config
+
+CHECKSUM_KEY = "meta/sha256"
+_NAME = re.compile(r"^ckpt-(\d{9,})\.npz$")
+_NOT_WEIGHTS = ("opt/", "rng/", "meta/")
+
+
+class CorruptCheckpoint(UserError):
+    """A checkpoint file that cannot be read or whose checksum does not match."""
+
+
+class CheckpointWarning(UserWarning):
+    pass
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> bytes:
+    """Digest of named arrays, independent of dict order: name, dtype, shape and bytes of each."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        if name == CHECKSUM_KEY:
+            continue
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(name.encode())
+        digest.update(f"|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(memoryview(array).cast("B") if array.size else b"")
+    return digest.digest()
+
+
+def checkpoint_dir(run_dir) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def checkpoint_path(run_dir, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"ckpt-{int(step):09d}.npz"
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Checkpoints of a run, oldest first (by step)."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def step_of(path) -> int:
+    m = _NAME.match(Path(path).name)
+    if not m:
+        raise ValueError(f"not a checkpoint file name: {path}")
+    return int(m.group(1))
+
+
+def save_checkpoint(run_dir, step: int, arrays: dict[str, np.ndarray], keep: int = 3) -> Path:
+    """Write RUN/checkpoints/ckpt-<step>.npz atomically with an embedded checksum; keep the last `keep`."""
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {name: np.asarray(value) for name, value in arrays.items() if name != CHECKSUM_KEY}
+    for name, value in payload.items():
+        if value.dtype == object:
+            raise TypeError(f"checkpoint array {name!r} has dtype object; only plain arrays are stored")
+    payload[CHECKSUM_KEY] = np.frombuffer(arrays_sha256(payload), dtype=np.uint8)
+    final = checkpoint_path(run_dir, step)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(folder)
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path) -> dict[str, np.ndarray]:
+    """Read and verify one checkpoint; CorruptCheckpoint if it is unreadable or fails its checksum."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise CorruptCheckpoint(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+    stored = arrays.pop(CHECKSUM_KEY, None)
+    if stored is None:
+        raise CorruptCheckpoint(f"checkpoint {path} has no checksum ({CHECKSUM_KEY})")
+    if bytes(np.asarray(stored, dtype=np.uint8)) != arrays_sha256(arrays):
+        raise CorruptCheckpoint(f"checkpoint {path} fails its checksum (torn or modified)")
+    return arrays
+
+
+def latest_checkpoint(run_dir) -> Path:
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise UserError(f"no checkpoint in {checkpoint_dir(run_dir)}")
+    return found[-1]
+
+
+def load_latest_valid(run_dir) -> tuple[Path, dict[str, np.ndarray]]:
+    """The newest checkpoint that verifies; warns about each newer one that does not."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise UserError(f"no checkpoint in {checkpoint_dir(run_dir)}")
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path)
+        except CorruptCheckpoint as e:
+            warnings.warn(f"{e}; falling back to the previous checkpoint", CheckpointWarning, stacklevel=2)
+    raise CorruptCheckpoint(f"every checkpoint in {checkpoint_dir(run_dir)} is corrupt ({len(found)} tried)")
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def split_arrays(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """{"weights", "opt", "rng", "meta"} parts of a checkpoint (rng and meta keep full names)."""
+    parts = {"weights": {}, "opt": {}, "rng": {}, "meta": {}}
+    for name, value in arrays.items():
+        if name.startswith("opt/"):
+            parts["opt"][name] = value
+        elif name.startswith("rng/"):
+            parts["rng"][name] = value
+        elif name.startswith("meta/"):
+            parts["meta"][name] = value
+        else:
+            parts["weights"][name] = value
+    return parts
+
+
+def weights_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {n: v for n, v in arrays.items() if not n.startswith(_NOT_WEIGHTS)}
+
+
+def backend_rng_state(arrays: dict[str, np.ndarray], backend_name: str) -> dict[str, np.ndarray]:
+    """This backend's own RNG arrays, full names "rng/<backend>/..."; other backends' are left out."""
+    prefix = f"rng/{backend_name}/"
+    return {n: v for n, v in arrays.items() if n.startswith(prefix)}
+
+
+def restore_backend(run_dir, backend_name: str):
+    """(backend, config, arrays): a backend built from RUN/config.json with the latest valid weights."""
+    import backends
+
+    config, _ = load_config(run_dir)
+    _, arrays = load_latest_valid(run_dir)
+    backend = backends.get(backend_name, config)
+    try:
+        backend.set_weights(weights_only(arrays))
+    except ValueError as e:
+        raise UserError(f"checkpoint in {run_dir} does not match its config: {e}") from e
+    return backend, config, arrays

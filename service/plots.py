@@ -1,0 +1,88 @@
+"""Training plots: the loss curve of a run (RUN/loss_curve.png) from its metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def read_step_metrics(metrics_path) -> dict[str, np.ndarray]:
+    """Columns of the per-step lines of a metrics.jsonl (torn or non-step lines skipped)."""
+    steps, d_loss, g_loss, extra_d, extra_g = [], [], [], [], []
+    with open(metrics_path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("type") != "step":
+                continue
+            steps.append(record["step"])
+            d_loss.append(record["d_loss"])
+            g_loss.append(record["g_loss"])
+            extra_d.append(record.get("rebalance_d", 0))
+            extra_g.append(record.get("rebalance_g", 0))
+    return {
+        "step": np.asarray(steps, dtype=np.int64),
+        "d_loss": np.asarray(d_loss, dtype=np.float64),
+        "g_loss": np.asarray(g_loss, dtype=np.float64),
+        "rebalance_d": np.asarray(extra_d, dtype=np.int64),
+        "rebalance_g": np.asarray(extra_g, dtype=np.int64),
+    }
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over up to `window` points (shorter at the start), same length as `values`."""
+    if len(values) == 0 or window <= 1:
+        return np.asarray(values, dtype=np.float64)
+    cumulative = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    index = np.arange(1, len(values) + 1)
+    start = np.maximum(index - window, 0)
+    return (cumulative[index] - cumulative[start]) / (index - start)
+
+
+def plot_loss_curve(metrics_path, out_path) -> Path | None:
+    """D and G losses per step (raw, faint; smoothed, solid) and cumulative rebalance steps.
+
+    Returns the PNG path, or None when the run has no step yet.
+    """
+    columns = read_step_metrics(metrics_path)
+    if len(columns["step"]) == 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    steps = columns["step"]
+    window = max(1, len(steps) // 50)
+    fig, (ax_loss, ax_extra) = plt.subplots(
+        2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for key, colour, label in (("d_loss", "tab:blue", "discriminator"), ("g_loss", "tab:orange", "generator")):
+        ax_loss.plot(steps, columns[key], color=colour, alpha=0.25, linewidth=0.8)
+        ax_loss.plot(steps, moving_average(columns[key], window), color=colour, label=label)
+    ax_loss.set_ylabel("BCE loss")
+    ax_loss.set_title(f"Losses per step (solid: mean of {window})" if window > 1 else "Losses per step")
+    ax_loss.legend(loc="upper right")
+    ax_loss.grid(alpha=0.3)
+    ax_extra.plot(steps, np.cumsum(columns["rebalance_d"]), color="tab:blue", label="extra D steps")
+    ax_extra.plot(steps, np.cumsum(columns["rebalance_g"]), color="tab:orange", label="extra G steps")
+    ax_extra.set_xlabel("step")
+    ax_extra.set_ylabel("rebalance\n(cumulative)")
+    ax_extra.legend(loc="upper left")
+    ax_extra.grid(alpha=0.3)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out_path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return out_path

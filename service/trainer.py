@@ -1,0 +1,557 @@
+"""The margin-balanced trainer: the thesis's training loop, once, above the Backend interface.
+
+Per batch: one D step on [real; G(z)] and one G step on the same z (`Backend.train_step`), then
+the thesis's inter-model margin rebalancing (`rebalance`).
+
+Which model is retrained. The thesis's prose says "identify the model with smallest loss and
+keep training it", but its GAN.py listing ("Convergence conditions", lines 176-192) does the
+opposite, and the listing is what produced its results: if g_loss < d_loss it calls
+`discriminator.train_on_batch` again, if d_loss < g_loss it calls
+`discriminator_on_generator.train_on_batch` (G) again - so the model with the HIGHER loss is
+trained again, on the same batch, while |d_loss - g_loss| > margin, and the loop breaks as soon
+as the retrained model's loss drops below the other's (the order flips). We follow the
+listing (and DESIGN.md). Two deliberate differences: the loop is capped by
+`config.max_rebalance_steps` per batch (the thesis's loop had no cap and hung at 512x512), and
+a repeated D step regenerates G(z) from the same z with the current G (the Backend's d_step),
+where the thesis reused the fakes generated before the batch's G step.
+
+Randomness is all in the trainer RNG (a seeded numpy PCG64 Generator: the epoch's shuffle,
+then each step's z) and the backend's own RNG (dropout). Both, with the epoch's permutation and
+the batch index within it, go into every checkpoint, so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from backends.base import Backend
+from backends.noise import sample_noise
+from service import checkpoint as ckpt
+from service.errors import UserError
+from service.rundir import LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_DIR
+
+SAMPLE_GRID_SIZE = 64  # images in each epoch's fixed-noise sample grid (8 x 8)
+_TRAINER_SEED_STREAM = 1  # SeedSequence([seed, stream]) keeps the trainer's streams apart
+_SAMPLE_NOISE_STREAM = 2
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or inf: bad hyperparameters or data, not a bug, so the CLI exits 2."""
+
+
+# --------------------------------------------------------------------------- rebalancing
+
+
+@dataclass
+class RebalanceResult:
+    d_loss: float
+    g_loss: float
+    extra_d: int
+    extra_g: int
+
+
+def rebalance(
+    d_step: Callable[[], float],
+    g_step: Callable[[], float],
+    d_loss: float,
+    g_loss: float,
+    margin: float,
+    max_steps: int,
+) -> RebalanceResult:
+    """The thesis's convergence condition: retrain the model with the higher loss on the same batch.
+
+    Runs while |d_loss - g_loss| > margin, at most `max_steps` extra steps, and stops as soon as
+    the retrained model's loss falls below the other's. Only the retrained model's loss is
+    re-measured (the other model did not change). A NaN loss ends the loop (the caller checks).
+    """
+    extra_d = extra_g = 0
+    retrain_d = d_loss > g_loss  # fixed for the batch, as in the thesis's two separate loops
+    while abs(d_loss - g_loss) > margin and extra_d + extra_g < max_steps:
+        if retrain_d:
+            d_loss = float(d_step())
+            extra_d += 1
+            if d_loss < g_loss:
+                break
+        else:
+            g_loss = float(g_step())
+            extra_g += 1
+            if g_loss < d_loss:
+                break
+    return RebalanceResult(d_loss, g_loss, extra_d, extra_g)
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def trainer_rng(seed: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), _TRAINER_SEED_STREAM])))
+
+
+def fixed_sample_noise(config, count: int = SAMPLE_GRID_SIZE) -> np.ndarray:
+    """The noise behind every epoch's sample grid: the same z each epoch, so grids are comparable."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(config.seed), _SAMPLE_NOISE_STREAM])))
+    return sample_noise(rng, count, config)
+
+
+def grid_labels(num_classes: int, count: int = SAMPLE_GRID_SIZE, columns: int = 8) -> np.ndarray | None:
+    """Class of each grid cell, whole rows per class (rows split as evenly as the classes allow)."""
+    if num_classes <= 0:
+        return None
+    rows = math.ceil(count / columns)
+    row_class = (np.arange(rows) * num_classes) // rows
+    return np.repeat(row_class, columns)[:count].astype(np.int64)
+
+
+def _int128_to_bytes(value: int) -> np.ndarray:
+    return np.frombuffer(int(value).to_bytes(16, "little"), dtype=np.uint8).copy()
+
+
+def rng_to_arrays(rng: np.random.Generator, prefix: str) -> dict[str, np.ndarray]:
+    """A PCG64 Generator's exact state as plain arrays (its 128-bit integers as 16 bytes each)."""
+    state = rng.bit_generator.state
+    if state["bit_generator"] != "PCG64":
+        raise ValueError(f"only PCG64 state is serialised, got {state['bit_generator']}")
+    return {
+        prefix + "state": _int128_to_bytes(state["state"]["state"]),
+        prefix + "inc": _int128_to_bytes(state["state"]["inc"]),
+        prefix + "has_uint32": np.array(state["has_uint32"], dtype=np.int64),
+        prefix + "uinteger": np.array(state["uinteger"], dtype=np.int64),
+    }
+
+
+def rng_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> np.random.Generator:
+    bit_generator = np.random.PCG64()
+    bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {
+            "state": int.from_bytes(bytes(arrays[prefix + "state"]), "little"),
+            "inc": int.from_bytes(bytes(arrays[prefix + "inc"]), "little"),
+        },
+        "has_uint32": int(arrays[prefix + "has_uint32"]),
+        "uinteger": int(arrays[prefix + "uinteger"]),
+    }
+    return np.random.Generator(bit_generator)
+
+
+# --------------------------------------------------------------------------- stop signals
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: "Trainer"):
+    """SIGINT/SIGTERM ask the trainer to stop after the step in flight (it then saves and returns).
+
+    A second SIGINT raises KeyboardInterrupt at once. Outside the main thread (e.g. a Ray
+    worker thread) signal handlers cannot be installed, and this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer.stop_reason is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.request_stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed", "time_budget", "stopped:<SIGNAL>", "stopped:callback", "nothing_to_do"
+    step: int
+    epoch: int  # completed epochs
+    checkpoint: Path | None
+    seconds: float  # wall seconds of this call
+    images_per_second: float
+    rebalance_d: int  # extra D steps over the whole run
+    rebalance_g: int
+
+
+EpochHook = Callable[[int, Backend, Path, dict], object]
+
+
+class Trainer:
+    """Trains `backend` on `images` (float32 NHWC in [-1, 1]), writing into `run_dir`.
+
+    epochs: total epochs to reach (None: until the time budget). time_budget: seconds for this
+    call; the step in flight finishes, then a checkpoint is saved. checkpoint_every: also save
+    every N steps (0: only at epoch ends and on stop). validate(epoch, backend, run_dir) -> dict
+    of metrics merged into the epoch's summary line; on_epoch_end(epoch, backend, run_dir,
+    metrics) is called after the epoch's checkpoint, and returning True stops the run.
+    sample_grid / loss_curve turn off the per-epoch PNG grid and the end-of-run loss plot.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        images: np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        run_dir,
+        epochs: int | None = None,
+        time_budget: float | None = None,
+        checkpoint_every: int = 0,
+        keep: int = 3,
+        progress: bool = True,
+        validate: Callable[[int, Backend, Path], dict | None] | None = None,
+        on_epoch_end: EpochHook | None = None,
+        sample_grid: bool = True,
+        loss_curve: bool = True,
+        handle_signals: bool = True,
+    ):
+        self.backend = backend
+        self.config = config = backend.config
+        self.run_dir = Path(run_dir)
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (config.image_size, config.image_size, config.channels):
+            raise UserError(
+                f"images have shape {images.shape[1:]}, the model expects "
+                f"{(config.image_size, config.image_size, config.channels)}"
+            )
+        if images.dtype != np.dtype(config.dtype):
+            images = images.astype(config.dtype)
+        self.images = images
+        if config.num_classes > 0:
+            if labels is None:
+                raise UserError("conditional training needs class labels, and this dataset has none")
+            labels = np.asarray(labels, dtype=np.int64)
+            if labels.shape != (len(images),):
+                raise UserError(f"got {labels.shape[0] if labels.ndim else 0} labels for {len(images)} images")
+            if labels.min() < 0 or labels.max() >= config.num_classes:
+                raise UserError(f"labels must be class indices in [0, {config.num_classes - 1}]")
+            self.labels = labels
+        else:
+            self.labels = None
+        self.batch_size = config.batch_size
+        self.batches_per_epoch = len(images) // self.batch_size  # the last partial batch is dropped
+        if self.batches_per_epoch == 0:
+            raise UserError(f"the dataset has {len(images)} images, fewer than one batch of {self.batch_size}")
+        if epochs is None and time_budget is None:
+            raise UserError("give a number of epochs or a time budget")
+        if epochs is not None and epochs < 0:
+            raise UserError(f"epochs must be >= 0, got {epochs}")
+        if time_budget is not None and not time_budget > 0:
+            raise UserError(f"time budget must be > 0 seconds, got {time_budget}")
+        self.epochs = epochs
+        self.time_budget = time_budget
+        self.checkpoint_every = int(checkpoint_every or 0)
+        self.keep = keep
+        self.progress = progress
+        self.validate = validate
+        self.on_epoch_end = on_epoch_end
+        self.sample_grid = sample_grid
+        self.loss_curve = loss_curve
+        self.handle_signals = handle_signals
+        self.stop_reason: str | None = None
+
+        # state that a checkpoint carries
+        self.rng = trainer_rng(config.seed)
+        self.step = 0
+        self.epoch = 0  # completed epochs
+        self.batch_in_epoch = 0
+        self.permutation = np.zeros(0, dtype=np.int64)
+        self.rebalance_d = 0
+        self.rebalance_g = 0
+        self.train_seconds = 0.0
+        self._epoch_sums = np.zeros(5)  # d_loss, g_loss, rebalance_d, rebalance_g, seconds
+        self.last_checkpoint: Path | None = None
+
+    # ----------------------------------------------------------------- state
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Stop after the step in flight (safe to call from a signal handler or another thread)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        backend = self.backend
+        arrays = {n: np.asarray(v) for n, v in backend.get_weights().items()}
+        arrays.update({n: np.asarray(v) for n, v in backend.get_optimizer_state().items()})
+        prefix = f"rng/{backend.name}/"  # backends name their RNG arrays "rng/<backend>/..." already
+        arrays.update(
+            {(n if n.startswith(prefix) else prefix + n): np.asarray(v) for n, v in backend.get_rng_state().items()}
+        )
+        arrays.update(rng_to_arrays(self.rng, "rng/trainer/"))
+        arrays["rng/trainer/permutation"] = np.asarray(self.permutation, dtype=np.int64)
+        arrays.update(
+            {
+                "meta/step": np.array(self.step, dtype=np.int64),
+                "meta/epoch": np.array(self.epoch, dtype=np.int64),
+                "meta/batch_in_epoch": np.array(self.batch_in_epoch, dtype=np.int64),
+                "meta/batch_size": np.array(self.batch_size, dtype=np.int64),
+                "meta/dataset_count": np.array(len(self.images), dtype=np.int64),
+                "meta/rebalance_d": np.array(self.rebalance_d, dtype=np.int64),
+                "meta/rebalance_g": np.array(self.rebalance_g, dtype=np.int64),
+                "meta/train_seconds": np.array(self.train_seconds, dtype=np.float64),
+                "meta/epoch_sums": self._epoch_sums.astype(np.float64),
+            }
+        )
+        return arrays
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Continue from a checkpoint's arrays (weights, optimizer, RNG streams, counters)."""
+        parts = ckpt.split_arrays(arrays)
+        meta = parts["meta"]
+        for name in ("meta/batch_size", "meta/dataset_count"):
+            if name in meta:
+                expected = self.batch_size if name == "meta/batch_size" else len(self.images)
+                if int(meta[name]) != expected:
+                    raise UserError(
+                        f"cannot resume: the checkpoint was trained with {name.split('/')[1]} "
+                        f"{int(meta[name])}, now {expected}"
+                    )
+        try:
+            self.backend.set_weights(parts["weights"])
+            if parts["opt"]:
+                self.backend.set_optimizer_state(parts["opt"])
+        except ValueError as e:
+            raise UserError(f"cannot resume: checkpoint does not match the model: {e}") from e
+        own_rng = ckpt.backend_rng_state(arrays, self.backend.name)
+        if own_rng:  # resuming in the other backend: its dropout stream starts afresh
+            self.backend.set_rng_state(own_rng)
+        self.rng = rng_from_arrays(arrays, "rng/trainer/")
+        self.permutation = np.asarray(arrays["rng/trainer/permutation"], dtype=np.int64)
+        self.step = int(meta["meta/step"])
+        self.epoch = int(meta["meta/epoch"])
+        self.batch_in_epoch = int(meta["meta/batch_in_epoch"])
+        self.rebalance_d = int(meta.get("meta/rebalance_d", 0))
+        self.rebalance_g = int(meta.get("meta/rebalance_g", 0))
+        self.train_seconds = float(meta.get("meta/train_seconds", 0.0))
+        self._epoch_sums = np.asarray(meta.get("meta/epoch_sums", np.zeros(5)), dtype=np.float64).copy()
+        self.truncate_metrics()
+
+    def save(self) -> Path:
+        self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, self.step, self.state_arrays(), keep=self.keep)
+        return self.last_checkpoint
+
+    def truncate_metrics(self) -> None:
+        """Drop metrics lines written after the checkpoint we resume from (a killed run's tail)."""
+        path = self.run_dir / METRICS_FILE
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill
+            if record.get("type") == "epoch":
+                if record.get("epoch", 0) <= self.epoch:
+                    kept.append(line)
+            elif record.get("step", 0) <= self.step:
+                kept.append(line)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+    # ----------------------------------------------------------------- loop
+
+    def _finished_epochs(self) -> bool:
+        return self.epochs is not None and self.epoch >= self.epochs
+
+    def run(self) -> TrainResult:
+        context = stop_on_signals(self) if self.handle_signals else contextlib.nullcontext()
+        with context:
+            return self._run()
+
+    def _run(self) -> TrainResult:
+        started = time.perf_counter()
+        start_step = self.step
+        if self._finished_epochs():
+            return self._result("nothing_to_do", started, start_step)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / SAMPLES_DIR).mkdir(exist_ok=True)
+        bar = self._progress_bar()
+        metrics_file = open(self.run_dir / METRICS_FILE, "a")
+        status = "completed"
+        try:
+            while not self._finished_epochs():
+                status = self._run_epoch(started, bar, metrics_file)
+                if status != "completed":
+                    break
+        finally:
+            metrics_file.close()
+            bar.close()
+            if self.loss_curve:
+                self._plot_losses()
+        return self._result(status, started, start_step)
+
+    def _run_epoch(self, started: float, bar, metrics_file) -> str:
+        config, backend = self.config, self.backend
+        if self.batch_in_epoch == 0:
+            self.permutation = self.rng.permutation(len(self.images)).astype(np.int64)
+            self._epoch_sums[:] = 0.0
+        for batch in range(self.batch_in_epoch, self.batches_per_epoch):
+            index = self.permutation[batch * self.batch_size : (batch + 1) * self.batch_size]
+            real = self.images[index]
+            labels = None if self.labels is None else self.labels[index]
+            z = sample_noise(self.rng, self.batch_size, config)
+
+            step_started = time.perf_counter()
+            d_loss, g_loss = backend.train_step(real, z, labels)
+            result = rebalance(
+                lambda: backend.d_step(real, z, labels),
+                lambda: backend.g_step(z, labels),
+                float(d_loss),
+                float(g_loss),
+                config.margin,
+                config.max_rebalance_steps,
+            )
+            seconds = time.perf_counter() - step_started
+            if not (math.isfinite(result.d_loss) and math.isfinite(result.g_loss)):
+                self._diverged(self.step + 1, result, metrics_file)
+
+            self.step += 1
+            self.batch_in_epoch = batch + 1
+            self.rebalance_d += result.extra_d
+            self.rebalance_g += result.extra_g
+            self.train_seconds += seconds
+            self._epoch_sums += (result.d_loss, result.g_loss, result.extra_d, result.extra_g, seconds)
+            metrics_file.write(
+                json.dumps(
+                    {
+                        "type": "step",
+                        "step": self.step,
+                        "epoch": self.epoch + 1,
+                        "d_loss": result.d_loss,
+                        "g_loss": result.g_loss,
+                        "rebalance_d": result.extra_d,
+                        "rebalance_g": result.extra_g,
+                        "seconds": round(seconds, 6),
+                    }
+                )
+                + "\n"
+            )
+            metrics_file.flush()
+            self._update_bar(bar, result)
+
+            out_of_time = self.time_budget is not None and time.perf_counter() - started >= self.time_budget
+            if self.stop_reason is not None or out_of_time:
+                self.save()
+                return f"stopped:{self.stop_reason}" if self.stop_reason else "time_budget"
+            if self.checkpoint_every and self.step % self.checkpoint_every == 0 and batch + 1 < self.batches_per_epoch:
+                self.save()
+        return self._end_epoch(metrics_file)
+
+    def _end_epoch(self, metrics_file) -> str:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        steps = self.batches_per_epoch
+        d_sum, g_sum, extra_d, extra_g, seconds = self._epoch_sums
+        summary = {
+            "type": "epoch",
+            "epoch": self.epoch,
+            "step": self.step,
+            "d_loss": d_sum / steps,
+            "g_loss": g_sum / steps,
+            "rebalance_d": int(extra_d),
+            "rebalance_g": int(extra_g),
+            "seconds": round(float(seconds), 6),
+            "images_per_second": steps * self.batch_size / seconds if seconds > 0 else None,
+        }
+        if self.sample_grid:
+            summary["samples"] = str(self._write_sample_grid())
+        self.save()
+        summary["checkpoint"] = str(self.last_checkpoint)
+        if self.validate is not None:
+            summary.update(self.validate(self.epoch, self.backend, self.run_dir) or {})
+        metrics_file.write(json.dumps(summary) + "\n")
+        metrics_file.flush()
+        if self.on_epoch_end is not None and self.on_epoch_end(self.epoch, self.backend, self.run_dir, summary) is True:
+            self.request_stop("callback")
+        if self.stop_reason is not None:
+            return f"stopped:{self.stop_reason}"
+        return "completed"
+
+    def _write_sample_grid(self) -> Path:
+        from service.imageio import save_grid
+
+        z = fixed_sample_noise(self.config)
+        labels = grid_labels(self.config.num_classes, len(z))
+        images = self.backend.generate(z, labels)
+        path = self.run_dir / SAMPLES_DIR / f"epoch_{self.epoch:04d}.png"
+        save_grid(path, images, columns=8)
+        return path
+
+    def _diverged(self, step: int, result: RebalanceResult, metrics_file) -> None:
+        metrics_file.write(
+            json.dumps({"type": "diverged", "step": step, "d_loss": repr(result.d_loss), "g_loss": repr(result.g_loss)})
+            + "\n"
+        )
+        metrics_file.flush()
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint is not None
+            else "no checkpoint was written in this session"
+        )
+        raise TrainingDiverged(
+            f"training diverged at step {step} (d_loss={result.d_loss}, g_loss={result.g_loss}); "
+            f"{kept}; try a lower learning rate"
+        )
+
+    # ----------------------------------------------------------------- reporting
+
+    def _progress_bar(self):
+        from tqdm import tqdm
+
+        total = None if self.epochs is None else self.epochs * self.batches_per_epoch
+        return tqdm(
+            total=total,
+            initial=self.step,
+            disable=not self.progress,
+            unit="step",
+            desc="train",
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+
+    def _update_bar(self, bar, result: RebalanceResult) -> None:
+        if bar.disable:
+            return
+        rate = self.step and self.batch_size * self.step / max(self.train_seconds, 1e-9)
+        epochs = "?" if self.epochs is None else str(self.epochs)
+        bar.set_postfix_str(
+            f"epoch {self.epoch + 1}/{epochs} step {self.step} d {result.d_loss:.3f} "
+            f"g {result.g_loss:.3f} {rate:.0f} img/s",
+            refresh=False,
+        )
+        bar.update(1)
+
+    def _plot_losses(self) -> None:
+        from service.plots import plot_loss_curve
+
+        metrics = self.run_dir / METRICS_FILE
+        if metrics.exists():
+            plot_loss_curve(metrics, self.run_dir / LOSS_CURVE_FILE)
+
+    def _result(self, status: str, started: float, start_step: int) -> TrainResult:
+        seconds = time.perf_counter() - started
+        images = (self.step - start_step) * self.batch_size
+        return TrainResult(
+            status=status,
+            step=self.step,
+            epoch=self.epoch,
+            checkpoint=self.last_checkpoint,
+            seconds=seconds,
+            images_per_second=images / seconds if seconds > 0 else 0.0,
+            rebalance_d=self.rebalance_d,
+            rebalance_g=self.rebalance_g,
+        )

@@ -1,0 +1,208 @@
+"""`python -m service.run train`: run directory, config precedence, resume after kill -9,
+SIGTERM, corrupt-checkpoint fallback, and one-line exit-2 errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import checkpoint as ckpt
+from service.run import main
+
+pytest.importorskip("backends.numpy")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"width": 4, "max_width": 16, "latent_dim": 8, "batch_size": 4, "max_rebalance_steps": 2}
+
+
+@pytest.fixture(autouse=True)
+def single_numba_thread():
+    """Tiny tensors on a shared 2-core box: Numba's parallel threads only add wake-up latency."""
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(previous)
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    """12 random 32x32 images with labels in 3 classes (DermaMNIST-style .npz), and a tiny-model config."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(
+        data,
+        train_images=rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8),
+        train_labels=np.arange(12) % 3,
+    )
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, train_images=rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8))
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    return {"data": str(data), "unlabelled": str(unlabelled), "config": str(config)}
+
+
+def train_args(tiny_data, out, *extra):
+    return [
+        "train", "--data", tiny_data["data"], "--out", str(out), "--backend", "numpy",
+        "--config", tiny_data["config"], "--image-size", "32", "--no-progress", *extra,
+    ]
+
+
+def state_without_timings(run_dir) -> dict[str, np.ndarray]:
+    _, arrays = ckpt.load_latest_valid(run_dir)
+    return {k: v for k, v in arrays.items() if k not in ("meta/train_seconds", "meta/epoch_sums")}
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_train_writes_a_run_directory_and_says_where(tmp_path, tiny_data, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_data, out, "--epochs", "2", "--seed", "5")) == 0
+    stdout = capsys.readouterr().out
+    assert f"run directory: {out}" in stdout
+    full = json.loads((out / "config.json").read_text())
+    model = full["model"]
+    assert model["width"] == 4 and model["batch_size"] == 4 and model["image_size"] == 32
+    assert model["seed"] == 5 and model["preset"] == "default+custom" and model["num_classes"] == 0
+    assert model["beta_1"] == 0.5  # from the default preset, not overridden by the JSON
+    assert full["backend"] == "numpy" and full["data"]["count"] == 12 and len(full["data"]["fingerprint"]) == 64
+    assert [ckpt.step_of(p) for p in ckpt.list_checkpoints(out)] == [3, 6]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
+    assert (out / "loss_curve.png").is_file()
+
+
+def test_conditional_training_takes_classes_from_the_data(tmp_path, tiny_data):
+    out = tmp_path / "cond"
+    assert main(train_args(tiny_data, out, "--epochs", "1", "--conditional")) == 0
+    full = json.loads((out / "config.json").read_text())
+    assert full["model"]["num_classes"] == len(full["data"]["class_names"]) == 3
+    assert (out / "samples" / "epoch_0001.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "case, argv, message",
+    [
+        ("no out", ["train", "--backend", "numpy"], "--out"),
+        ("missing data", ["train", "--data", "/nonexistent/x.npz", "--out", "{tmp}/r", "--backend", "numpy"], "not found"),
+        ("no labels", "UNLABELLED", "labels"),
+        ("not a run", ["train", "--resume", "{tmp}"], "not a run directory"),
+        ("bad config field", "BADCONFIG", "bogus"),
+        ("batch too big", "BIGBATCH", "fewer than one batch"),
+        ("zero epochs", "ZEROEPOCHS", "--epochs"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, tiny_data, capsys, case, argv, message):
+    if argv == "UNLABELLED":
+        argv = train_args({**tiny_data, "data": tiny_data["unlabelled"]}, tmp_path / "r", "--conditional")
+    elif argv == "BADCONFIG":
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"bogus": 1}))
+        argv = train_args({**tiny_data, "config": str(bad)}, tmp_path / "r")
+    elif argv == "BIGBATCH":
+        argv = train_args(tiny_data, tmp_path / "r", "--batch-size", "64", "--epochs", "1")
+    elif argv == "ZEROEPOCHS":
+        argv = train_args(tiny_data, tmp_path / "r", "--epochs", "0")
+    else:
+        argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:") and message in err
+
+
+def test_resume_refuses_model_flags_and_finished_runs_do_nothing(tmp_path, tiny_data, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_data, out, "--epochs", "1")) == 0
+    assert main(["train", "--resume", str(out), "--preset", "seed"]) == 2
+    assert "drop --preset" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, tiny_data, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_data, out, "--epochs", "2")) == 0
+    newest = ckpt.latest_checkpoint(out)
+    newest.write_bytes(newest.read_bytes()[:-200])  # torn
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and newest.name in captured.err
+    assert "from ckpt-000000003.npz" in captured.err
+    assert ckpt.step_of(ckpt.latest_checkpoint(out)) == 9  # 3 (kept) + 2 epochs of 3 steps
+    steps = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in l and '"type": "step"' in l]
+    assert steps == list(range(1, 10))
+
+
+def start_training_subprocess(tiny_data, out):
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.run", *train_args(tiny_data, out, "--epochs", "10000", "--checkpoint-every", "1")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_checkpoint(process, out, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ckpt.list_checkpoints(out):
+            return
+        if process.poll() is not None:
+            pytest.fail(f"training exited early ({process.returncode}): {process.stderr.read()[-500:]}")
+        time.sleep(0.02)
+    process.kill()
+    pytest.fail("no checkpoint appeared in time")
+
+
+def test_kill_9_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, tiny_data):
+    killed = tmp_path / "killed"
+    process = start_training_subprocess(tiny_data, killed)
+    try:
+        wait_for_checkpoint(process, killed)
+        time.sleep(0.1)  # let it run a few more steps, perhaps into a checkpoint write
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    _, arrays = ckpt.load_latest_valid(killed)
+    target_epochs = int(arrays["meta/epoch"]) + 2  # always ends mid-run: at least one full epoch to go
+    assert main(["train", "--resume", str(killed), "--epochs", str(target_epochs), "--no-progress"]) == 0
+
+    straight = tmp_path / "straight"
+    assert main(train_args(tiny_data, straight, "--epochs", str(target_epochs))) == 0
+    assert ckpt.step_of(ckpt.latest_checkpoint(straight)) == target_epochs * 3
+    assert_same_state(state_without_timings(straight), state_without_timings(killed))
+    lines = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if m["type"] == "step"] == list(range(1, target_epochs * 3 + 1))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    process = start_training_subprocess(tiny_data, out)
+    try:
+        wait_for_checkpoint(process, out)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-500:]
+    assert "stopped (SIGTERM)" in stdout and f"run directory: {out}" in stdout
+    last_step = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]["step"]
+    assert ckpt.step_of(ckpt.latest_checkpoint(out)) == last_step
+    ckpt.load_checkpoint(ckpt.latest_checkpoint(out))  # verifies
