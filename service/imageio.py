@@ -73,6 +73,14 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     _write_atomically(path, encoded.tobytes())
 
 
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file written by save_png back as uint8 RGB HWC."""
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def save_grid(path: str | os.PathLike, images: np.ndarray, columns: int | None = None) -> None:
     """Save a grid of images; float images are taken to be in [-1, 1], uint8 as they are."""
     images = np.asarray(images)

@@ -61,3 +61,13 @@ def test_atomic_file_leaves_nothing_when_the_write_fails(tmp_path):
     with atomic_file(target) as f:
         f.write(b"new")
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["data.bin"]
+
+
+def test_read_png_returns_what_save_png_wrote(tmp_path):
+    import numpy as np
+
+    from service.imageio import read_png, save_png
+
+    image = np.random.default_rng(0).integers(0, 256, size=(8, 6, 3), dtype=np.uint8)
+    save_png(tmp_path / "a.png", image)
+    assert np.array_equal(read_png(tmp_path / "a.png"), image)

@@ -1,10 +1,46 @@
-"""`generate`: placeholder until its issue lands."""
+"""`generate`: N images from a run's latest checkpoint, sharded over Ray (see service.generation)."""
 
-from service.commands.common import not_implemented
+from __future__ import annotations
+
+import os
+import sys
+
+from service.commands.common import add_backend
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(p):
+    p.add_argument("--run", metavar="RUN", required=True, help="run directory (config.json + checkpoints/)")
+    p.add_argument("--count", type=int, required=True, metavar="N", help="number of images")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder (PNG files + manifest.csv)")
+    p.add_argument("--workers", type=int, metavar="K", help="Ray tasks at a time (default: the CPUs of the machine or cluster); 0: no Ray, one in-process loop")
+    p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="class to generate on a conditional run (default: cycle the classes by index)")
+    p.add_argument("--seed", type=int, default=0, help="base seed: image i's noise is keyed by (seed, i) (default: 0)")
+    add_backend(p)
+    p.add_argument("--batch-size", type=int, default=50, metavar="B", help="images per forward pass (default: 50)")
+    p.add_argument("--shard-size", type=int, default=250, metavar="S", help="images per Ray task and per resume unit (default: 250)")
+    p.add_argument("--resume", action="store_true", help="finish the job already in --out (re-running the same command does the same)")
+    p.add_argument("--in-process", action="store_true", help="no Ray: one loop in this process (same bytes; = --workers 0)")
 
 
-run = not_implemented("generate")
+def run(args) -> int:
+    from service.generation import describe, generate_in_process, generate_on_ray, plan_job
+
+    job = plan_job(
+        args.run, args.count, args.out, seed=args.seed, class_name=args.class_name,
+        backend=args.backend, batch_size=args.batch_size, shard_size=args.shard_size,
+    )
+    if args.in_process or args.workers == 0:
+        # One framework thread, as in each Ray worker: TF's float sums (and so a few pixel
+        # values) can depend on its thread count, and the two paths must give the same bytes.
+        os.environ.setdefault("DCGAN_TF_THREADS", "1")
+        result = generate_in_process(job, resume=args.resume, progress=True)
+    else:
+        result = generate_on_ray(job, workers=args.workers, address=args.address, resume=args.resume)
+    summary = describe(result)
+    print(
+        f"{summary['count']} images in {summary['out_dir']} ({summary['shards_run']} shards run, "
+        f"{summary['shards_skipped']} already done, {summary['seconds']:.1f} s); manifest.csv written",
+        file=sys.stdout,
+    )
+    return 0

@@ -1,0 +1,294 @@
+"""Hyperparameter trials on Ray Tune: short margin-balanced training runs ranked by SWD.
+
+Each trial is a plain function of its sampled hyperparameters (as in Ray Tune's DCGAN
+example): it trains a fresh model with `service.trainer.Trainer` on the training split and,
+at every epoch end (the trainer's `on_epoch_end` hook), generates images, measures the sliced
+Wasserstein distance (SWD) against a held-out split of the real data, and reports it to Tune
+with a checkpoint. The checkpoint is a small run directory (config.json + the epoch's .npz),
+so `generate --run` and `validate` accept it as is. ASHA stops the weakest trials early, and
+the time budget bounds the whole search.
+
+Output folder:
+    OUT/trials.csv          one row per trial: id, status, hyperparameters, best/last SWD, epochs
+    OUT/best_config.json    the best trial's GANConfig fields (`train --config` accepts it)
+    OUT/best_checkpoint     path of the best trial's best checkpoint (a run directory)
+    OUT/tune/               Ray Tune's own experiment folder (results, checkpoints)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from backends.config import ConfigError, GANConfig
+from service.errors import UserError
+
+METRIC = "swd"
+EXPERIMENT_NAME = "tune"
+DIFFAUGMENT_ON = "color,translation,cutout"
+# Hyperparameters the search varies; every other GANConfig field comes from the base config.
+SEARCHED = ("lr_g", "lr_d", "beta_1", "margin", "width", "batch_size", "diffaugment")
+
+
+@dataclass
+class TuneSettings:
+    trials: int
+    time_budget: float
+    out_dir: Path
+    backend: str = "tf"
+    epochs: int = 10  # epochs per trial at most (ASHA's max_t)
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    widths: tuple[int, ...] = (16, 32, 64)
+    batch_sizes: tuple[int, ...] = (32, 64)
+    holdout_fraction: float = 0.2
+    swd_images: int = 256  # generated images per SWD measurement (capped by the held-out size)
+    seed: int = 0
+    address: str | None = None
+    base: dict = field(default_factory=dict)  # GANConfig fields shared by every trial
+
+    def check(self) -> None:
+        if self.trials < 1:
+            raise UserError(f"--trials must be >= 1, got {self.trials}")
+        if not self.time_budget > 0:
+            raise UserError(f"--time-budget must be > 0 seconds, got {self.time_budget}")
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be >= 1, got {self.epochs}")
+        if not self.cpus_per_trial > 0 or self.gpus_per_trial < 0:
+            raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+
+
+def backend_supports_diffaugment(backend_name: str, base: GANConfig) -> bool:
+    """Whether the backend builds a model with DiffAugment on (the check is the build itself)."""
+    import backends
+
+    try:
+        backends.get(backend_name, base.replace(diffaugment=DIFFAUGMENT_ON))
+    except (ConfigError, NotImplementedError, ValueError):
+        return False
+    return True
+
+
+def search_space(settings: TuneSettings, diffaugment: bool) -> dict:
+    from ray import tune
+
+    return {
+        "lr_g": tune.loguniform(5e-5, 1e-3),
+        "lr_d": tune.loguniform(5e-5, 1e-3),
+        # The thesis's printed beta_1 (0.0005) against the DCGAN paper's 0.5, and between.
+        "beta_1": tune.choice([0.0005, 0.3, 0.5]),
+        "margin": tune.uniform(0.05, 1.0),
+        "width": tune.choice(list(settings.widths)),
+        "batch_size": tune.choice(list(settings.batch_sizes)),
+        "diffaugment": tune.choice(["", DIFFAUGMENT_ON]) if diffaugment else "",
+    }
+
+
+def trial_config(base: dict, params: dict) -> GANConfig:
+    values = dict(base)
+    values.update({k: params[k] for k in SEARCHED if k in params})
+    values["width"] = int(values["width"])
+    values["max_width"] = max(int(values.get("max_width", values["width"])), values["width"])
+    values["batch_size"] = int(values["batch_size"])
+    return GANConfig.from_dict(values)
+
+
+def _trial_checkpoint_dir(run_dir: Path, checkpoint: Path) -> str:
+    """A throwaway run directory holding one checkpoint, for Tune to copy into its storage."""
+    from service.rundir import CHECKPOINT_DIR, CONFIG_FILE
+
+    folder = Path(tempfile.mkdtemp(prefix="trial-ckpt-"))
+    (folder / CHECKPOINT_DIR).mkdir()
+    shutil.copy2(run_dir / CONFIG_FILE, folder / CONFIG_FILE)
+    shutil.copy2(checkpoint, folder / CHECKPOINT_DIR / checkpoint.name)
+    return str(folder)
+
+
+def run_trial(params: dict, base: dict, backend_name: str, epochs: int, cpus: float,
+              train_images, train_labels, heldout_uint8, swd_images: int) -> None:
+    """One Tune trial: train, and after every epoch report SWD(held-out, generated) + checkpoint."""
+    from service.ray_cluster import thread_env
+
+    os.environ.update(thread_env(cpus))  # before the framework starts its thread pools
+    import ray.tune
+
+    import backends
+    from service.imageio import to_uint8
+    from service.rundir import create_run_dir
+    from service.trainer import Trainer, fixed_sample_noise
+    from service.validation.metrics import swd
+
+    config = trial_config(base, params)
+    backend = backends.get(backend_name, config)
+    labels_for_swd = None
+    if config.num_classes:
+        labels_for_swd = (np.arange(swd_images) % config.num_classes).astype(np.int64)
+    z = fixed_sample_noise(config, swd_images)
+    run_dir = Path(tempfile.mkdtemp(prefix="trial-run-")) / "run"
+    create_run_dir(run_dir, config, backend_name, {"source": "tune trial"}, {"seed": config.seed})
+
+    def on_epoch_end(epoch, backend, run_dir, summary):
+        fake = to_uint8(backend.generate(z, labels_for_swd))
+        score = float(swd(heldout_uint8, fake, seed=0)["mean"])
+        metrics = {METRIC: score, "epoch": epoch, "d_loss": summary["d_loss"], "g_loss": summary["g_loss"]}
+        folder = _trial_checkpoint_dir(Path(run_dir), Path(summary["checkpoint"]))
+        try:
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    try:
+        Trainer(
+            backend, train_images, train_labels if config.num_classes else None,
+            run_dir=run_dir, epochs=epochs, progress=False, on_epoch_end=on_epoch_end,
+            sample_grid=False, handle_signals=False, keep=1,
+        ).run()
+    finally:
+        shutil.rmtree(run_dir.parent, ignore_errors=True)
+
+
+def load_dataset(data: str | None, image_size: int, labels_csv=None, crop: str = "center",
+                 max_images: int | None = None, seed: int = 0):
+    from service.data import default_dataset, load_images
+
+    if data:
+        dataset = load_images(data, image_size, labels_csv=labels_csv, crop=crop, progress=False)
+        if max_images and len(dataset) > max_images:
+            keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:max_images])
+            dataset = dataset.subset(keep)
+        return dataset
+    return default_dataset(image_size, count=max_images or 2000, seed=seed)
+
+
+def run_tune(settings: TuneSettings, dataset) -> dict:
+    """Run the search; write trials.csv and best_config.json; return a summary."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    from service.data import split
+    from service.imageio import to_uint8
+    from service.ray_cluster import ray_session
+
+    settings.check()
+    try:
+        base_config = GANConfig.from_dict(settings.base)
+    except (ConfigError, TypeError) as e:
+        raise UserError(f"base config: {e}") from None
+    train_set, heldout = split(dataset, settings.holdout_fraction, settings.seed)
+    if len(train_set) < max(settings.batch_sizes):
+        raise UserError(
+            f"{len(train_set)} training images after the held-out split, fewer than the largest "
+            f"batch size {max(settings.batch_sizes)}; give more data or smaller --batch-sizes"
+        )
+    heldout_uint8 = to_uint8(heldout.images)
+    swd_images = min(settings.swd_images, len(heldout))
+    out_dir = settings.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = base_config.to_dict()
+    local_cpus = None if (settings.address or os.environ.get("RAY_ADDRESS")) else os.cpu_count()
+
+    with ray_session(settings.address, num_cpus=local_cpus):
+        diffaugment = backend_supports_diffaugment(settings.backend, base_config)
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                run_trial, base=base, backend_name=settings.backend, epochs=settings.epochs,
+                cpus=settings.cpus_per_trial, train_images=train_set.images,
+                train_labels=train_set.labels, heldout_uint8=heldout_uint8, swd_images=swd_images,
+            ),
+            {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=settings.epochs, grace_period=1, reduction_factor=2
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(settings, diffaugment),
+            tune_config=tune.TuneConfig(
+                metric=METRIC, mode="min", num_samples=settings.trials, scheduler=scheduler,
+                time_budget_s=settings.time_budget,
+                search_alg=BasicVariantGenerator(random_state=settings.seed),
+            ),
+            run_config=tune.RunConfig(
+                storage_path=str(out_dir), name=EXPERIMENT_NAME, verbose=1,
+                failure_config=tune.FailureConfig(max_failures=1),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="min"
+                ),
+            ),
+        )
+        results = tuner.fit()
+    return summarise(results, out_dir, base, diffaugment)
+
+
+def summarise(results, out_dir: Path, base: dict, diffaugment: bool) -> dict:
+    """trials.csv (every trial) and best_config.json (the trial with the lowest SWD seen)."""
+    rows = []
+    for result in results:
+        history = result.metrics_dataframe
+        scores = [] if history is None or METRIC not in history else history[METRIC].dropna().tolist()
+        rows.append(
+            {
+                "trial_id": (result.metrics or {}).get("trial_id", Path(result.path).name),
+                "status": "error" if result.error else ("reported" if scores else "no result"),
+                **{k: result.config.get(k, "") for k in SEARCHED},
+                "best_swd": min(scores) if scores else "",
+                "last_swd": scores[-1] if scores else "",
+                "epochs": len(scores),
+            }
+        )
+    rows.sort(key=lambda r: (r["best_swd"] == "", r["best_swd"] if r["best_swd"] != "" else 0.0))
+    table = out_dir / "trials.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+    scored = [r for r in rows if r["best_swd"] != ""]
+    if not scored:
+        errors = [str(r.error).splitlines()[-1] for r in results if r.error]
+        detail = f"; first error: {errors[0][:200]}" if errors else ""
+        raise UserError(f"no trial finished an epoch within the time budget{detail}")
+    best = results.get_best_result(metric=METRIC, mode="min", scope="all")
+    best_config = trial_config(base, best.config)
+    from service.rundir import write_json_atomic
+
+    write_json_atomic(out_dir / "best_config.json", best_config.to_dict())
+    best_checkpoint = best.get_best_checkpoint(METRIC, "min") if best.best_checkpoints else None
+    if best_checkpoint is not None:
+        (out_dir / "best_checkpoint").write_text(best_checkpoint.path + "\n")
+    return {
+        "rows": rows,
+        "table": table,
+        "best_config": out_dir / "best_config.json",
+        "best_swd": min(r["best_swd"] for r in scored),
+        "best_checkpoint": None if best_checkpoint is None else best_checkpoint.path,
+        "diffaugment_searched": diffaugment,
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    columns = ["trial_id", "status", *SEARCHED, "best_swd", "epochs"]
+
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value) if value != "" else "-"
+
+    cells = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def print_summary(summary: dict, stream=sys.stdout) -> None:
+    print(format_table(summary["rows"]), file=stream)
+    print(f"best SWD {summary['best_swd']:.4g}; config: {summary['best_config']}; table: {summary['table']}", file=stream)

@@ -1,0 +1,204 @@
+"""Generation at scale on a local Ray (2 CPUs, started once for the module).
+
+Tiny model (32x32, width 8) with random weights: what G learnt does not matter here, only
+that the machinery gives the same bytes however the work is split, resumes without gaps or
+duplicates, and retries failed tasks.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from backends.config import GANConfig  # noqa: E402
+from service import generation  # noqa: E402
+from service.run import main  # noqa: E402
+
+BACKEND = "numpy"  # lighter worker start-up than TF on the shared 2-core machine
+COUNT = 200
+SHARD = 20
+TINY = dict(image_size=32, width=8, max_width=32, latent_dim=16)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=100 * 1024**2)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return generation.init_random_run(tmp_path_factory.mktemp("gen") / "run", GANConfig(**TINY), seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference(run_dir, tmp_path_factory):
+    """The in-process job: what every Ray run must reproduce byte for byte."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    job = generation.plan_job(run_dir, COUNT, out, seed=7, backend=BACKEND, batch_size=8, shard_size=SHARD)
+    generation.generate_in_process(job)
+    return out
+
+
+def image_digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("img_*.png"))}
+
+
+def read_manifest(folder: Path) -> list[dict]:
+    with open(folder / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_complete(folder: Path, count: int) -> None:
+    """Exactly `count` distinct images, a manifest row for each, in index order, no stray files."""
+    digests = image_digests(folder)
+    assert sorted(digests) == [generation.image_file_name(i) for i in range(count)]
+    assert len(set(digests.values())) == count, "two indices produced the same image"
+    rows = read_manifest(folder)
+    assert [int(r["index"]) for r in rows] == list(range(count))
+    assert [r["file"] for r in rows] == sorted(digests)
+    assert not list(folder.glob(".tmp-*"))
+
+
+def test_noise_depends_only_on_seed_and_index():
+    config = GANConfig(**TINY)
+    whole = generation.noise_for_indices(5, range(10), config)
+    parts = [generation.noise_for_indices(5, [i], config)[0] for i in (9, 3, 0)]
+    assert (parts[0] == whole[9]).all() and (parts[1] == whole[3]).all() and (parts[2] == whole[0]).all()
+    assert not (generation.noise_for_indices(6, [3], config)[0] == whole[3]).all()
+    assert whole.min() >= -1 and whole.max() <= 1  # the thesis's uniform(-1, 1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ray_output_is_byte_identical_to_in_process(ray_cluster, run_dir, reference, tmp_path, workers):
+    # A different batch size too: in inference mode an image depends on its own noise only.
+    job = generation.plan_job(run_dir, COUNT, tmp_path / "out", seed=7, backend=BACKEND, batch_size=5, shard_size=SHARD)
+    result = generation.generate_on_ray(job, workers=workers, progress=False)
+    assert result.shards_run == COUNT // SHARD
+    assert_complete(tmp_path / "out", COUNT)
+    assert image_digests(tmp_path / "out") == image_digests(reference)
+    assert (tmp_path / "out" / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
+
+
+def test_tf_backend_on_ray_matches_in_process(ray_cluster, run_dir, tmp_path):
+    pytest.importorskip("tensorflow")
+    jobs = {
+        place: generation.plan_job(run_dir, 40, tmp_path / place, seed=7, backend="tf", batch_size=8, shard_size=SHARD)
+        for place in ("local", "ray")
+    }
+    generation.generate_in_process(jobs["local"])
+    generation.generate_on_ray(jobs["ray"], workers=1, progress=False)
+    assert_complete(tmp_path / "ray", 40)
+    assert image_digests(tmp_path / "ray") == image_digests(tmp_path / "local")
+
+
+def test_killed_driver_then_resume_has_no_gaps_or_duplicates(ray_cluster, run_dir, reference, tmp_path):
+    out = tmp_path / "out"
+    count, shard = 600, 10
+    command = [
+        sys.executable, "-m", "service.run", "generate", "--run", str(run_dir), "--count", str(count),
+        "--out", str(out), "--seed", "7", "--backend", BACKEND, "--batch-size", "5",
+        "--shard-size", str(shard), "--workers", "1", "--address", ray_cluster,
+    ]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / generation.STATE_DIR / generation.PARTS_DIR
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and driver.poll() is None:
+        if parts.is_dir() and len(list(parts.glob("shard_*.csv"))) >= 2:
+            break
+        time.sleep(0.01)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    done_at_kill = len(list(parts.glob("shard_*.csv")))
+    assert 2 <= done_at_kill < count // shard, f"kill did not land mid-job ({done_at_kill} shards done)"
+    assert not (out / "manifest.csv").exists()
+
+    assert main(["generate", "--run", str(run_dir), "--count", str(count), "--out", str(out), "--seed", "7",
+                 "--backend", BACKEND, "--batch-size", "5", "--shard-size", str(shard), "--resume"]) == 0
+    assert_complete(out, count)
+    # The first 200 indices are the reference job's images: same (seed, index) -> same bytes.
+    digests = image_digests(out)
+    assert all(digests[name] == d for name, d in image_digests(reference).items())
+
+
+def test_task_that_fails_once_is_retried(ray_cluster, run_dir, reference, tmp_path, monkeypatch):
+    marker = tmp_path / "fail-once"
+    marker.touch()
+    monkeypatch.setenv(generation.FAIL_ONCE_ENV, str(marker))
+    job = generation.plan_job(run_dir, COUNT, tmp_path / "out", seed=7, backend=BACKEND, shard_size=SHARD)
+    result = generation.generate_on_ray(job, workers=2, progress=False)
+    assert not marker.exists(), "no task hit the injected failure"
+    assert result.shards_run == COUNT // SHARD
+    assert image_digests(tmp_path / "out") == image_digests(reference)
+
+
+def test_without_retries_the_injected_failure_fails_the_job(ray_cluster, run_dir, tmp_path, monkeypatch):
+    marker = tmp_path / "fail-once"
+    marker.touch()
+    monkeypatch.setenv(generation.FAIL_ONCE_ENV, str(marker))
+    job = generation.plan_job(run_dir, 40, tmp_path / "out", seed=7, backend=BACKEND, shard_size=SHARD)
+    with pytest.raises(ray.exceptions.RayTaskError, match="injected failure"):
+        generation.generate_on_ray(job, workers=1, progress=False, max_retries=0)
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+
+
+def test_conditional_run_fixed_class_and_cycled_classes(tmp_path):
+    run = generation.init_random_run(tmp_path / "run", GANConfig(**TINY, num_classes=3))
+    fixed = generation.plan_job(run, 6, tmp_path / "mel", class_name="melanoma", backend=BACKEND)
+    generation.generate_in_process(fixed)
+    assert {r["class"] for r in read_manifest(tmp_path / "mel")} == {"melanoma"}
+    cycled = generation.plan_job(run, 6, tmp_path / "all", backend=BACKEND)
+    generation.generate_in_process(cycled)
+    assert [r["class"] for r in read_manifest(tmp_path / "all")] == ["nevus", "melanoma", "seborrheic_keratosis"] * 2
+    # Same noise, different class: the label reaches G.
+    assert (tmp_path / "mel" / "img_000000001.png").read_bytes() == (tmp_path / "all" / "img_000000001.png").read_bytes()
+    assert (tmp_path / "mel" / "img_000000000.png").read_bytes() != (tmp_path / "all" / "img_000000000.png").read_bytes()
+
+
+def test_out_dir_holding_another_job_is_refused(run_dir, tmp_path, capsys):
+    base = ["generate", "--run", str(run_dir), "--out", str(tmp_path / "o"), "--backend", BACKEND, "--in-process"]
+    assert main(base + ["--count", "4"]) == 0
+    assert main(base + ["--count", "5"]) == 2
+    assert "different generation job" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--count", "0"], "--count must be a positive"),
+        (["--count", "-3"], "--count must be a positive"),
+        (["--count", "4", "--class", "melanoma"], "unconditional"),
+        (["--count", "4", "--address", "127.0.0.1:1"], "unreachable"),
+    ],
+)
+def test_bad_input_is_exit_2_with_one_line(run_dir, tmp_path, capsys, extra, message):
+    started = time.monotonic()
+    code = main(["generate", "--run", str(run_dir), "--out", str(tmp_path / "o"), "--backend", BACKEND, *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert time.monotonic() - started < 15
+
+
+def test_run_without_checkpoint_and_unknown_class_are_exit_2(tmp_path, capsys):
+    from service.rundir import create_run_dir
+
+    empty = create_run_dir(tmp_path / "empty", GANConfig(**TINY), BACKEND, {}, {})
+    assert main(["generate", "--run", str(empty), "--count", "4", "--out", str(tmp_path / "o")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    conditional = generation.init_random_run(tmp_path / "cond", GANConfig(**TINY, num_classes=3))
+    assert main(["generate", "--run", str(conditional), "--count", "4", "--out", str(tmp_path / "o"), "--class", "wart"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown class 'wart'" in err
