@@ -1,0 +1,37 @@
+"""Hand-written NumPy + Numba DCGAN engine: layers, loss, Adam, Sequential. No TF, no Ray."""
+
+from core.functional import bce_from_logits
+from core.layers import (
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    ReLU,
+    Reshape,
+    Sigmoid,
+    Tanh,
+    UpSampleConv2D,
+    UpSampling2D,
+)
+from core.model import Sequential
+from core.optim import Adam
+
+__all__ = [
+    "Adam",
+    "BatchNormalization",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "LeakyReLU",
+    "ReLU",
+    "Reshape",
+    "Sequential",
+    "Sigmoid",
+    "Tanh",
+    "UpSampleConv2D",
+    "UpSampling2D",
+    "bce_from_logits",
+]

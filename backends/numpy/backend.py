@@ -1,0 +1,259 @@
+"""The numpy backend: the spec's DCGAN trained by `core`'s hand-written passes.
+
+Semantics (backends.spec): every training-mode forward pass of G uses batch statistics and
+updates its BN moving averages once; D's step sees [real; fake] as one batch with targets
+[1 - label_smoothing; 0]; G's step goes through D in training mode (dropout on) with target 1.
+With config.diffaugment, every image D sees in training (real and fake, D and G steps) is
+augmented first (core.augment), G's gradient flowing back through the augmentation.
+`train_step` shares one G forward pass between the D update and the G update, the G update
+running through the already-updated D. Dropout masks and augmentation draws come from one
+numpy Generator seeded from config.seed; its state travels in checkpoints as "rng/numpy/...".
+
+`config.dtype == "float64"` runs everything in float64 (for gradient checks); weights and
+optimizer state are returned in the backend's dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import core
+from core import augment
+from backends import spec
+from backends.base import Backend, check_weights
+from backends.config import GANConfig
+from backends.numpy.builder import build_network
+
+RNG_PREFIX = "rng/numpy/"
+INFERENCE_CHUNK = 64  # images per forward pass in generate/discriminate: bounds the im2col buffers
+_UINT64_MASK = (1 << 64) - 1
+
+
+def _split_uint128(value: int) -> np.ndarray:
+    return np.array([(value >> 64) & _UINT64_MASK, value & _UINT64_MASK], dtype=np.uint64)
+
+
+def _join_uint128(words: np.ndarray) -> int:
+    high, low = (int(w) for w in np.asarray(words, dtype=np.uint64))
+    return (high << 64) | low
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+
+    def __init__(self, config: GANConfig):
+        super().__init__(config)
+        self.dtype = np.dtype(config.dtype)
+        init_seed, dropout_seed = np.random.SeedSequence(config.seed).spawn(2)
+        init_rng = np.random.default_rng(init_seed)
+        self.rng = np.random.default_rng(dropout_seed)
+        self.generator = build_network(config, "generator", init_rng, self.rng)
+        self.discriminator = build_network(config, "discriminator", init_rng, self.rng)
+        self.optimizers = {
+            "generator": core.Adam(config.lr_g, config.beta_1, config.beta_2, config.epsilon),
+            "discriminator": core.Adam(config.lr_d, config.beta_1, config.beta_2, config.epsilon),
+        }
+        self.optimizers["generator"].build(self.generator.parameters())
+        self.optimizers["discriminator"].build(self.discriminator.parameters())
+        self._weight_shapes = spec.weight_shapes(config)
+        self._optimizer_shapes = spec.optimizer_state_shapes(config)
+
+    # --- inputs ---
+    def _labels(self, labels, count: int):
+        if self.config.num_classes == 0:
+            return None  # unconditional: labels carry no information for the model
+        if labels is None:
+            raise ValueError(f"this model is conditional on {self.config.num_classes} classes: labels are required")
+        labels = np.asarray(labels)
+        if labels.shape != (count,) or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be {count} integer class indices, got shape {labels.shape} {labels.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.config.num_classes):
+            raise ValueError(f"labels must be in [0, {self.config.num_classes}), got {labels.min()}..{labels.max()}")
+        return labels
+
+    def _one_hot(self, labels) -> np.ndarray:
+        return np.eye(self.config.num_classes, dtype=self.dtype)[labels]
+
+    def _generator_input(self, z, labels) -> np.ndarray:
+        z = np.asarray(z, dtype=self.dtype)
+        if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
+            raise ValueError(f"z must have shape (batch, {self.config.latent_dim}), got {z.shape}")
+        labels = self._labels(labels, z.shape[0])
+        return z if labels is None else np.concatenate([z, self._one_hot(labels)], axis=1)
+
+    def _images(self, images) -> np.ndarray:
+        c = self.config
+        images = np.asarray(images, dtype=self.dtype)
+        expected = (c.image_size, c.image_size, c.channels)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"images must have shape (batch, {', '.join(map(str, expected))}), got {images.shape}")
+        return images
+
+    def _discriminator_input(self, images, labels) -> np.ndarray:
+        c = self.config
+        images = self._images(images)
+        labels = self._labels(labels, images.shape[0])
+        if labels is None:
+            return images
+        planes = np.broadcast_to(self._one_hot(labels)[:, None, None, :], images.shape[:3] + (c.num_classes,))
+        return np.concatenate([images, planes], axis=3)
+
+    def _augment(self, images):
+        """DiffAugment (config.diffaugment) of images D is about to see; returns the images
+        and the drawn operations (for the backward pass); a no-op without a policy."""
+        policy = self.config.diffaugment_policy
+        if not policy:
+            return images, []
+        ops = augment.draw_augmentations(self.rng, policy, *images.shape[:3])
+        return augment.augment_forward(images, ops), ops
+
+    # --- the two updates, on a G output already computed in training mode ---
+    def _discriminator_loss_and_grads(self, real, fake, labels) -> float:
+        """D forward on [real; fake] in training mode, backward into D's gradients."""
+        batch = np.concatenate([real, fake], axis=0)
+        both_labels = None if labels is None else np.concatenate([labels, labels])
+        batch, _ = self._augment(batch)
+        logits = self.discriminator.forward(self._discriminator_input(batch, both_labels), training=True)
+        targets = np.concatenate(
+            [np.full(len(real), 1.0 - self.config.label_smoothing), np.zeros(len(fake))]
+        ).astype(self.dtype)
+        loss, dlogits = core.bce_from_logits(logits.reshape(-1), targets)
+        self.discriminator.backward(dlogits.reshape(logits.shape), need_input_grad=False)
+        return loss
+
+    def _generator_loss_and_grads(self, fake, labels) -> float:
+        """D forward on fake in training mode, target 1; backward through D (its weights'
+        gradients are not needed) into G, whose caches hold the forward pass that made `fake`."""
+        augmented, ops = self._augment(fake)
+        logits = self.discriminator.forward(self._discriminator_input(augmented, labels), training=True)
+        loss, dlogits = core.bce_from_logits(logits.reshape(-1), np.ones(len(fake), self.dtype))
+        dinput = self.discriminator.backward(dlogits.reshape(logits.shape), need_param_grads=False)
+        dfake = augment.augment_backward(dinput[..., : self.config.channels], ops)
+        self.generator.backward(np.ascontiguousarray(dfake), need_input_grad=False)
+        return loss
+
+    def _apply(self, net: str) -> None:
+        model = self.generator if net == "generator" else self.discriminator
+        self.optimizers[net].step(model.parameters(), model.gradients())
+
+    def _real_batch(self, real, z) -> np.ndarray:
+        real = self._images(real)
+        if len(real) != len(z):
+            raise ValueError(f"real and z must have the same batch size, got {len(real)} and {len(z)}")
+        return real
+
+    # --- training ---
+    def d_step(self, real, z, labels=None) -> float:
+        real = self._real_batch(real, z)
+        fake = self.generator.forward(self._generator_input(z, labels), training=True)
+        loss = self._discriminator_loss_and_grads(real, fake, labels)
+        self._apply("discriminator")
+        return loss
+
+    def g_step(self, z, labels=None) -> float:
+        fake = self.generator.forward(self._generator_input(z, labels), training=True)
+        loss = self._generator_loss_and_grads(fake, labels)
+        self._apply("generator")
+        return loss
+
+    def train_step(self, real, z, labels=None) -> tuple[float, float]:
+        real = self._real_batch(real, z)
+        fake = self.generator.forward(self._generator_input(z, labels), training=True)
+        d_loss = self._discriminator_loss_and_grads(real, fake, labels)
+        self._apply("discriminator")
+        g_loss = self._generator_loss_and_grads(fake, labels)
+        self._apply("generator")
+        return d_loss, g_loss
+
+    # --- inference ---
+    # In inference mode every image is computed on its own (moving BN statistics, no
+    # dropout), so chunking a large request changes nothing but peak memory.
+    def generate(self, z, labels=None) -> np.ndarray:
+        inputs = self._generator_input(z, labels)
+        chunks = [
+            self.generator.forward(inputs[start : start + INFERENCE_CHUNK], training=False).astype(np.float32)
+            for start in range(0, len(inputs), INFERENCE_CHUNK)
+        ]
+        c = self.config
+        return np.concatenate(chunks) if chunks else np.zeros((0, c.image_size, c.image_size, c.channels), np.float32)
+
+    def discriminate(self, images, labels=None) -> np.ndarray:
+        inputs = self._discriminator_input(images, labels)
+        chunks = [
+            self.discriminator.forward(inputs[start : start + INFERENCE_CHUNK], training=False).reshape(-1)
+            for start in range(0, len(inputs), INFERENCE_CHUNK)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros(0, self.dtype)
+
+    def compute_gradients(self, real, z, labels=None) -> dict:
+        real = self._real_batch(real, z)
+        saved_weights, saved_rng = self.get_weights(), self.get_rng_state()
+        try:
+            fake = self.generator.forward(self._generator_input(z, labels), training=True)
+            d_loss = self._discriminator_loss_and_grads(real, fake, labels)
+            grads = {name: g.copy() for name, g in self.discriminator.gradients().items()}
+            g_loss = self._generator_loss_and_grads(fake, labels)
+            grads.update({name: g.copy() for name, g in self.generator.gradients().items()})
+        finally:  # G's forward moved the BN moving averages and dropout drew from the RNG
+            self.set_weights(saved_weights)
+            self.set_rng_state(saved_rng)
+        return {"d_loss": d_loss, "g_loss": g_loss, "grads": grads}
+
+    # --- state ---
+    def _all_weights(self) -> dict[str, np.ndarray]:
+        return {**self.generator.weights(), **self.discriminator.weights()}
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        live = self._all_weights()
+        return {name: live[name].copy() for name in self._weight_shapes}
+
+    def set_weights(self, weights) -> None:
+        check_weights(self._weight_shapes, weights, "weights")
+        live = self._all_weights()
+        for name in self._weight_shapes:
+            live[name][...] = np.asarray(weights[name], dtype=self.dtype)
+
+    def get_optimizer_state(self) -> dict[str, np.ndarray]:
+        state = {}
+        for net in spec.NETS:
+            optimizer = self.optimizers[net]
+            for name in spec.trainable_names(self.config, net):
+                state[f"opt/{net}/m/{name}"] = optimizer.m[name].copy()
+                state[f"opt/{net}/v/{name}"] = optimizer.v[name].copy()
+            state[f"opt/{net}/iterations"] = np.array(optimizer.iterations, dtype=np.int64)
+        return state
+
+    def set_optimizer_state(self, state) -> None:
+        check_weights(self._optimizer_shapes, state, "optimizer state")
+        for net in spec.NETS:
+            optimizer = self.optimizers[net]
+            for name in spec.trainable_names(self.config, net):
+                optimizer.m[name][...] = np.asarray(state[f"opt/{net}/m/{name}"], dtype=self.dtype)
+                optimizer.v[name][...] = np.asarray(state[f"opt/{net}/v/{name}"], dtype=self.dtype)
+            optimizer.iterations = int(state[f"opt/{net}/iterations"])
+
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        state = self.rng.bit_generator.state
+        if state["bit_generator"] != "PCG64":
+            raise ValueError(f"cannot serialise a {state['bit_generator']} generator")
+        return {
+            RNG_PREFIX + "state": _split_uint128(state["state"]["state"]),
+            RNG_PREFIX + "inc": _split_uint128(state["state"]["inc"]),
+            RNG_PREFIX + "has_uint32": np.array(state["has_uint32"], dtype=np.int64),
+            RNG_PREFIX + "uinteger": np.array(state["uinteger"], dtype=np.uint64),
+        }
+
+    def set_rng_state(self, state) -> None:
+        names = ("state", "inc", "has_uint32", "uinteger")
+        missing = [RNG_PREFIX + n for n in names if RNG_PREFIX + n not in state]
+        if missing:
+            raise ValueError(f"rng state: missing {missing[0]!r}")
+        self.rng.bit_generator.state = {
+            "bit_generator": "PCG64",
+            "state": {
+                "state": _join_uint128(state[RNG_PREFIX + "state"]),
+                "inc": _join_uint128(state[RNG_PREFIX + "inc"]),
+            },
+            "has_uint32": int(state[RNG_PREFIX + "has_uint32"]),
+            "uinteger": int(state[RNG_PREFIX + "uinteger"]),
+        }

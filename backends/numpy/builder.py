@@ -1,0 +1,65 @@
+"""Turn a `backends.spec` layer list into a `core.Sequential` with the spec's weight names."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import core
+from backends import spec
+from backends.config import GANConfig
+
+BN_MOMENTUM, BN_EPSILON = 0.99, 1e-3  # Keras defaults, as the spec fixes
+
+
+def _fusable(layers: list[spec.Layer], index: int) -> bool:
+    """Nearest upsampling straight into a stride-1 'same' conv: built as one fused layer."""
+    if index + 1 >= len(layers):
+        return False
+    after = layers[index + 1]
+    return after.kind == "conv" and after.args.get("stride", 1) == 1 and after.args.get("padding", "same") == "same"
+
+
+def build_network(
+    config: GANConfig, net: str, init_rng: np.random.Generator, dropout_rng: np.random.Generator
+) -> core.Sequential:
+    dtype = np.dtype(config.dtype)
+    layers_spec = spec.net_spec(config, net)
+    built = []
+    index = 0
+    while index < len(layers_spec):
+        layer = layers_spec[index]
+        a = layer.args
+        if layer.kind == "upsample" and _fusable(layers_spec, index):
+            conv = layers_spec[index + 1]
+            c = conv.args
+            built.append(
+                core.UpSampleConv2D(conv.name, c["in"], c["filters"], c["kernel"], a["factor"], init_rng, dtype)
+            )
+            index += 2
+            continue
+        if layer.kind == "dense":
+            built.append(core.Dense(layer.name, a["in"], a["units"], init_rng, dtype))
+        elif layer.kind == "conv":
+            built.append(
+                core.Conv2D(layer.name, a["in"], a["filters"], a["kernel"], a["stride"], a["padding"], init_rng, dtype)
+            )
+        elif layer.kind == "upsample":
+            built.append(core.UpSampling2D(layer.name, a["factor"]))
+        elif layer.kind == "bn":
+            built.append(core.BatchNormalization(layer.name, a["channels"], BN_MOMENTUM, BN_EPSILON, dtype))
+        elif layer.kind == "relu":
+            built.append(core.ReLU(layer.name))
+        elif layer.kind == "leaky_relu":
+            built.append(core.LeakyReLU(layer.name, a["slope"]))
+        elif layer.kind == "tanh":
+            built.append(core.Tanh(layer.name))
+        elif layer.kind == "dropout":
+            built.append(core.Dropout(layer.name, a["rate"], dropout_rng))
+        elif layer.kind == "reshape":
+            built.append(core.Reshape(layer.name, a["shape"]))
+        elif layer.kind == "flatten":
+            built.append(core.Flatten(layer.name))
+        else:
+            raise ValueError(f"{net}: layer kind {layer.kind!r} is not supported by the numpy backend")
+        index += 1
+    return core.Sequential(built, prefix=f"{net}/")

@@ -1,0 +1,319 @@
+"""The maths of every layer as small pure functions: forward returns (out, cache), backward
+takes (dout, cache) and returns gradients. NHWC tensors, Keras weight shapes.
+
+Convolutions run as im2col (Numba) + one BLAS matmul. Nearest upsampling followed by a
+'same' stride-1 convolution is fused: each output phase (pixel parity) of the upsampled
+convolution only ever sees a few distinct low-resolution pixels, so the pair equals one
+small convolution on the low-resolution input with factor**2 * filters outputs, followed by
+depth-to-space. With factor 2 and a 4x4 kernel that is a 3x3 window: 36 taps per 4 output
+pixels instead of 64, and the 4x larger upsampled tensor is never built.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from core import kernels
+
+# Multiply-adds done by BLAS since the last reset, x2: the executed FLOPs that benchmarks report.
+matmul_flops = [0]
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    matmul_flops[0] += 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    return a @ b
+
+
+def weight_gradient(cols: np.ndarray, dout2d: np.ndarray) -> np.ndarray:
+    """cols.T @ dout. OpenBLAS is many times slower on a transposed operand with few
+    columns and very many rows (a first conv layer: 48 x 65536), so that case runs as
+    (dout.T @ cols).T, which streams the long axis the other way."""
+    if cols.shape[1] < dout2d.shape[1]:
+        return matmul(dout2d.T, cols).T
+    return matmul(cols.T, dout2d)
+
+
+# --- padding and sizes (Keras conventions) -------------------------------------------------
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: str) -> int:
+    if padding == "same":
+        return math.ceil(size / stride)
+    if padding == "valid":
+        if size < kernel:
+            raise ValueError(f"'valid' convolution needs an input of at least {kernel} pixels, got {size}")
+        return (size - kernel) // stride + 1
+    raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Keras/TF 'same': total = max((ceil(n/s)-1)*s + k - n, 0), the extra pixel goes after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv_padding(size: int, kernel: int, stride: int, padding: str) -> int:
+    """Padding before the first pixel (the padding after is implied by the output size)."""
+    return same_padding(size, kernel, stride)[0] if padding == "same" else 0
+
+
+# --- Conv2D --------------------------------------------------------------------------------
+
+
+def im2col(x, kernel_size, stride, pad_top, pad_left, out_h, out_w):
+    cols = np.empty((x.shape[0] * out_h * out_w, kernel_size * kernel_size * x.shape[3]), x.dtype)
+    kernels.im2col(x, kernel_size, kernel_size, stride, pad_top, pad_left, out_h, out_w, cols)
+    return cols
+
+
+def col2im(cols, input_shape, kernel_size, stride, pad_top, pad_left, out_h, out_w):
+    x = np.empty(input_shape, cols.dtype)
+    kernels.col2im(cols, kernel_size, kernel_size, stride, pad_top, pad_left, out_h, out_w, x)
+    return x
+
+
+def conv2d_forward(x, kernel, bias, stride, padding):
+    k, _, cin, cout = kernel.shape
+    batch, in_h, in_w, channels = x.shape
+    if channels != cin:
+        raise ValueError(f"conv expects {cin} input channels, got {channels}")
+    out_h = conv_output_size(in_h, k, stride, padding)
+    out_w = conv_output_size(in_w, k, stride, padding)
+    pad_top = conv_padding(in_h, k, stride, padding)
+    pad_left = conv_padding(in_w, k, stride, padding)
+    cols = im2col(x, k, stride, pad_top, pad_left, out_h, out_w)
+    out = matmul(cols, kernel.reshape(-1, cout))
+    out += bias
+    geometry = (x.shape, k, stride, pad_top, pad_left, out_h, out_w)
+    return out.reshape(batch, out_h, out_w, cout), (cols, kernel, geometry)
+
+
+def conv2d_backward(dout, cache, need_input_grad=True, need_param_grads=True):
+    """Returns (dx or None, dkernel or None, dbias or None)."""
+    cols, kernel, geometry = cache
+    cout = kernel.shape[3]
+    dout2d = dout.reshape(-1, cout)
+    dkernel = dbias = dx = None
+    if need_param_grads:
+        dkernel = weight_gradient(cols, dout2d).reshape(kernel.shape)
+        dbias = dout2d.sum(axis=0)
+    if need_input_grad:
+        dcols = matmul(dout2d, kernel.reshape(-1, cout).T)
+        dx = col2im(dcols, *geometry)
+    return dx, dkernel, dbias
+
+
+# --- nearest UpSampling2D, alone and fused with a 'same' stride-1 Conv2D -------------------
+
+
+def upsample_forward(x, factor):
+    return x.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def upsample_backward(dout, factor):
+    b, h, w, c = dout.shape
+    return dout.reshape(b, h // factor, factor, w // factor, factor, c).sum(axis=(2, 4))
+
+
+def upsample_conv_taps(kernel_size: int, factor: int):
+    """Where each kernel tap lands on the low-resolution input, per output phase.
+
+    Output row y = factor*a + p of conv('same', stride 1) over the upsampled input reads
+    upsampled row y + ky - pad, i.e. low-resolution row a + (p + ky - pad) // factor.
+    Returns taps[p, ky, d] = 1 where tap ky of phase p reads offset d - pad_low, the
+    low-resolution padding before (pad_low) and the window size.
+    """
+    pad = (kernel_size - 1) // 2  # 'same', stride 1: total k-1, the extra pixel after
+    offsets = [[(p + ky - pad) // factor for ky in range(kernel_size)] for p in range(factor)]
+    low = min(min(row) for row in offsets)
+    window = max(max(row) for row in offsets) - low + 1
+    taps = np.zeros((factor, kernel_size, window))
+    for p in range(factor):
+        for ky in range(kernel_size):
+            taps[p, ky, offsets[p][ky] - low] = 1.0
+    return taps, -low, window
+
+
+def _tap_pairs(kernel_size, factor):
+    """(ky, dy, py) for every tap: tap ky of phase py reads window row dy."""
+    taps, _, window = upsample_conv_taps(kernel_size, factor)
+    return [(ky, int(np.argmax(taps[p, ky])), p) for p in range(factor) for ky in range(kernel_size)], window
+
+
+def phase_kernel(kernel, factor):
+    """The (window*window*cin, factor*factor*cout) matrix of the fused convolution: column
+    block (py, px) is the kernel folded onto the low-resolution window seen by that phase
+    (taps that read the same low-resolution pixel add up)."""
+    k, _, cin, cout = kernel.shape
+    pairs, window = _tap_pairs(k, factor)
+    folded = np.zeros((window, window, cin, factor, factor, cout), kernel.dtype)
+    for ky, dy, py in pairs:
+        for kx, dx, px in pairs:
+            folded[dy, dx, :, py, px, :] += kernel[ky, kx]
+    return folded.reshape(window * window * cin, factor * factor * cout)
+
+
+def phase_kernel_backward(dphase, kernel_shape, factor):
+    """The adjoint of `phase_kernel`: the gradient of the original kernel."""
+    k, _, cin, cout = kernel_shape
+    pairs, window = _tap_pairs(k, factor)
+    dphase = dphase.reshape(window, window, cin, factor, factor, cout)
+    dkernel = np.zeros(kernel_shape, dphase.dtype)
+    for ky, dy, py in pairs:
+        for kx, dx, px in pairs:
+            dkernel[ky, kx] += dphase[dy, dx, :, py, px, :]
+    return dkernel
+
+
+def upsample_conv2d_forward(x, kernel, bias, factor):
+    """conv2d_forward(upsample_forward(x, factor), kernel, bias, 1, 'same'), computed fused."""
+    k, _, cin, cout = kernel.shape
+    batch, in_h, in_w, channels = x.shape
+    if channels != cin:
+        raise ValueError(f"conv expects {cin} input channels, got {channels}")
+    _, pad, window = upsample_conv_taps(k, factor)
+    cols = im2col(x, window, 1, pad, pad, in_h, in_w)
+    phases = phase_kernel(kernel, factor)
+    out = matmul(cols, phases)  # (b*h*w, py*px*cout)
+    out.reshape(-1, factor * factor, cout)[...] += bias
+    out = out.reshape(batch, in_h, in_w, factor, factor, cout).transpose(0, 1, 3, 2, 4, 5)
+    out = out.reshape(batch, in_h * factor, in_w * factor, cout)
+    geometry = (x.shape, window, 1, pad, pad, in_h, in_w)
+    return out, (cols, phases, kernel.shape, factor, geometry)
+
+
+def upsample_conv2d_backward(dout, cache, need_input_grad=True, need_param_grads=True):
+    cols, phases, kernel_shape, factor, geometry = cache
+    batch, in_h, in_w, _ = geometry[0]
+    cout = kernel_shape[3]
+    dphased = dout.reshape(batch, in_h, factor, in_w, factor, cout).transpose(0, 1, 3, 2, 4, 5)
+    dphased = np.ascontiguousarray(dphased).reshape(-1, factor * factor * cout)
+    dx = dkernel = dbias = None
+    if need_param_grads:
+        dkernel = phase_kernel_backward(weight_gradient(cols, dphased), kernel_shape, factor)
+        dbias = dout.reshape(-1, cout).sum(axis=0)
+    if need_input_grad:
+        dx = col2im(matmul(dphased, phases.T), *geometry)
+    return dx, dkernel, dbias
+
+
+# --- Dense ---------------------------------------------------------------------------------
+
+
+def dense_forward(x, kernel, bias):
+    if x.ndim != 2 or x.shape[1] != kernel.shape[0]:
+        raise ValueError(f"dense expects (batch, {kernel.shape[0]}), got {x.shape}")
+    out = matmul(x, kernel)
+    out += bias
+    return out, (x, kernel)
+
+
+def dense_backward(dout, cache, need_input_grad=True, need_param_grads=True):
+    x, kernel = cache
+    dx = matmul(dout, kernel.T) if need_input_grad else None
+    if need_param_grads:
+        return dx, matmul(x.T, dout), dout.sum(axis=0)
+    return dx, None, None
+
+
+# --- BatchNormalization (last axis is the feature axis, as Keras's axis=-1) -----------------
+
+
+def batchnorm_train_forward(x, gamma, beta, epsilon):
+    """Normalise with the batch's mean and biased variance; returns (out, mean, var, cache)."""
+    flat = x.reshape(-1, x.shape[-1])
+    mean = flat.mean(axis=0)
+    centred = flat - mean
+    var = np.einsum("nc,nc->c", centred, centred) / flat.shape[0]
+    inv_std = 1.0 / np.sqrt(var + epsilon)
+    normalised = centred
+    normalised *= inv_std
+    out = normalised * gamma
+    out += beta
+    return out.reshape(x.shape), mean, var, (normalised, gamma, inv_std)
+
+
+def batchnorm_inference_forward(x, gamma, beta, moving_mean, moving_variance, epsilon):
+    scale = gamma / np.sqrt(moving_variance + epsilon)
+    return x * scale + (beta - moving_mean * scale), scale
+
+
+def batchnorm_train_backward(dout, cache, need_input_grad=True):
+    normalised, gamma, inv_std = cache
+    flat = dout.reshape(-1, dout.shape[-1])
+    count = flat.shape[0]
+    dbeta = flat.sum(axis=0)
+    dgamma = np.einsum("nc,nc->c", flat, normalised)
+    dx = None
+    if need_input_grad:
+        # d/dx of gamma * (x - mean) * inv_std with mean and var taken over the batch
+        dx = flat - dbeta / count
+        dx -= normalised * (dgamma / count)
+        dx *= gamma * inv_std
+        dx = dx.reshape(dout.shape)
+    return dx, dgamma, dbeta
+
+
+def moving_average(moving, batch_value, momentum):
+    """Keras: moving = moving * momentum + batch * (1 - momentum)."""
+    return moving * momentum + batch_value * (1.0 - momentum)
+
+
+# --- activations ---------------------------------------------------------------------------
+
+
+def relu_forward(x):
+    return np.maximum(x, 0), x > 0
+
+
+def leaky_relu_forward(x, slope):
+    """Returns (out, cache): the cache is the input itself, which decides each slope."""
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape, x.dtype)
+    kernels.leaky_relu(x.reshape(-1), x.dtype.type(slope), out.reshape(-1))
+    return out, x
+
+
+def leaky_relu_backward(dout, x, slope):
+    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    dx = np.empty(x.shape, x.dtype)
+    kernels.leaky_relu_backward(dout.reshape(-1), x.reshape(-1), x.dtype.type(slope), dx.reshape(-1))
+    return dx
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)) without overflow: exp only ever sees -|x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def dropout_mask(rng: np.random.Generator, shape, rate, dtype):
+    """Keras's inverted dropout: keep where uniform >= rate, scale kept units by 1/(1-rate)."""
+    keep = rng.random(shape, dtype=np.float32 if dtype == np.float32 else np.float64) >= rate
+    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+
+
+# --- loss ----------------------------------------------------------------------------------
+
+
+def bce_from_logits(logits, targets):
+    """Mean binary cross-entropy of sigmoid(logits) against targets, and d loss / d logits.
+
+    max(x, 0) - x*y + log1p(exp(-|x|)) is exact and finite for any finite x (|x| = 1e4 too).
+    """
+    logits = np.asarray(logits)
+    targets = np.asarray(targets, dtype=logits.dtype)
+    per_example = np.maximum(logits, 0) - logits * targets + np.log1p(np.exp(-np.abs(logits)))
+    count = logits.size
+    dlogits = (sigmoid(logits) - targets) / logits.dtype.type(count)
+    return float(per_example.mean()), dlogits.astype(logits.dtype, copy=False)
+
+
+# --- Adam ----------------------------------------------------------------------------------
+
+
+def adam_step_size(lr, beta_1, beta_2, step):
+    """Keras 3 folds bias correction into the step: lr * sqrt(1 - beta_2^t) / (1 - beta_1^t), t = iterations + 1."""
+    return lr * math.sqrt(1.0 - beta_2**step) / (1.0 - beta_1**step)

@@ -1,0 +1,232 @@
+"""Layers with hand-written forward and backward passes.
+
+The contract (numpy-ml / CS231n style): a layer holds `parameters` (trainable) and
+`gradients` with the same keys, plus `buffers` (weights that are not trained, e.g. batch-norm
+moving averages). `forward(x, training)` caches what `backward` needs; `backward(dout)`
+overwrites `gradients` with this pass's gradients and returns d loss / d input. The maths
+lives in `core.functional`; a layer only wires state to it.
+
+`backward(dout, need_input_grad=False)` skips the input gradient (a network's first layer
+when nothing upstream trains); `need_param_grads=False` skips the weight gradients (D's
+weights while G trains through it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core import functional as F
+
+
+def glorot_uniform(rng: np.random.Generator, shape, fan_in, fan_out, dtype):
+    """Keras's default kernel initializer: U(-l, l), l = sqrt(6 / (fan_in + fan_out))."""
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(dtype)
+
+
+class Layer:
+    def __init__(self, name: str):
+        self.name = name
+        self.parameters: dict[str, np.ndarray] = {}
+        self.gradients: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self._cache = None
+
+    def forward(self, x: np.ndarray, training: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        raise NotImplementedError
+
+    def _set_gradients(self, **grads):
+        for key, grad in grads.items():
+            if grad is not None:
+                self.gradients[key] = grad
+
+    def __repr__(self):
+        shapes = {k: v.shape for k, v in {**self.parameters, **self.buffers}.items()}
+        return f"{type(self).__name__}({self.name!r}, {shapes})"
+
+
+class Dense(Layer):
+    def __init__(self, name, in_features, units, rng, dtype=np.float32):
+        super().__init__(name)
+        self.parameters = {
+            "kernel": glorot_uniform(rng, (in_features, units), in_features, units, dtype),
+            "bias": np.zeros(units, dtype),
+        }
+
+    def forward(self, x, training=True):
+        out, self._cache = F.dense_forward(x, self.parameters["kernel"], self.parameters["bias"])
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        dx, dkernel, dbias = F.dense_backward(dout, self._cache, need_input_grad, need_param_grads)
+        self._set_gradients(kernel=dkernel, bias=dbias)
+        return dx
+
+
+class Conv2D(Layer):
+    def __init__(self, name, in_channels, filters, kernel_size, stride=1, padding="same", rng=None, dtype=np.float32):
+        super().__init__(name)
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        self.stride, self.padding = stride, padding
+        k = kernel_size
+        self.parameters = {
+            "kernel": glorot_uniform(rng, (k, k, in_channels, filters), k * k * in_channels, k * k * filters, dtype),
+            "bias": np.zeros(filters, dtype),
+        }
+
+    def forward(self, x, training=True):
+        p = self.parameters
+        out, self._cache = F.conv2d_forward(x, p["kernel"], p["bias"], self.stride, self.padding)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        dx, dkernel, dbias = F.conv2d_backward(dout, self._cache, need_input_grad, need_param_grads)
+        self._set_gradients(kernel=dkernel, bias=dbias)
+        return dx
+
+
+class UpSampleConv2D(Conv2D):
+    """UpSampling2D(factor, nearest) then Conv2D(stride 1, 'same'), fused (see core.functional).
+    It holds the convolution's weights, under the convolution's name."""
+
+    def __init__(self, name, in_channels, filters, kernel_size, factor=2, rng=None, dtype=np.float32):
+        super().__init__(name, in_channels, filters, kernel_size, 1, "same", rng, dtype)
+        self.factor = factor
+
+    def forward(self, x, training=True):
+        p = self.parameters
+        out, self._cache = F.upsample_conv2d_forward(x, p["kernel"], p["bias"], self.factor)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        dx, dkernel, dbias = F.upsample_conv2d_backward(dout, self._cache, need_input_grad, need_param_grads)
+        self._set_gradients(kernel=dkernel, bias=dbias)
+        return dx
+
+
+class UpSampling2D(Layer):
+    def __init__(self, name, factor=2):
+        super().__init__(name)
+        self.factor = factor
+
+    def forward(self, x, training=True):
+        return F.upsample_forward(x, self.factor)
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        return F.upsample_backward(dout, self.factor) if need_input_grad else None
+
+
+class BatchNormalization(Layer):
+    def __init__(self, name, channels, momentum=0.99, epsilon=1e-3, dtype=np.float32):
+        super().__init__(name)
+        self.momentum, self.epsilon = momentum, epsilon
+        self.parameters = {"gamma": np.ones(channels, dtype), "beta": np.zeros(channels, dtype)}
+        self.buffers = {"moving_mean": np.zeros(channels, dtype), "moving_variance": np.ones(channels, dtype)}
+
+    def forward(self, x, training=True):
+        p, b = self.parameters, self.buffers
+        if not training:
+            out, scale = F.batchnorm_inference_forward(
+                x, p["gamma"], p["beta"], b["moving_mean"], b["moving_variance"], self.epsilon
+            )
+            self._cache = ("inference", scale)
+            return out
+        out, mean, var, cache = F.batchnorm_train_forward(x, p["gamma"], p["beta"], self.epsilon)
+        for key, batch_value in (("moving_mean", mean), ("moving_variance", var)):
+            b[key][...] = F.moving_average(b[key], batch_value, self.momentum)
+        self._cache = ("train", cache)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        mode, cache = self._cache
+        if mode == "inference":  # an affine map with fixed statistics
+            return dout * cache if need_input_grad else None
+        dx, dgamma, dbeta = F.batchnorm_train_backward(dout, cache, need_input_grad)
+        if need_param_grads:
+            self._set_gradients(gamma=dgamma, beta=dbeta)
+        return dx
+
+
+class ReLU(Layer):
+    def forward(self, x, training=True):
+        out, self._cache = F.relu_forward(x)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        return dout * self._cache if need_input_grad else None
+
+
+class LeakyReLU(Layer):
+    def __init__(self, name, slope=0.2):
+        super().__init__(name)
+        self.slope = slope
+
+    def forward(self, x, training=True):
+        out, self._cache = F.leaky_relu_forward(x, self.slope)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        return F.leaky_relu_backward(dout, self._cache, self.slope) if need_input_grad else None
+
+
+class Tanh(Layer):
+    def forward(self, x, training=True):
+        self._cache = np.tanh(x)
+        return self._cache
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        return dout * (1 - self._cache * self._cache) if need_input_grad else None
+
+
+class Sigmoid(Layer):
+    def forward(self, x, training=True):
+        self._cache = F.sigmoid(x)
+        return self._cache
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        return dout * self._cache * (1 - self._cache) if need_input_grad else None
+
+
+class Dropout(Layer):
+    """Inverted dropout in training, identity in inference; masks come from `rng`, a
+    numpy Generator the owner seeds (and may swap, e.g. to replay a mask)."""
+
+    def __init__(self, name, rate, rng: np.random.Generator):
+        super().__init__(name)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.rate, self.rng = rate, rng
+
+    def forward(self, x, training=True):
+        if not training or self.rate == 0.0:
+            self._cache = None
+            return x
+        self._cache = F.dropout_mask(self.rng, x.shape, self.rate, x.dtype)
+        return x * self._cache
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        if not need_input_grad:
+            return None
+        return dout if self._cache is None else dout * self._cache
+
+
+class Reshape(Layer):
+    def __init__(self, name, shape):
+        super().__init__(name)
+        self.shape = tuple(shape)
+
+    def forward(self, x, training=True):
+        self._cache = x.shape
+        return x.reshape((x.shape[0],) + self.shape)
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        return dout.reshape(self._cache) if need_input_grad else None
+
+
+class Flatten(Reshape):
+    def __init__(self, name):
+        super().__init__(name, (-1,))

@@ -1,0 +1,164 @@
+"""Central-difference gradient checks, in float64, of every core layer w.r.t. its input and
+every parameter, over random shapes, strides and paddings drawn with fixed seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import core
+from core import functional as F
+from core.gradcheck import numerical_gradient, relative_error, sample_indices
+
+TOLERANCE = 1e-6
+SAMPLES = 40  # coordinates checked per array (all of them when the array is smaller)
+
+
+def check_layer(layer, x, rng, reseed=None, training=True):
+    """loss = sum(layer(x) * R) for a fixed random R; compare backward's gradients of the
+    input and of every parameter with central differences. `reseed` runs before each forward
+    (e.g. to replay dropout's mask)."""
+    if reseed:
+        reseed()
+    upstream = rng.standard_normal(layer.forward(x, training).shape)
+
+    def loss():
+        if reseed:
+            reseed()
+        return float(np.sum(layer.forward(x, training) * upstream))
+
+    loss()
+    dx = layer.backward(upstream)
+    checks = {"input": (x, dx)}
+    checks.update({name: (layer.parameters[name], layer.gradients[name]) for name in layer.parameters})
+    for name, (array, analytic) in checks.items():
+        assert analytic.shape == array.shape, name
+        idx = sample_indices(rng, array.size, SAMPLES)
+        numeric = numerical_gradient(loss, array, idx)
+        err = relative_error(analytic.reshape(-1)[idx], numeric)
+        assert err < TOLERANCE, f"{layer!r} d/d{name}: relative error {err:.2e}"
+
+
+def random_conv_cases(count, seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        kernel = int(rng.integers(1, 6))
+        stride = int(rng.integers(1, 3))
+        padding = str(rng.choice(["same", "valid"]))
+        height, width = (int(v) for v in rng.integers(kernel, kernel + 5, size=2))
+        yield kernel, stride, padding, height, width, int(rng.integers(1, 4)), int(rng.integers(1, 5))
+
+
+@pytest.mark.parametrize("case", list(random_conv_cases(10, seed=1)), ids=str)
+def test_conv2d_gradients(case):
+    kernel, stride, padding, height, width, cin, cout = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    layer = core.Conv2D("conv", cin, cout, kernel, stride, padding, rng, np.float64)
+    layer.parameters["bias"][:] = rng.standard_normal(cout)
+    check_layer(layer, rng.standard_normal((2, height, width, cin)), rng)
+
+
+@pytest.mark.parametrize("kernel,factor", [(4, 2), (3, 2), (5, 2), (2, 2), (4, 3), (1, 2)])
+def test_fused_upsample_conv_matches_upsample_then_conv_and_its_gradients(kernel, factor):
+    rng = np.random.default_rng(kernel * 10 + factor)
+    x = rng.standard_normal((2, 3, 4, 3))
+    layer = core.UpSampleConv2D("conv", 3, 2, kernel, factor, rng, np.float64)
+    layer.parameters["bias"][:] = rng.standard_normal(2)
+    reference = core.Conv2D("conv", 3, 2, kernel, 1, "same", rng, np.float64)
+    reference.parameters.update({k: v.copy() for k, v in layer.parameters.items()})
+    upsampled = F.upsample_forward(x, factor)
+    np.testing.assert_allclose(layer.forward(x), reference.forward(upsampled), atol=1e-12)
+    check_layer(layer, x, rng)
+
+
+def test_conv_matches_a_direct_loop_with_keras_asymmetric_padding():
+    # 'same', even kernel: Keras pads 1 before and 2 after at stride 1 (total k - 1 = 3)
+    assert F.same_padding(8, 4, 1) == (1, 2)
+    assert F.same_padding(64, 4, 2) == (1, 1)
+    assert F.same_padding(7, 4, 2) == (1, 2)  # total = (4-1)*2 + 4 - 7 = 3
+    rng = np.random.default_rng(3)
+    x, kernel = rng.standard_normal((1, 7, 7, 2)), rng.standard_normal((4, 4, 2, 3))
+    out, _ = F.conv2d_forward(x, kernel, np.zeros(3), 2, "same")
+    padded = np.pad(x, ((0, 0), (1, 2), (1, 2), (0, 0)))
+    direct = np.array(
+        [[np.tensordot(padded[0, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4], kernel, 3) for j in range(4)] for i in range(4)]
+    )
+    np.testing.assert_allclose(out[0], direct, atol=1e-12)
+
+
+@pytest.mark.parametrize("in_features,units", [(1, 1), (5, 3), (7, 12)])
+def test_dense_gradients(in_features, units):
+    rng = np.random.default_rng(in_features * 100 + units)
+    layer = core.Dense("dense", in_features, units, rng, np.float64)
+    layer.parameters["bias"][:] = rng.standard_normal(units)
+    check_layer(layer, rng.standard_normal((4, in_features)), rng)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5, 2), (2, 3, 3, 7)])
+def test_batchnorm_training_gradients(shape):
+    rng = np.random.default_rng(len(shape) * 7 + shape[-1])
+    layer = core.BatchNormalization("bn", shape[-1], dtype=np.float64)
+    layer.parameters["gamma"][:] = rng.uniform(0.5, 1.5, shape[-1])
+    layer.parameters["beta"][:] = rng.standard_normal(shape[-1])
+    check_layer(layer, rng.standard_normal(shape) * 2 + 1, rng)
+
+
+def test_batchnorm_inference_gradients():
+    rng = np.random.default_rng(11)
+    layer = core.BatchNormalization("bn", 3, dtype=np.float64)
+    layer.buffers["moving_mean"][:] = rng.standard_normal(3)
+    layer.buffers["moving_variance"][:] = rng.uniform(0.5, 2, 3)
+    x = rng.standard_normal((4, 2, 2, 3))
+    upstream = rng.standard_normal(x.shape)
+    layer.forward(x, training=False)
+    dx = layer.backward(upstream)
+    idx = np.arange(x.size)
+    numeric = numerical_gradient(lambda: float(np.sum(layer.forward(x, training=False) * upstream)), x, idx)
+    assert relative_error(dx, numeric) < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: core.ReLU("relu"),
+        lambda: core.LeakyReLU("leaky", 0.2),
+        lambda: core.Tanh("tanh"),
+        lambda: core.Sigmoid("sigmoid"),
+        lambda: core.UpSampling2D("up", 2),
+        lambda: core.UpSampling2D("up", 3),
+        lambda: core.Reshape("reshape", (6, 5)),
+        lambda: core.Flatten("flatten"),
+    ],
+    ids=["relu", "leaky_relu", "tanh", "sigmoid", "upsample2", "upsample3", "reshape", "flatten"],
+)
+def test_parameter_free_layer_gradients(make):
+    rng = np.random.default_rng(5)
+    check_layer(make(), rng.standard_normal((2, 3, 10, 1)).reshape(2, 3, 5, 2), rng)
+
+
+def test_dropout_gradients_with_the_mask_replayed():
+    rng = np.random.default_rng(6)
+    layer = core.Dropout("dropout", 0.3, np.random.default_rng(0))
+
+    def reseed():
+        layer.rng = np.random.default_rng(42)
+
+    check_layer(layer, rng.standard_normal((3, 4, 4, 2)), rng, reseed=reseed)
+
+
+def test_dropout_keeps_the_expectation_and_is_seeded():
+    x = np.ones((200, 50), np.float32)
+    first = core.Dropout("d", 0.2, np.random.default_rng(1)).forward(x)
+    second = core.Dropout("d", 0.2, np.random.default_rng(1)).forward(x)
+    np.testing.assert_array_equal(first, second)
+    assert set(np.unique(first)) == {np.float32(0), np.float32(1 / 0.8)}
+    assert abs((first == 0).mean() - 0.2) < 0.02
+    assert core.Dropout("d", 0.2, np.random.default_rng(1)).forward(x, training=False) is x
+
+
+def test_upsampling_is_nearest():
+    x = np.arange(4.0).reshape(1, 2, 2, 1)
+    np.testing.assert_array_equal(
+        core.UpSampling2D("up", 2).forward(x)[0, :, :, 0],
+        [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]],
+    )
