@@ -1,10 +1,97 @@
-"""`validate`: placeholder until its issue lands."""
+"""`validate`: compare real and generated images; writes OUT/metrics.json and OUT/report.html.
 
-from service.commands.common import not_implemented
+    python -m service.run validate --real PATH --fake PATH [--train PATH] --out DIR
+        [--image-size S] [--labels CSV] [--run RUN_DIR] [--inception-weights PATH]
+
+Each PATH is anything service.data.load_images reads (ISIC folder, image folder, .npz).
+Per-class values need labels on both sides: the real set's from its CSV or .npz, the generated
+set's from the manifest.csv that `generate` writes beside its images (or a .npz's labels).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from backends.config import CLASS_NAMES
+from service.commands.common import add_seed
+from service.errors import UserError
 
 
-def add_arguments(parser):
-    pass
+def add_arguments(p):
+    p.add_argument("--real", metavar="PATH", required=True, help="real images: ISIC folder, image folder or .npz")
+    p.add_argument("--fake", metavar="PATH", required=True, help="generated images: folder (with generate's manifest.csv) or .npz")
+    p.add_argument("--train", metavar="PATH", help="training images for the memorization audit (default: the real set)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder for metrics.json, report.html and figures")
+    p.add_argument("--image-size", type=int, choices=(32, 64, 128, 256), default=64, help="compare at this side in pixels (default: 64)")
+    p.add_argument("--labels", metavar="CSV", help="ground-truth CSV of the real (and training) images, for per-class values")
+    p.add_argument("--crop", choices=("center", "squash"), default="center", help="fit images by center-crop (default) or squash")
+    p.add_argument("--run", metavar="RUN_DIR", help="a training run directory: its loss curve goes into the report")
+    p.add_argument("--inception-weights", metavar="PATH", help="Keras InceptionV3 weights (.h5/.keras): adds standard FID/KID")
+    add_seed(p)
 
 
-run = not_implemented("validate")
+def _load(path, args, labels_csv=None):
+    from service.data import load_images
+
+    return load_images(path, args.image_size, labels_csv=labels_csv, crop=args.crop, progress=True)
+
+
+def manifest_labels(dataset) -> "list[int] | None":
+    """Class indices of a generated folder from its manifest.csv (file -> class name), if complete."""
+    if not dataset.files:
+        return None
+    manifest = Path(dataset.files[0]).parent / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    with open(manifest, newline="") as f:
+        by_file = {row.get("file", ""): row.get("class", "") for row in csv.DictReader(f)}
+    names = [by_file.get(Path(name).name, "") for name in dataset.files]
+    if not all(name in CLASS_NAMES for name in names):
+        return None  # unconditional run (empty class) or files without a row
+    return [CLASS_NAMES.index(name) for name in names]
+
+
+def run(args) -> int:
+    from service.validation import validate_sets
+
+    for option, path in (("--real", args.real), ("--fake", args.fake), ("--train", args.train), ("--run", args.run), ("--inception-weights", args.inception_weights)):
+        if path is not None and not Path(path).exists():
+            raise UserError(f"{option}: no such file or folder: {path}")
+    real = _load(args.real, args, args.labels)
+    fake = _load(args.fake, args)
+    train = _load(args.train, args, args.labels) if args.train else None
+
+    fake_labels = fake.labels
+    fake_class_names = fake.class_names
+    if fake_labels is None:
+        fake_labels = manifest_labels(fake)
+        fake_class_names = CLASS_NAMES
+    real_labels, class_names = real.labels, real.class_names
+    if real_labels is not None and fake_labels is not None and tuple(class_names) != tuple(fake_class_names):
+        # match generated classes to the real set's names; drop per-class values if they cannot be matched
+        if set(fake_class_names[i] for i in set(fake_labels)) <= set(class_names):
+            fake_labels = [list(class_names).index(fake_class_names[i]) for i in fake_labels]
+        else:
+            fake_labels = None
+    result = validate_sets(
+        real.images,
+        fake.images,
+        train=None if train is None else train.images,
+        out_dir=args.out,
+        real_labels=real_labels,
+        fake_labels=fake_labels,
+        class_names=list(class_names) if class_names else None,
+        run_dir=args.run,
+        progress=True,
+        inception_weights=args.inception_weights,
+        seed=args.seed,
+    )
+    main, reference = result["real_vs_generated"], result["real_vs_real"]
+    print(
+        f"SWD {main['swd_mean']:.3f} (real vs real {reference['swd_mean']:.3f}), "
+        f"FD {main['fd']:.4g} ({reference['fd']:.4g}), precision {main['precision']:.3f}, recall {main['recall']:.3f}, "
+        f"likely copies {main['copies']}/{result['counts']['generated']}"
+    )
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0

@@ -1,0 +1,341 @@
+"""Validation metrics on known distributions, the memorization audit, the report and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import scipy.ndimage
+import scipy.linalg
+import scipy.stats
+
+from service.errors import UserError
+from service.validation import memorization, metrics
+from service.validation.features import FEATURE_DIM, InceptionFeatures, random_net_features
+
+
+def lesion_like_images(count: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Structured uint8 images: smooth coloured background plus a blurred blob of another colour."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, size, size, 3), np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(count):
+        background = cv2.resize(rng.uniform(120, 230, (4, 4, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+        cy, cx, radius = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.12, 0.3)
+        inside = (((yy - cy) ** 2 + (xx - cx) ** 2) < radius**2).astype(np.float32)
+        inside = cv2.GaussianBlur(inside, (0, 0), 1.0)[..., None]
+        blob = rng.uniform(30, 120, 3).astype(np.float32)
+        texture = rng.normal(0, 8, (size, size, 3)).astype(np.float32)
+        images[i] = np.clip(background * (1 - inside) + blob * inside + texture, 0, 255).astype(np.uint8)
+    return images
+
+
+def brighten(images, amount):
+    return np.clip(images.astype(np.int16) + amount, 0, 255).astype(np.uint8)
+
+
+def blur(images, sigma):
+    if sigma == 0:
+        return images.copy()
+    return np.stack([cv2.GaussianBlur(image, (0, 0), sigma) for image in images])
+
+
+@pytest.fixture(scope="module")
+def real_images():
+    return lesion_like_images(64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def real_features(real_images):
+    return random_net_features(real_images)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_identical_sets_score_zero(real_images, real_features):
+    assert metrics.swd(real_images, real_images)["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics.frechet_distance(real_features, real_features) == pytest.approx(0.0, abs=1e-6)
+    kid = metrics.kernel_distance(real_features, real_features)
+    other_kid = metrics.kernel_distance(real_features, random_net_features(brighten(real_images, 30)))
+    assert abs(kid["mean"]) < 0.02 * other_kid["mean"]
+    assert metrics.precision_recall(real_features, real_features) == {"precision": 1.0, "recall": 1.0}
+    assert metrics.density_coverage(real_features, real_features)["coverage"] == 1.0
+
+
+def add_noise(images, sigma):
+    noise = np.random.default_rng(7).normal(0, 1, images.shape) * sigma
+    return np.clip(images + noise, 0, 255).astype(np.uint8)
+
+
+DISTORTIONS = {
+    "brightness": (brighten, (0, 8, 20, 45)),
+    "blur": (blur, (0, 0.6, 1.2, 2.5)),
+    "noise": (add_noise, (0, 4, 10, 25)),
+}
+
+
+@pytest.mark.parametrize("name", ["blur", "noise"])
+def test_swd_worse_monotonically_with_distortion(real_images, name):
+    distort, amounts = DISTORTIONS[name]
+    values = [metrics.swd(real_images, distort(real_images, amount))["mean"] for amount in amounts]
+    assert all(a < b for a, b in zip(values, values[1:])), values
+
+
+@pytest.mark.parametrize("name", ["brightness", "blur", "noise"])
+def test_fd_worse_monotonically_with_distortion(real_images, real_features, name):
+    distort, amounts = DISTORTIONS[name]
+    values = [metrics.frechet_distance(real_features, random_net_features(distort(real_images, amount))) for amount in amounts]
+    assert all(a < b for a, b in zip(values, values[1:])), values
+
+
+def test_swd_ignores_a_uniform_brightness_shift_by_design(real_images):
+    # each set's patches are normalised per channel (Karras et al.), so a global offset cancels
+    # (apart from clipping); FD and KID are the metrics that see it
+    shifted = brighten(real_images, 20)
+    assert metrics.swd(real_images, shifted)["mean"] < 0.2 * metrics.swd(real_images, blur(real_images, 1.2))["mean"]
+
+
+def _brute_force_swd(real, fake, seed):
+    """SWD written out directly: scipy pyramid (mirror border, as cv2), loops, scipy's 1-D W1."""
+    gaussian = np.float32([[1, 4, 6, 4, 1], [4, 16, 24, 16, 4], [6, 24, 36, 24, 6], [4, 16, 24, 16, 4], [1, 4, 6, 4, 1]]) / 256
+
+    def pyramid(image, levels):
+        planes = [np.asarray(image, np.float64)[..., c] for c in range(3)]
+        out = [planes]
+        for _ in range(1, levels):
+            down = [scipy.ndimage.convolve(p, gaussian, mode="mirror")[::2, ::2] for p in out[-1]]
+            up = []
+            for p_small, p_big in zip(down, out[-1]):
+                zeros = np.zeros_like(p_big)
+                zeros[::2, ::2] = p_small
+                up.append(scipy.ndimage.convolve(zeros, gaussian * 4, mode="mirror"))
+            out[-1] = [big - u for big, u in zip(out[-1], up)]
+            out.append(down)
+        return out
+
+    levels = metrics.swd_resolutions(*real.shape[1:3])
+    pyr_real = [pyramid(image, len(levels)) for image in real]
+    pyr_fake = [pyramid(image, len(levels)) for image in fake]
+    draws = metrics.swd_random_draws(seed, len(real), [p[0].shape for p in pyr_real[0]])
+    values = []
+    for level in range(len(levels)):
+        rows, cols = draws[level]["centres"]
+        descriptors = []
+        for pyr in (pyr_real, pyr_fake):
+            patches = []
+            for p in range(len(rows)):
+                image = pyr[p // metrics.SWD_PATCHES_PER_IMAGE][level]
+                r, c = rows[p], cols[p]
+                patches.append([ch[r - 3 : r + 4, c - 3 : c + 4] for ch in image])
+            patches = np.array(patches)  # P, C, 7, 7
+            for ch in range(3):
+                patches[:, ch] = (patches[:, ch] - patches[:, ch].mean()) / patches[:, ch].std()
+            descriptors.append(patches.reshape(len(patches), -1))
+        per_repeat = []
+        for directions in draws[level]["directions"]:
+            per_direction = [
+                scipy.stats.wasserstein_distance(descriptors[0] @ d, descriptors[1] @ d) for d in directions.astype(np.float64).T
+            ]
+            per_repeat.append(np.mean(per_direction))
+        values.append(1e3 * np.mean(per_repeat))
+    return values
+
+
+def test_swd_matches_brute_force():
+    real = lesion_like_images(3, size=32, seed=5)
+    fake = blur(lesion_like_images(3, size=32, seed=6), 1.0)
+    result = metrics.swd(real, fake, seed=3)
+    expected = _brute_force_swd(real, fake, seed=3)
+    assert list(result["levels"]) == [32, 16]
+    np.testing.assert_allclose(list(result["levels"].values()), expected, rtol=2e-4)
+    assert result["mean"] == pytest.approx(np.mean(expected), rel=2e-4)
+
+
+def test_swd_unequal_counts_use_a_subsample(real_images):
+    result = metrics.swd(real_images, real_images[:40])
+    assert result["images"] == 40 and result["mean"] > 0
+
+
+def test_frechet_matches_matrix_square_root():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12))
+    b = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12)) + 0.5
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    direct = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(scipy.linalg.sqrtm(cov_a @ cov_b)))
+    assert metrics.frechet_distance(a, b) == pytest.approx(direct, rel=1e-6)
+
+
+def test_kid_block_sums_match_per_subset_kernels(monkeypatch):
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(90, 16)), rng.normal(0.3, 1, size=(70, 16))
+    fast = metrics.kernel_distance(a, b, seed=4, subsets=10, max_subset_size=50)
+    monkeypatch.setattr(metrics, "KID_GRAM_LIMIT", 0)
+    slow = metrics.kernel_distance(a, b, seed=4, subsets=10, max_subset_size=50)
+    assert fast["mean"] == pytest.approx(slow["mean"], rel=1e-5)
+    assert fast["mean"] > 0
+
+
+def test_density_coverage_and_precision_on_known_layout():
+    # real: two far-apart clusters; generated: copies of cluster A plus points far from both
+    rng = np.random.default_rng(2)
+    cluster_a = rng.normal(size=(100, 8))
+    real = np.concatenate([cluster_a, rng.normal(size=(100, 8)) + 1000.0])
+    fake = np.concatenate([cluster_a + 1e-3, rng.normal(size=(100, 8)) - 1000.0])
+    assert metrics.precision_recall(real, fake) == {"precision": 0.5, "recall": 0.5}
+    dc = metrics.density_coverage(real, fake)
+    assert dc["coverage"] == 0.5
+    # density counts real balls per generated point / k: half the points score as copies of A do
+    assert dc["density"] == pytest.approx(0.5 * metrics.density_coverage(cluster_a, cluster_a + 1e-3)["density"])
+
+
+def test_features_are_fixed_and_shaped(real_images):
+    first = random_net_features(real_images[:5])
+    assert first.shape == (5, FEATURE_DIM) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, random_net_features(real_images[:5]))
+    # batch composition does not change an image's features
+    np.testing.assert_allclose(first[2], random_net_features(real_images[2:3])[0], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- memorization
+
+
+def test_audit_flags_copies_and_not_novel_images():
+    train = lesion_like_images(120, seed=10)
+    rng = np.random.default_rng(0)
+    copied = rng.choice(120, 12, replace=False)
+    copies = brighten(train[copied], rng.integers(-3, 4, size=(12, 1, 1, 1)))  # near-exact copies
+    novel = lesion_like_images(40, seed=11)
+    fake = np.concatenate([copies, novel])
+    audit = memorization.memorization_audit(train, fake)
+    flagged = audit["ratio"] < memorization.COPY_RATIO_THRESHOLD
+    np.testing.assert_array_equal(flagged, np.r_[np.ones(12, bool), np.zeros(40, bool)])
+    np.testing.assert_array_equal(audit["nearest_train"][:12], copied)
+    assert audit["copies"] == 12
+    # held-out images of the same distribution look novel too
+    held_out = memorization.memorization_audit(train, lesion_like_images(60, seed=12))
+    assert held_out["copies"] == 0 and 0.7 < held_out["median_ratio"] < 1.6
+
+
+def test_audit_handles_duplicated_training_images():
+    train = lesion_like_images(30, seed=13)
+    train = np.concatenate([train, train[:1]])  # image 0 twice: its nearest-neighbour gap is 0
+    audit = memorization.memorization_audit(train, np.concatenate([train[:1], lesion_like_images(5, seed=14)]))
+    assert audit["ratio"][0] == 0.0 and audit["copies"] == 1
+    assert np.all(np.isfinite(audit["ratio"])) and np.all(audit["train_gap"] > 0)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _html_references(html_text: str) -> set[str]:
+    return set(re.findall(r'(?:src|href)=["\']([^"\']+)["\']', html_text))
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, real_images):
+    from service.validation import validate_sets
+
+    out = tmp_path_factory.mktemp("report")
+    run_dir = tmp_path_factory.mktemp("run")
+    with open(run_dir / "metrics.jsonl", "w") as f:
+        for step in range(20):
+            f.write(json.dumps({"type": "step", "step": step, "d_loss": 1.0 / (step + 1), "g_loss": 0.5 + 0.01 * step}) + "\n")
+    fake = blur(lesion_like_images(40, seed=3), 0.8)
+    train = np.concatenate([real_images[:40], fake[:4]])  # four generated images are training copies
+    labels_real = np.arange(len(real_images)) % 3
+    labels_fake = np.arange(len(fake)) % 2  # class 2 never generated
+    result = validate_sets(
+        real_images, fake, train=train, out_dir=out, real_labels=labels_real, fake_labels=labels_fake,
+        class_names=["nevus", "melanoma", "seborrheic_keratosis"], run_dir=run_dir, progress=False,
+    )
+    return out, result
+
+
+def test_report_files_exist_and_html_links_resolve(report):
+    out, result = report
+    html_text = (out / "report.html").read_text()
+    references = _html_references(html_text)
+    assert references, "the report links no file"
+    for name in references:
+        assert not re.match(r"^[a-z]+:|^/", name), f"non-relative link {name}"
+        assert (out / name).is_file(), f"report.html references missing {name}"
+    expected = {
+        "metrics.json", "real_samples.png", "generated_samples.png", "loss_curve.png", "pca_thumbnails.png", "pca_scatter.png",
+        "tsne_thumbnails.png", "tsne_scatter.png", "memorization_pairs.png", "memorization_ratios.png",
+    }
+    assert expected <= references
+    for name in expected:
+        assert (out / name).stat().st_size > 1000
+    assert set(result["files"].values()) <= {p.name for p in out.iterdir()}
+
+
+def test_report_metrics_json(report):
+    out, result = report
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == result
+    main, reference = on_disk["real_vs_generated"], on_disk["real_vs_real"]
+    for key in ("swd_mean", "fd", "kid", "precision", "recall", "density", "coverage", "copy_share"):
+        assert key in main and key in reference
+    assert main["copies"] >= 4  # the planted copies
+    assert main["swd_mean"] > reference["swd_mean"]
+    assert set(on_disk["per_class"]) == {"nevus", "melanoma", "seborrheic_keratosis"}
+    assert "skipped" in on_disk["per_class"]["seborrheic_keratosis"]
+    assert "real_vs_generated" in on_disk["per_class"]["nevus"]
+    assert on_disk["counts"]["reference_half"] == 32
+
+
+def test_mismatched_sizes_are_a_user_error(tmp_path, real_images):
+    from service.validation import validate_sets
+
+    with pytest.raises(UserError, match="sizes differ"):
+        validate_sets(real_images, lesion_like_images(20, size=64), out_dir=tmp_path, progress=False)
+    with pytest.raises(UserError, match="at least"):
+        validate_sets(real_images[:8], real_images[8:30], out_dir=tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _write_npz(path, images):
+    np.savez(path, train_images=images)
+    return str(path)
+
+
+def test_cli_validates_npz_sets(tmp_path, capsys):
+    from service.run import main
+
+    real = _write_npz(tmp_path / "real.npz", lesion_like_images(24, seed=20))
+    fake = _write_npz(tmp_path / "fake.npz", lesion_like_images(12, seed=21))
+    out = tmp_path / "out"
+    assert main(["validate", "--real", real, "--fake", fake, "--out", str(out), "--image-size", "32"]) == 0
+    assert (out / "report.html").is_file() and (out / "metrics.json").is_file()
+    assert "SWD" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("missing_real", "no such file"), ("too_few", "at least"), ("missing_weights", "no such file"), ("bad_weights", "cannot load")],
+)
+def test_cli_bad_input_is_exit_2_with_one_line(tmp_path, capsys, case, message):
+    from service.run import main
+
+    real = _write_npz(tmp_path / "real.npz", lesion_like_images(24, seed=20))
+    fake = _write_npz(tmp_path / "fake.npz", lesion_like_images(12, seed=21))
+    args = ["validate", "--real", real, "--fake", fake, "--out", str(tmp_path / "out"), "--image-size", "32"]
+    if case == "missing_real":
+        args[2] = str(tmp_path / "nowhere")
+    elif case == "too_few":
+        args[4] = _write_npz(tmp_path / "few.npz", lesion_like_images(3, seed=22))
+    elif case == "missing_weights":
+        args += ["--inception-weights", str(tmp_path / "inception.h5")]
+    else:
+        (tmp_path / "inception.h5").write_bytes(b"not a weights file")
+        args += ["--inception-weights", str(tmp_path / "inception.h5")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
