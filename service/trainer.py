@@ -36,6 +36,7 @@ import numpy as np
 
 from backends.base import Backend
 from backends.noise import sample_noise
+from backends.rng_state import rng_from_arrays, rng_to_arrays
 from service import checkpoint as ckpt
 from service.errors import UserError
 from service.rundir import LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_DIR
@@ -110,37 +111,6 @@ def grid_labels(num_classes: int, count: int = SAMPLE_GRID_SIZE, columns: int = 
     rows = math.ceil(count / columns)
     row_class = (np.arange(rows) * num_classes) // rows
     return np.repeat(row_class, columns)[:count].astype(np.int64)
-
-
-def _int128_to_bytes(value: int) -> np.ndarray:
-    return np.frombuffer(int(value).to_bytes(16, "little"), dtype=np.uint8).copy()
-
-
-def rng_to_arrays(rng: np.random.Generator, prefix: str) -> dict[str, np.ndarray]:
-    """A PCG64 Generator's exact state as plain arrays (its 128-bit integers as 16 bytes each)."""
-    state = rng.bit_generator.state
-    if state["bit_generator"] != "PCG64":
-        raise ValueError(f"only PCG64 state is serialised, got {state['bit_generator']}")
-    return {
-        prefix + "state": _int128_to_bytes(state["state"]["state"]),
-        prefix + "inc": _int128_to_bytes(state["state"]["inc"]),
-        prefix + "has_uint32": np.array(state["has_uint32"], dtype=np.int64),
-        prefix + "uinteger": np.array(state["uinteger"], dtype=np.int64),
-    }
-
-
-def rng_from_arrays(arrays: dict[str, np.ndarray], prefix: str) -> np.random.Generator:
-    bit_generator = np.random.PCG64()
-    bit_generator.state = {
-        "bit_generator": "PCG64",
-        "state": {
-            "state": int.from_bytes(bytes(arrays[prefix + "state"]), "little"),
-            "inc": int.from_bytes(bytes(arrays[prefix + "inc"]), "little"),
-        },
-        "has_uint32": int(arrays[prefix + "has_uint32"]),
-        "uinteger": int(arrays[prefix + "uinteger"]),
-    }
-    return np.random.Generator(bit_generator)
 
 
 # --------------------------------------------------------------------------- stop signals

@@ -23,19 +23,10 @@ from backends import spec
 from backends.base import Backend, check_weights
 from backends.config import GANConfig
 from backends.numpy.builder import build_network
+from backends.rng_state import rng_to_arrays, set_rng_from_arrays
 
 RNG_PREFIX = "rng/numpy/"
 INFERENCE_CHUNK = 64  # images per forward pass in generate/discriminate: bounds the im2col buffers
-_UINT64_MASK = (1 << 64) - 1
-
-
-def _split_uint128(value: int) -> np.ndarray:
-    return np.array([(value >> 64) & _UINT64_MASK, value & _UINT64_MASK], dtype=np.uint64)
-
-
-def _join_uint128(words: np.ndarray) -> int:
-    high, low = (int(w) for w in np.asarray(words, dtype=np.uint64))
-    return (high << 64) | low
 
 
 class NumpyBackend(Backend):
@@ -233,27 +224,7 @@ class NumpyBackend(Backend):
             optimizer.iterations = int(state[f"opt/{net}/iterations"])
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
-        state = self.rng.bit_generator.state
-        if state["bit_generator"] != "PCG64":
-            raise ValueError(f"cannot serialise a {state['bit_generator']} generator")
-        return {
-            RNG_PREFIX + "state": _split_uint128(state["state"]["state"]),
-            RNG_PREFIX + "inc": _split_uint128(state["state"]["inc"]),
-            RNG_PREFIX + "has_uint32": np.array(state["has_uint32"], dtype=np.int64),
-            RNG_PREFIX + "uinteger": np.array(state["uinteger"], dtype=np.uint64),
-        }
+        return rng_to_arrays(self.rng, RNG_PREFIX)
 
     def set_rng_state(self, state) -> None:
-        names = ("state", "inc", "has_uint32", "uinteger")
-        missing = [RNG_PREFIX + n for n in names if RNG_PREFIX + n not in state]
-        if missing:
-            raise ValueError(f"rng state: missing {missing[0]!r}")
-        self.rng.bit_generator.state = {
-            "bit_generator": "PCG64",
-            "state": {
-                "state": _join_uint128(state[RNG_PREFIX + "state"]),
-                "inc": _join_uint128(state[RNG_PREFIX + "inc"]),
-            },
-            "has_uint32": int(state[RNG_PREFIX + "has_uint32"]),
-            "uinteger": int(state[RNG_PREFIX + "uinteger"]),
-        }
+        set_rng_from_arrays(self.rng, state, RNG_PREFIX)
