@@ -1,0 +1,214 @@
+"""Keras models built from `backends.spec`, and the map from shared weight names to variables.
+
+Each spec layer becomes one Keras layer with the spec's name; the shared name of a weight
+("generator/conv_1/kernel") is mapped to the Keras variable explicitly, layer by layer, so
+Keras's own variable paths never matter.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from backends import spec
+from backends.config import GANConfig
+
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
+
+# Layers whose output leaves the network stay in full precision under mixed precision:
+# G's images and D's logits feed the loss and the caller.
+FULL_PRECISION_OUTPUTS = {("generator", "tanh"), ("discriminator", "dense")}
+
+
+class ExactLeakyReLU(keras.layers.LeakyReLU):
+    """LeakyReLU as max(x, slope * x) with the slope in the input's dtype.
+
+    TensorFlow's LeakyRelu kernel holds its slope as a float32 attribute, which rounds 0.2 in
+    float64 runs (a 1.5e-8 relative error, too coarse for float64 parity checks); and with
+    oneDNN on, grappler's remapper fails on Conv2D+BiasAdd+LeakyRelu followed by its gradient
+    ("remapper failed ... LeakyReluGrad") and drops all its fusions. The same step time was
+    measured with this form.
+    """
+
+    def call(self, inputs):
+        # convert_to_tensor, not cast: cast would go through a float32 constant first
+        slope = keras.ops.convert_to_tensor(self.negative_slope, dtype=inputs.dtype)
+        return keras.ops.maximum(inputs, slope * inputs)  # = leaky ReLU for a slope in [0, 1]
+
+
+def _phase_taps(phase: int, kernel_size: int) -> list[tuple[int, list[int]]]:
+    """For output rows 2i + phase of a 'same' conv on a 2x nearest-upsampled input: the source
+    row offsets d (row i + d of the small input) and the kernel taps that all read that row."""
+    before = (kernel_size - 1) // 2  # 'same', stride 1: total padding k - 1, the smaller half first
+    groups: dict[int, list[int]] = {}
+    for tap in range(kernel_size):
+        groups.setdefault((phase + tap - before) // 2, []).append(tap)
+    return sorted(groups.items())
+
+
+def upsample_conv_taps(kernel_size: int) -> int:
+    """Kernel taps per 2x2 output block of UpSampleConv2D (25 for k=4, against 64 direct)."""
+    per_phase = [len(_phase_taps(p, kernel_size)) for p in (0, 1)]
+    return sum(per_phase) ** 2
+
+
+class UpSampleConv2D(keras.layers.Layer):
+    """UpSampling2D(2, nearest) then Conv2D(filters, k, 'same'), computed without the upsampled
+    image: each of the four output phases (even/odd row x even/odd column) is a small conv on
+    the input, with the taps that read the same source pixel summed. Exactly the same function
+    (the parity tests check it against the NumPy core to 1e-9), with 25 instead of 64
+    multiply-adds per 2x2 output block for k=4. Weights as Conv2D: kernel (k, k, cin, filters), bias.
+    """
+
+    def __init__(self, filters: int, kernel_size: int, kernel_initializer, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size = filters, kernel_size
+        self.kernel_initializer = kernel_initializer
+
+    def build(self, input_shape):
+        shape = (self.kernel_size, self.kernel_size, input_shape[-1], self.filters)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def _phase(self, inputs, kernel, row_phase: int, col_phase: int):
+        rows, cols = _phase_taps(row_phase, self.kernel_size), _phase_taps(col_phase, self.kernel_size)
+        by_row = tf.stack([tf.add_n([kernel[t] for t in taps]) for _, taps in rows])
+        phase_kernel = tf.stack([tf.add_n([by_row[:, t] for t in taps]) for _, taps in cols], axis=1)
+        padding = [[0, 0], [-rows[0][0], rows[-1][0]], [-cols[0][0], cols[-1][0]], [0, 0]]
+        return tf.nn.conv2d(tf.pad(inputs, padding), phase_kernel, 1, "VALID")
+
+    def call(self, inputs):
+        kernel = tf.cast(self.kernel, inputs.dtype)
+        shape = tf.shape(inputs)
+        rows = [tf.stack([self._phase(inputs, kernel, a, b) for b in (0, 1)], axis=3) for a in (0, 1)]
+        interleaved = tf.stack(rows, axis=2)  # (B, H, 2, W, 2, filters)
+        out = tf.reshape(interleaved, [shape[0], 2 * shape[1], 2 * shape[2], self.filters])
+        return out + tf.cast(self.bias, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        return (batch, None if height is None else 2 * height, None if width is None else 2 * width, self.filters)
+
+
+def _fusable(layers: list[spec.Layer], index: int) -> bool:
+    """A 2x upsampling straight into a stride-1 'same' conv: built as one UpSampleConv2D."""
+    if layers[index].kind != "upsample" or layers[index].args["factor"] != 2 or index + 1 >= len(layers):
+        return False
+    after = layers[index + 1]
+    return after.kind == "conv" and after.args["stride"] == 1 and after.args["padding"] == "same"
+
+
+def dtype_policy(config: GANConfig) -> str:
+    if config.dtype == "float64":
+        return "float64"
+    return "mixed_bfloat16" if config.mixed_precision else "float32"
+
+
+def input_shape(config: GANConfig, net: str) -> tuple[int, ...]:
+    if net == "generator":
+        return (config.latent_dim + config.num_classes,)
+    return (config.image_size, config.image_size, config.channels + config.num_classes)
+
+
+def _keras_layer(layer: spec.Layer, net: str, config: GANConfig, seed: int, policy: str):
+    a = layer.args
+    if (net, layer.kind) in FULL_PRECISION_OUTPUTS and policy.startswith("mixed"):
+        policy = "float32"
+    common = {"name": layer.name, "dtype": policy}
+    if layer.kind == "dense":
+        return keras.layers.Dense(
+            a["units"], kernel_initializer=keras.initializers.GlorotUniform(seed=seed), **common
+        )
+    if layer.kind == "conv":
+        return keras.layers.Conv2D(
+            a["filters"],
+            a["kernel"],
+            strides=a["stride"],
+            padding=a["padding"],
+            kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+            **common,
+        )
+    if layer.kind == "bn":
+        return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, **common)
+    if layer.kind == "relu":
+        return keras.layers.ReLU(**common)
+    if layer.kind == "leaky_relu":
+        return ExactLeakyReLU(negative_slope=a["slope"], **common)
+    if layer.kind == "tanh":
+        return keras.layers.Activation("tanh", **common)
+    if layer.kind == "dropout":
+        return keras.layers.Dropout(a["rate"], seed=seed, **common)
+    if layer.kind == "reshape":
+        return keras.layers.Reshape(a["shape"], **common)
+    if layer.kind == "upsample":
+        return keras.layers.UpSampling2D(a["factor"], interpolation="nearest", **common)
+    if layer.kind == "flatten":
+        return keras.layers.Flatten(**common)
+    raise ValueError(f"spec layer kind {layer.kind!r} has no Keras counterpart")
+
+
+def build_network(config: GANConfig, net: str) -> keras.Sequential:
+    """The network `net` as a built Keras Sequential; initial weights and dropout seeds derive
+    from config.seed (distinct per layer and per network)."""
+    policy = dtype_policy(config)
+    net_offset = spec.NETS.index(net) * 1000
+    layers = [keras.Input(shape=input_shape(config, net), dtype="float64" if policy == "float64" else "float32")]
+    spec_layers = spec.net_spec(config, net)
+    fuse = config.extra.get("fuse_upsample_conv", True)
+    skip_next = False
+    for index, layer in enumerate(spec_layers):
+        seed = config.seed * 10007 + net_offset + index
+        if skip_next:
+            skip_next = False
+            continue
+        if fuse and _fusable(spec_layers, index):
+            conv = spec_layers[index + 1]
+            layers.append(
+                UpSampleConv2D(
+                    conv.args["filters"],
+                    conv.args["kernel"],
+                    keras.initializers.GlorotUniform(seed=seed + 1),  # the conv's own seed
+                    name=conv.name,
+                    dtype=policy,
+                )
+            )
+            skip_next = True
+            continue
+        layers.append(_keras_layer(layer, net, config, seed, policy))
+    return keras.Sequential(layers, name=net)
+
+
+_PARAM_ATTRIBUTES = {
+    "kernel": "kernel",
+    "bias": "bias",
+    "gamma": "gamma",
+    "beta": "beta",
+    "moving_mean": "moving_mean",
+    "moving_variance": "moving_variance",
+}
+
+
+def weight_variables(config: GANConfig, net: str, model: keras.Sequential) -> dict:
+    """Shared weight name -> Keras variable, in spec order; shapes checked against the spec."""
+    variables = {}
+    for layer in spec.net_spec(config, net):
+        params = spec.layer_param_shapes(layer)
+        keras_layer = model.get_layer(layer.name) if params else None
+        for param, shape in params.items():
+            variable = getattr(keras_layer, _PARAM_ATTRIBUTES[param])
+            if tuple(variable.shape) != tuple(shape):
+                raise AssertionError(f"{net}/{layer.name}/{param}: Keras shape {variable.shape}, spec {shape}")
+            variables[f"{net}/{layer.name}/{param}"] = variable
+    return variables
+
+
+def dropout_seed_variables(config: GANConfig, net: str, model: keras.Sequential) -> dict:
+    """"rng/tf/<net>/<layer>/seed" -> the seed-state variable of each active Dropout layer."""
+    states = {}
+    for layer in spec.net_spec(config, net):
+        if layer.kind == "dropout":
+            generator = getattr(model.get_layer(layer.name), "seed_generator", None)
+            if generator is not None:  # rate 0 has no generator: nothing random to save
+                states[f"rng/tf/{net}/{layer.name}/seed"] = generator.state
+    return states

@@ -1,0 +1,158 @@
+"""Cross-backend parity: the NumPy core and TensorFlow agree on the same model.
+
+For the same weights and batch (dropout off): G's images, D's logits, both losses and the
+gradient of every parameter; then one full train_step (both Adam updates and G's batch-norm
+moving statistics) leaves the same weights and optimizer state; and a checkpoint written by
+either backend after two steps generates the same images in the other.
+
+Comparisons are element-wise: |tf - numpy| <= tol * (|numpy| + scale), where scale is the
+largest magnitude among arrays of the same kind in the same network. The scale term matters
+for values that are zero in exact arithmetic and rounding noise in both backends, such as the
+gradient of a conv bias that a batch norm follows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("backends.tf")  # before TensorFlow itself: it sets TF start-up options
+numpy_backend = pytest.importorskip("backends.numpy", reason="the numpy backend has not landed")
+
+from backends import spec  # noqa: E402
+from backends.config import GANConfig  # noqa: E402
+from backends.tf import TFBackend  # noqa: E402
+
+NumpyBackend = numpy_backend.NumpyBackend
+
+BATCH = 4
+TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+# `generate` returns float32 images by contract: in float64 runs they match to float32 rounding.
+IMAGE_TOLERANCE = {"float64": 1e-6, "float32": 1e-4}
+
+CASES = {
+    "32-unconditional": dict(image_size=32),
+    "32-conditional": dict(image_size=32, num_classes=3, label_smoothing=0.1),
+    "64-unconditional": dict(image_size=64, beta_1=0.5, epsilon=1e-7),
+    "64-conditional": dict(image_size=64, num_classes=3),
+    "32-conditional-float32": dict(image_size=32, num_classes=3, dtype="float32"),
+}
+
+
+def parity_config(**overrides) -> GANConfig:
+    values = dict(width=4, max_width=32, latent_dim=16, batch_size=BATCH, dropout=0.0, dtype="float64", seed=7)
+    values.update(overrides)
+    return GANConfig(**values)
+
+
+def make_batch(config: GANConfig, seed: int):
+    rng = np.random.default_rng(seed)
+    real = rng.uniform(-1, 1, (BATCH, config.image_size, config.image_size, config.channels))
+    z = rng.uniform(-1, 1, (BATCH, config.latent_dim))
+    labels = rng.integers(0, config.num_classes, BATCH) if config.num_classes else None
+    return real.astype(config.dtype), z.astype(config.dtype), labels
+
+
+def kind_of(name: str) -> str:
+    """Arrays compared on a common scale: same network, same parameter kind, same slot."""
+    parts = name.split("/")
+    if parts[0] == "opt":
+        return "/".join(parts[1:3]) + "/" + parts[-1] if len(parts) > 3 else name
+    return parts[0] + "/" + parts[-1]
+
+
+def assert_arrays_match(expected: dict, actual: dict, tol: float, what: str) -> None:
+    assert sorted(expected) == sorted(actual), what
+    scales: dict[str, float] = {}
+    for name, value in expected.items():
+        scales[kind_of(name)] = max(scales.get(kind_of(name), 0.0), float(np.max(np.abs(value), initial=0.0)))
+    for name in expected:
+        want, got = np.asarray(expected[name], np.float64), np.asarray(actual[name], np.float64)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scales[kind_of(name)], err_msg=f"{what}: {name}")
+
+
+def biases_before_batch_norm(config: GANConfig) -> list[str]:
+    """Biases of layers a batch norm follows: their gradient is zero in exact arithmetic."""
+    names = []
+    for net in spec.NETS:
+        layers = spec.net_spec(config, net)
+        for layer, after in zip(layers, layers[1:]):
+            if layer.kind in ("dense", "conv") and after.kind == "bn":
+                names.append(f"{net}/{layer.name}/bias")
+    return names
+
+
+def synchronise(source, target) -> None:
+    """A checkpoint dict from one backend loaded into the other."""
+    target.set_weights(source.get_weights())
+    target.set_optimizer_state(source.get_optimizer_state())
+
+
+@pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
+def pair(request):
+    config = parity_config(**CASES[request.param])
+    tf_backend, np_backend = TFBackend(config), NumpyBackend(config)
+    synchronise(tf_backend, np_backend)
+    return tf_backend, np_backend, TOLERANCE[config.dtype]
+
+
+def image_tolerance(backend) -> float:
+    return IMAGE_TOLERANCE[backend.config.dtype]
+
+
+def test_forward_losses_and_every_gradient_agree(pair):
+    tf_backend, np_backend, tol = pair
+    synchronise(tf_backend, np_backend)
+    config = tf_backend.config
+    real, z, labels = make_batch(config, seed=1)
+
+    images = {"images": tf_backend.generate(z, labels)}
+    assert_arrays_match(images, {"images": np_backend.generate(z, labels)}, image_tolerance(tf_backend), "G(z)")
+    for source, batch in (("real", real), ("fake", images["images"].astype(config.dtype))):
+        tf_logits = tf_backend.discriminate(batch, labels)
+        assert tf_logits.shape == (BATCH,)
+        assert_arrays_match({"logits": np_backend.discriminate(batch, labels)}, {"logits": tf_logits}, tol, f"D({source})")
+
+    expected, actual = np_backend.compute_gradients(real, z, labels), tf_backend.compute_gradients(real, z, labels)
+    assert actual["d_loss"] == pytest.approx(expected["d_loss"], rel=tol)
+    assert actual["g_loss"] == pytest.approx(expected["g_loss"], rel=tol)
+    trainable = [n for n in spec.weight_shapes(config) if spec.is_trainable(n)]
+    assert sorted(expected["grads"]) == sorted(trainable)
+    assert_arrays_match(expected["grads"], actual["grads"], tol, "gradients")
+    # The test compares something: every layer's kernel receives a gradient.
+    assert all(np.abs(expected["grads"][n]).max() > 0 for n in trainable if n.endswith("kernel"))
+
+
+def test_one_train_step_leaves_the_same_weights_and_optimizer_state(pair):
+    tf_backend, np_backend, tol = pair
+    synchronise(tf_backend, np_backend)
+    before = tf_backend.get_weights()
+    real, z, labels = make_batch(tf_backend.config, seed=2)
+    tf_losses, np_losses = tf_backend.train_step(real, z, labels), np_backend.train_step(real, z, labels)
+    assert tf_losses == pytest.approx(np_losses, rel=tol)
+    after, tf_after = np_backend.get_weights(), tf_backend.get_weights()
+    if tf_backend.config.dtype == "float32":
+        # Those biases' gradients are float32 rounding noise in both backends, and Adam's first
+        # step scales noise up to nearly the step size: they agree only to within 2 steps.
+        step = 2 * max(tf_backend.config.lr_g, tf_backend.config.lr_d)
+        for name in biases_before_batch_norm(tf_backend.config):
+            np.testing.assert_allclose(tf_after.pop(name), after.pop(name), rtol=0, atol=step, err_msg=name)
+    assert_arrays_match(after, tf_after, tol, "weights after train_step")
+    assert_arrays_match(np_backend.get_optimizer_state(), tf_backend.get_optimizer_state(), tol, "optimizer state")
+    # Both Adam updates and the moving statistics actually moved.
+    after = np_backend.get_weights()
+    for name in ("generator/conv_1/kernel", "discriminator/conv_0/kernel", "generator/bn_1/moving_mean"):
+        assert not np.allclose(after[name], before[name]), name
+
+
+@pytest.mark.parametrize("writer", ["tf", "numpy"])
+def test_a_checkpoint_after_two_steps_generates_the_same_images_in_the_other_backend(pair, writer):
+    tf_backend, np_backend, tol = pair
+    synchronise(tf_backend, np_backend)
+    source, reader = (tf_backend, np_backend) if writer == "tf" else (np_backend, tf_backend)
+    for step in range(2):
+        real, z, labels = make_batch(source.config, seed=10 + step)
+        source.train_step(real, z, labels)
+    synchronise(source, reader)
+    _, z, labels = make_batch(source.config, seed=20)
+    assert_arrays_match({"images": source.generate(z, labels)}, {"images": reader.generate(z, labels)}, image_tolerance(source), "images")
