@@ -78,6 +78,21 @@ class Backend(ABC):
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None: ...
 
 
+def check_labels(labels, count: int, num_classes: int) -> np.ndarray | None:
+    """Validated int class indices for a batch of `count`, or None for an unconditional model
+    (labels carry no information for it). ValueError names what is wrong."""
+    if num_classes == 0:
+        return None
+    if labels is None:
+        raise ValueError(f"this model is conditional on {num_classes} classes: labels are required")
+    labels = np.asarray(labels)
+    if labels.shape != (count,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be {count} integer class indices, got shape {labels.shape} {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+    return labels
+
+
 def check_weights(expected: dict[str, tuple], given: dict[str, np.ndarray], what: str = "weights") -> None:
     """Raise ValueError naming the first missing, unexpected or misshapen entry."""
     missing = [n for n in expected if n not in given]

@@ -20,7 +20,7 @@ import numpy as np
 import core
 from core import augment
 from backends import spec
-from backends.base import Backend, check_weights
+from backends.base import Backend, check_labels, check_weights
 from backends.config import GANConfig
 from backends.numpy.builder import build_network
 from backends.rng_state import rng_to_arrays, set_rng_from_arrays
@@ -51,16 +51,7 @@ class NumpyBackend(Backend):
 
     # --- inputs ---
     def _labels(self, labels, count: int):
-        if self.config.num_classes == 0:
-            return None  # unconditional: labels carry no information for the model
-        if labels is None:
-            raise ValueError(f"this model is conditional on {self.config.num_classes} classes: labels are required")
-        labels = np.asarray(labels)
-        if labels.shape != (count,) or labels.dtype.kind not in "iu":
-            raise ValueError(f"labels must be {count} integer class indices, got shape {labels.shape} {labels.dtype}")
-        if labels.size and (labels.min() < 0 or labels.max() >= self.config.num_classes):
-            raise ValueError(f"labels must be in [0, {self.config.num_classes}), got {labels.min()}..{labels.max()}")
-        return labels
+        return check_labels(labels, count, self.config.num_classes)
 
     def _one_hot(self, labels) -> np.ndarray:
         return np.eye(self.config.num_classes, dtype=self.dtype)[labels]

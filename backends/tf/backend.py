@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from backends import spec  # noqa: E402
-from backends.base import Backend, check_weights  # noqa: E402
+from backends.base import Backend, check_labels, check_weights  # noqa: E402
 from backends.config import GANConfig  # noqa: E402
 from backends.tf.augment import diff_augment  # noqa: E402
 from backends.tf.models import build_network, dropout_seed_variables, weight_variables  # noqa: E402
@@ -229,16 +229,9 @@ class TFBackend(Backend):
     # --- arguments across the seam ---
     def _args(self, *arrays, labels=None) -> list:
         tensors = [tf.convert_to_tensor(np.asarray(a), dtype=self.float_dtype) for a in arrays]
-        if not self.conditional:
-            return tensors  # unconditional: labels carry no information for the model
-        batch = tensors[-1].shape[0]
+        labels = check_labels(labels, tensors[-1].shape[0], self.config.num_classes)
         if labels is None:
-            raise ValueError(f"this model is conditional on {self.config.num_classes} classes: labels are required")
-        labels = np.asarray(labels)
-        if labels.shape != (batch,) or labels.dtype.kind not in "iu":
-            raise ValueError(f"labels must be {batch} integer class indices, got shape {labels.shape} {labels.dtype}")
-        if labels.size and (labels.min() < 0 or labels.max() >= self.config.num_classes):
-            raise ValueError(f"labels must be in [0, {self.config.num_classes}), got {labels.min()}..{labels.max()}")
+            return tensors
         tensors.append(tf.convert_to_tensor(labels, dtype=tf.int32))
         return tensors
 

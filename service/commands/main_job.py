@@ -99,13 +99,12 @@ def run(args) -> int:
 
 
 def _generate(run_dir: Path, out_dir: Path, args, progress: bool):
-    import os
-
     from service.generation import generate_in_process, generate_on_ray, plan_job
 
     job = plan_job(run_dir, args.count, out_dir, seed=args.seed, backend=args.backend)
     if args.workers == 0:
-        os.environ.setdefault("DCGAN_TF_THREADS", "1")  # the bytes Ray workers would write
+        # In the training process TF keeps its training thread count, so a pixel may differ by
+        # one level from `generate`'s one-thread workers (see service.generation).
         generate_in_process(job, progress=progress)
     else:
         generate_on_ray(job, workers=args.workers, progress=progress)
