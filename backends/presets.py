@@ -26,19 +26,19 @@ PRESETS: dict[str, dict] = {
     # Best image quality per CPU-minute on the embedded dataset (docs/presets.md records the
     # experiment behind it).
     "default": dict(
-        width=32,
-        max_width=256,
+        width=16,
+        max_width=128,
         noise="normal",
-        lr_g=2e-4,
-        lr_d=2e-4,
+        lr_g=5e-4,
+        lr_d=5e-4,
         beta_1=0.5,
         beta_2=0.999,
         epsilon=1e-7,
-        label_smoothing=0.1,
-        diffaugment="",
-        batch_size=64,
-        margin=0.1,
-        max_rebalance_steps=3,
+        label_smoothing=0.0,
+        diffaugment="translation,color",
+        batch_size=32,
+        margin=1.0,
+        max_rebalance_steps=1,
         dropout=0.2,
     ),
 }

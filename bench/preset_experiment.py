@@ -5,7 +5,15 @@
 Each variant trains for --budget seconds (wall clock, whatever the machine), generates
 --count images from the last checkpoint and scores them by SWD (x1e3) against --count fresh
 embedded images of another seed; the real-vs-real SWD of two disjoint fresh sets of --count
-images is printed beside it. Results go to stdout and OUT/results.json. Not collected by pytest.
+images is printed beside it, and a memorization audit counts likely copies of the 2,000
+training images (fresh real images give the reference count). Results go to stdout and
+OUT/results.json. Not collected by pytest.
+
+    --variants default,seed+batch_size=50     names from VARIANTS or PRESET+field=value+...
+    --eval-every 50                           also score every 50 s of step time (a curve)
+    --calibrate                               SWD of real sets altered by blur, noise, averaging
+
+docs/presets.md records the runs behind the `default` preset.
 """
 
 from __future__ import annotations
@@ -23,6 +31,23 @@ VARIANTS = {
 }
 
 
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """A name from VARIANTS, or "PRESET+field=value+...", e.g. "default+width=16+batch_size=32"."""
+    if spec in VARIANTS:
+        return VARIANTS[spec]
+    preset, *pairs = spec.split("+")
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"bad variant {spec!r}: expected field=value after '+'")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return preset, overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget", type=float, default=600.0)
@@ -30,13 +55,23 @@ def main() -> None:
     parser.add_argument("--backend", default="tf")
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--out", default="runs/preset-experiment")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma list of VARIANTS names or PRESET+field=value+... specs")
+    parser.add_argument("--eval-every", type=float, default=0.0,
+                        help="also score SWD at the first epoch end after every this many seconds "
+                             "of training steps (the budget then counts step time only)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="only print reference SWDs of altered real sets (blur, noise, mean image)")
     args = parser.parse_args()
+    if args.calibrate:
+        calibrate(args.image_size, args.count)
+        return
 
     from service import data
     from service.commands.train import run_training
     from service.generation import generate_in_process, plan_job
     from service.imageio import read_png, to_uint8
+    from service.validation.memorization import audit_summary, memorization_audit
     from service.validation.metrics import swd
 
     import numpy as np
@@ -44,28 +79,89 @@ def main() -> None:
     reference = to_uint8(data.default_dataset(args.image_size, count=2 * args.count, seed=7, progress=False).images)
     real, other_half = reference[: args.count], reference[args.count :]
     real_vs_real = swd(real, other_half)["mean"]
+    # the training set run_training uses without --data, for the memorization audit
+    train = to_uint8(data.default_dataset(args.image_size, count=2000, progress=False).images)
+    real_audit = audit_summary(memorization_audit(train, real))
     results = {"budget_s": args.budget, "image_size": args.image_size, "backend": args.backend,
-               "real_vs_real_swd": real_vs_real, "variants": {}}
+               "real_vs_real_swd": real_vs_real, "real_memorization": real_audit, "variants": {}}
     out = Path(args.out) / f"{args.image_size}px-{int(args.budget)}s"
     for name in args.variants.split(","):
-        preset, overrides = VARIANTS[name]
+        preset, overrides = parse_variant(name)
         run_dir = out / name
         started = time.perf_counter()
+        curve, hook = [], None
+        if args.eval_every > 0:
+            hook = _curve_hook(args, real, curve, name)
         outcome = run_training(out=run_dir, backend=args.backend, preset=preset, image_size=args.image_size,
-                               time_budget=args.budget, config_overrides=overrides or None, progress=False)
+                               time_budget=None if hook else args.budget, epochs=10**6 if hook else None,
+                               config_overrides=overrides or None, progress=False, on_epoch_end=hook)
         job = plan_job(run_dir, args.count, run_dir / "generated", seed=1, backend=args.backend)
         generate_in_process(job)
         fake = np.stack([read_png(p) for p in sorted((run_dir / "generated").glob("img_*.png"))])
         score = swd(real, fake)["mean"]
+        audit = audit_summary(memorization_audit(train, fake))
         results["variants"][name] = {
             "preset": preset, "overrides": overrides, "steps": outcome.result.step,
             "epochs": outcome.result.epoch, "swd": score,
             "rebalance_d": outcome.result.rebalance_d, "rebalance_g": outcome.result.rebalance_g,
-            "wall_s": time.perf_counter() - started,
+            "memorization": audit, "wall_s": time.perf_counter() - started, "curve": curve,
         }
-        print(f"{name:24s} steps {outcome.result.step:5d}  SWD {score:7.1f}  (real vs real {real_vs_real:.1f})", flush=True)
+        print(f"{name:24s} steps {outcome.result.step:5d}  SWD {score:7.1f}  (real vs real {real_vs_real:.1f})  "
+              f"likely copies {audit['copies']} (fresh real images: {real_audit['copies']})", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+def calibrate(image_size: int, count: int) -> None:
+    """SWD of fresh real images against fresh real images altered in known ways: a scale for
+    reading the experiment's numbers."""
+    import cv2
+    import numpy as np
+
+    from service import data
+    from service.imageio import to_uint8
+    from service.validation.metrics import swd
+
+    real = to_uint8(data.default_dataset(image_size, count=count, seed=7, progress=False).images)
+    other = to_uint8(data.default_dataset(image_size, count=count, seed=11, progress=False).images)
+    noisy = other.astype(np.float64) + np.random.default_rng(0).normal(0.0, 8.0, other.shape)
+    altered = {
+        "unaltered (real vs real)": other,
+        "3x3 Gaussian blur": np.stack([cv2.GaussianBlur(x, (3, 3), 0) for x in other]),
+        "5x5 Gaussian blur": np.stack([cv2.GaussianBlur(x, (5, 5), 0) for x in other]),
+        "Gaussian pixel noise, sigma 8": np.clip(np.rint(noisy), 0, 255).astype(np.uint8),
+        "the set's mean image": np.repeat(np.rint(other.mean(axis=0, keepdims=True)).astype(np.uint8), count, 0),
+    }
+    for name, images in altered.items():
+        print(f"{image_size}x{image_size} {count} vs {count}  {name:32s} SWD {swd(real, images)['mean']:7.1f}", flush=True)
+
+
+def _curve_hook(args, real, curve, name):
+    """on_epoch_end hook: SWD of --count fresh samples each --eval-every seconds of step time."""
+    import numpy as np
+
+    from backends.noise import sample_noise
+    from service.imageio import to_uint8
+    from service.validation.metrics import swd
+
+    state = {"train_s": 0.0, "next": args.eval_every}
+
+    def hook(epoch, backend, run_dir, summary):
+        state["train_s"] += summary["seconds"]
+        done = state["train_s"] >= args.budget
+        if state["train_s"] >= state["next"] or done:
+            state["next"] += args.eval_every
+            z = sample_noise(np.random.default_rng(1), len(real), backend.config)
+            fake = to_uint8(np.concatenate([backend.generate(z[i : i + 250]) for i in range(0, len(z), 250)]))
+            score = swd(real, fake)["mean"]
+            curve.append({"train_s": round(state["train_s"], 1), "step": summary["step"], "swd": score,
+                          "d_loss": summary["d_loss"], "g_loss": summary["g_loss"]})
+            print(f"  {name}: {state['train_s']:6.0f} s  step {summary['step']:5d}  SWD {score:6.1f}  "
+                  f"d {summary['d_loss']:.2f} g {summary['g_loss']:.2f}  "
+                  f"extra g {summary['rebalance_g']} d {summary['rebalance_d']}", flush=True)
+        return done
+
+    return hook
 
 
 if __name__ == "__main__":

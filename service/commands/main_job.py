@@ -22,7 +22,7 @@ import numpy as np
 from service.commands.common import add_backend, add_data, add_seed, add_training
 from service.errors import UserError
 
-DEFAULT_TIME_BUDGET = 300.0  # seconds of training when neither --epochs nor --time-budget is given
+DEFAULT_TIME_BUDGET = 480.0  # seconds of training when neither --epochs nor --time-budget is given
 DEFAULT_COUNT = 1000
 REFERENCE_SEED_OFFSET = 1_000_003  # the embedded reference set: another seed, disjoint images
 
