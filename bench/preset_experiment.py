@@ -68,7 +68,7 @@ def main() -> None:
         return
 
     from service import data
-    from service.commands.train import run_training
+    from service.commands.train import DEFAULT_DATA_COUNT, run_training
     from service.generation import generate_in_process, plan_job
     from service.imageio import read_png, to_uint8
     from service.validation.memorization import audit_summary, memorization_audit
@@ -80,7 +80,7 @@ def main() -> None:
     real, other_half = reference[: args.count], reference[args.count :]
     real_vs_real = swd(real, other_half)["mean"]
     # the training set run_training uses without --data, for the memorization audit
-    train = to_uint8(data.default_dataset(args.image_size, count=2000, progress=False).images)
+    train = to_uint8(data.default_dataset(args.image_size, count=DEFAULT_DATA_COUNT, progress=False).images)
     real_audit = audit_summary(memorization_audit(train, real))
     results = {"budget_s": args.budget, "image_size": args.image_size, "backend": args.backend,
                "real_vs_real_swd": real_vs_real, "real_memorization": real_audit, "variants": {}}
@@ -140,8 +140,8 @@ def _curve_hook(args, real, curve, name):
     """on_epoch_end hook: SWD of --count fresh samples each --eval-every seconds of step time."""
     import numpy as np
 
-    from backends.noise import sample_noise
     from service.imageio import to_uint8
+    from service.trainer import fixed_sample_noise
     from service.validation.metrics import swd
 
     state = {"train_s": 0.0, "next": args.eval_every}
@@ -151,7 +151,7 @@ def _curve_hook(args, real, curve, name):
         done = state["train_s"] >= args.budget
         if state["train_s"] >= state["next"] or done:
             state["next"] += args.eval_every
-            z = sample_noise(np.random.default_rng(1), len(real), backend.config)
+            z = fixed_sample_noise(backend.config, len(real))  # as `tune` scores its trials
             fake = to_uint8(np.concatenate([backend.generate(z[i : i + 250]) for i in range(0, len(z), 250)]))
             score = swd(real, fake)["mean"]
             curve.append({"train_s": round(state["train_s"], 1), "step": summary["step"], "swd": score,
