@@ -93,6 +93,12 @@ def check_labels(labels, count: int, num_classes: int) -> np.ndarray | None:
     return labels
 
 
+def check_pack(count: int, pack: int) -> None:
+    """D judges groups of `pack` images: a batch D sees must split into whole groups."""
+    if count % pack:
+        raise ValueError(f"D judges groups of {pack} images (pack); got a batch of {count}, not a multiple")
+
+
 def check_weights(expected: dict[str, tuple], given: dict[str, np.ndarray], what: str = "weights") -> None:
     """Raise ValueError naming the first missing, unexpected or misshapen entry."""
     missing = [n for n in expected if n not in given]

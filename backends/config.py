@@ -32,6 +32,8 @@ class GANConfig:
     num_classes: int = 0  # 0: unconditional; 3: conditional on the ISIC 2017 classes
     dropout: float = 0.2  # discriminator dropout rate; 0 turns it off
     leaky_slope: float = 0.2
+    pack: int = 1  # PacGAN: D judges groups of this many images stacked along channels; 1: off
+    minibatch_std: int = 0  # D's minibatch-stddev feature over groups of this many inputs; 0: off
     # --- noise ---
     noise: str = "uniform"  # "uniform" in [-1, 1] (the thesis) or "normal"
     # --- optimiser: Adam, Keras 3 semantics ---
@@ -66,6 +68,16 @@ class GANConfig:
         for name in ("latent_dim", "width", "max_width", "kernel_size", "channels", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if int(self.pack) < 1:
+            raise ConfigError(f"pack must be a positive integer, got {self.pack}")
+        if self.batch_size % self.pack:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of pack ({self.pack})")
+        if int(self.minibatch_std) < 0 or int(self.minibatch_std) == 1:
+            raise ConfigError(f"minibatch_std must be 0 (off) or a group size >= 2, got {self.minibatch_std}")
+        if self.minibatch_std and (self.batch_size // self.pack) % self.minibatch_std:
+            raise ConfigError(
+                f"batch_size / pack ({self.batch_size // self.pack}) must be a multiple of minibatch_std ({self.minibatch_std})"
+            )
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:

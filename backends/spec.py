@@ -16,6 +16,16 @@ weight of <net>, and "opt/<net>/iterations" (int64 scalar).
 Semantics both backends follow:
 - G's input is z (plus the one-hot label when conditional); D's input is the image (plus the
   one-hot label broadcast to extra channels when conditional). D outputs one logit.
+- With `pack` p > 1 (PacGAN, Lin et al. 2018), D's input is p consecutive images of the batch
+  (each with its label planes) concatenated along channels, image j of a group taking
+  channels j*C' .. (j+1)*C' - 1; D gives one logit per group. D's step packs real images with
+  real and fakes with fakes (B is a multiple of p), so its targets are [1 - smoothing] * B/p
+  then [0] * B/p.
+- With `minibatch_std` g > 0 (Karras et al. 2018), D appends before its flatten one channel
+  holding, for each group of g consecutive inputs, the standard deviation of every feature
+  over the group (biased, plus 1e-8 under the root) averaged over H, W and C. D's step sees
+  [real; fake], and B is a multiple of g, so no group mixes real and fake images; a batch
+  D judges must split into whole groups.
 - Every forward pass of G in training mode (d_step, g_step, train_step) uses batch statistics
   and updates G's BN moving averages once; `generate` runs in inference mode (moving
   averages), so an image depends on its own noise only.
@@ -34,7 +44,7 @@ NETS = ("generator", "discriminator")
 
 @dataclass(frozen=True)
 class Layer:
-    kind: str  # dense conv upsample bn relu leaky_relu tanh dropout reshape flatten
+    kind: str  # dense conv upsample bn relu leaky_relu tanh dropout reshape flatten minibatch_std
     name: str
     args: dict = field(default_factory=dict)
 
@@ -81,7 +91,7 @@ def generator_spec(cfg: GANConfig) -> list[Layer]:
 def discriminator_spec(cfg: GANConfig) -> list[Layer]:
     n = cfg.num_upsamplings
     layers = []
-    cin = cfg.channels + cfg.num_classes
+    cin = (cfg.channels + cfg.num_classes) * cfg.pack
     for i in range(n):
         cout = _filters(cfg, i)
         layers.append(
@@ -95,6 +105,9 @@ def discriminator_spec(cfg: GANConfig) -> list[Layer]:
         layers.append(Layer("dropout", f"dropout_{i}", {"rate": cfg.dropout}))
         cin = cout
     side = cfg.image_size // 2**n
+    if cfg.minibatch_std:
+        layers.append(Layer("minibatch_std", "minibatch_std", {"group": cfg.minibatch_std}))
+        cin += 1
     layers.append(Layer("flatten", "flatten"))
     layers.append(Layer("dense", "dense_out", {"units": 1, "in": side * side * cin}))
     return layers

@@ -261,6 +261,39 @@ def moving_average(moving, batch_value, momentum):
     return moving * momentum + batch_value * (1.0 - momentum)
 
 
+# --- minibatch standard deviation (Karras et al. 2018) --------------------------------------
+
+MBSTD_EPSILON = 1e-8
+
+
+def minibatch_std_forward(x, group):
+    """Append one channel: for each group of `group` consecutive images, the standard
+    deviation of every feature over the group, averaged over H, W and C, the same value for
+    every member and position. Returns (out, cache)."""
+    n, h, w, c = x.shape
+    if n % group:
+        raise ValueError(f"minibatch std: a batch of {n} does not split into groups of {group}")
+    y = x.reshape(n // group, group, h, w, c)
+    centred = y - y.mean(axis=1, keepdims=True)
+    std = np.sqrt((centred * centred).mean(axis=1) + x.dtype.type(MBSTD_EPSILON))  # M, H, W, C
+    stat = std.mean(axis=(1, 2, 3))  # M
+    plane = np.broadcast_to(np.repeat(stat, group)[:, None, None, None], (n, h, w, 1))
+    return np.concatenate([x, plane.astype(x.dtype, copy=False)], axis=3), (centred, std, group)
+
+
+def minibatch_std_backward(dout, cache):
+    centred, std, group = cache
+    m, _, h, w, c = centred.shape
+    dx = dout[..., :c].copy()
+    dstat = dout[..., c].reshape(m, group * h * w).sum(axis=1)  # each stat feeds G*H*W outputs
+    dstd = (dstat / (h * w * c))[:, None, None, None]  # M, 1, 1, 1 (broadcast over H, W, C)
+    # std = sqrt(mean_g(centred^2) + eps); centred = y - mean_g(y): the mean's term vanishes
+    # because centred sums to zero over the group.
+    dcentred = centred * (dstd / (group * std))[:, None]
+    dx += dcentred.reshape(dx.shape)
+    return dx
+
+
 # --- activations ---------------------------------------------------------------------------
 
 

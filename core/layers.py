@@ -214,6 +214,21 @@ class Dropout(Layer):
         return dout if self._cache is None else dout * self._cache
 
 
+class MinibatchStd(Layer):
+    """Appends the minibatch standard-deviation channel (functional.minibatch_std_forward)."""
+
+    def __init__(self, name, group):
+        super().__init__(name)
+        self.group = int(group)
+
+    def forward(self, x, training=True):
+        out, self._cache = F.minibatch_std_forward(x, self.group)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        return F.minibatch_std_backward(dout, self._cache) if need_input_grad else None
+
+
 class Reshape(Layer):
     def __init__(self, name, shape):
         super().__init__(name)

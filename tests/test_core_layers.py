@@ -162,3 +162,23 @@ def test_upsampling_is_nearest():
         core.UpSampling2D("up", 2).forward(x)[0, :, :, 0],
         [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]],
     )
+
+
+@pytest.mark.parametrize("group", [2, 3])
+def test_minibatch_std_gradients(group):
+    rng = np.random.default_rng(8)
+    check_layer(core.MinibatchStd("mbstd", group), rng.standard_normal((2 * group, 3, 4, 5)), rng)
+
+
+def test_minibatch_std_values_per_group_and_a_clear_error_for_a_ragged_batch():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 2, 3, 2))
+    out = core.MinibatchStd("mbstd", 2).forward(x)
+    assert out.shape == (4, 2, 3, 3)
+    np.testing.assert_array_equal(out[..., :2], x)
+    for first in (0, 2):  # each group's value: the mean over features of the std over the group
+        want = np.sqrt(x[first : first + 2].var(axis=0) + 1e-8).mean()
+        np.testing.assert_allclose(out[first : first + 2, ..., 2], want, rtol=1e-12)
+    assert out[0, 0, 0, 2] != out[2, 0, 0, 2]
+    with pytest.raises(ValueError, match="groups of 2"):
+        core.MinibatchStd("mbstd", 2).forward(x[:3])

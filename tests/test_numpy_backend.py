@@ -212,3 +212,15 @@ def test_discriminator_learns_to_tell_a_fixed_real_set_from_fakes():
     real, z = batch(config, count=4)
     losses = [backend.d_step(real, z) for _ in range(25)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_pack_and_minibatch_std_give_one_logit_per_group_and_refuse_ragged_batches():
+    backend = get("numpy", tiny_config(batch_size=4, pack=2, minibatch_std=2))
+    real, z = batch(backend.config, count=4)
+    d_loss, g_loss = backend.train_step(real, z)
+    assert np.isfinite(d_loss) and np.isfinite(g_loss)
+    assert backend.discriminate(real).shape == (2,)
+    with pytest.raises(ValueError, match="groups of 2"):
+        backend.discriminate(real[:3])
+    with pytest.raises(ValueError, match="groups of 2"):
+        backend.train_step(real[:3], z[:3])

@@ -36,6 +36,9 @@ CASES = {
     "64-unconditional": dict(image_size=64, beta_1=0.5, epsilon=1e-7),
     "64-conditional": dict(image_size=64, num_classes=3),
     "32-conditional-float32": dict(image_size=32, num_classes=3, dtype="float32"),
+    "32-conditional-pack2": dict(image_size=32, num_classes=3, pack=2),
+    "32-unconditional-minibatch-std": dict(image_size=32, minibatch_std=2, label_smoothing=0.1),
+    "64-pack2-minibatch-std": dict(image_size=64, pack=2, minibatch_std=2),
 }
 
 
@@ -110,7 +113,7 @@ def test_forward_losses_and_every_gradient_agree(pair):
     assert_arrays_match(images, {"images": np_backend.generate(z, labels)}, image_tolerance(tf_backend), "G(z)")
     for source, batch in (("real", real), ("fake", images["images"].astype(config.dtype))):
         tf_logits = tf_backend.discriminate(batch, labels)
-        assert tf_logits.shape == (BATCH,)
+        assert tf_logits.shape == (BATCH // config.pack,)  # one logit per group of `pack` images
         assert_arrays_match({"logits": np_backend.discriminate(batch, labels)}, {"logits": tf_logits}, tol, f"D({source})")
 
     expected, actual = np_backend.compute_gradients(real, z, labels), tf_backend.compute_gradients(real, z, labels)

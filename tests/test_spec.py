@@ -54,3 +54,28 @@ def test_config_round_trips_through_dict():
     assert GANConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="unknown"):
         GANConfig.from_dict({"bogus": 1})
+
+
+def test_pack_and_minibatch_std_widen_the_discriminator():
+    plain = spec.weight_shapes(GANConfig(image_size=32, width=4, max_width=16, batch_size=8))
+    both = spec.weight_shapes(GANConfig(image_size=32, width=4, max_width=16, batch_size=8, pack=2, minibatch_std=2))
+    assert plain["discriminator/conv_0/kernel"][2] == 3 and both["discriminator/conv_0/kernel"][2] == 6
+    # one extra feature plane of side 2 before the flatten: 4 more inputs to the logit
+    assert both["discriminator/dense_out/kernel"][0] == plain["discriminator/dense_out/kernel"][0] + 2 * 2
+    assert {n: s for n, s in both.items() if n.startswith("generator/")} == {
+        n: s for n, s in plain.items() if n.startswith("generator/")
+    }
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(pack=0), "pack must be"),
+        (dict(batch_size=6, pack=4), r"batch_size \(6\) must be a multiple of pack"),
+        (dict(minibatch_std=1), "minibatch_std must be"),
+        (dict(batch_size=12, pack=2, minibatch_std=4), r"batch_size / pack \(6\) must be a multiple of minibatch_std"),
+    ],
+)
+def test_pack_and_minibatch_std_need_whole_groups(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        GANConfig(**changes)

@@ -20,7 +20,7 @@ import numpy as np
 import core
 from core import augment
 from backends import spec
-from backends.base import Backend, check_labels, check_weights
+from backends.base import Backend, check_labels, check_pack, check_weights
 from backends.config import GANConfig
 from backends.numpy.builder import build_network
 from backends.rng_state import rng_to_arrays, set_rng_from_arrays
@@ -76,9 +76,28 @@ class NumpyBackend(Backend):
         images = self._images(images)
         labels = self._labels(labels, images.shape[0])
         if labels is None:
-            return images
+            return self._pack(images)
         planes = np.broadcast_to(self._one_hot(labels)[:, None, None, :], images.shape[:3] + (c.num_classes,))
-        return np.concatenate([images, planes], axis=3)
+        return self._pack(np.concatenate([images, planes], axis=3))
+
+    def _pack(self, inputs) -> np.ndarray:
+        """(N, H, W, C') -> (N/p, H, W, p*C'): each group of `pack` consecutive images side by
+        side along channels (spec.py); the identity when pack is 1."""
+        p = self.config.pack
+        check_pack(len(inputs), p)
+        if p == 1:
+            return inputs
+        n, h, w, c = inputs.shape
+        return np.ascontiguousarray(inputs.reshape(n // p, p, h, w, c).transpose(0, 2, 3, 1, 4)).reshape(n // p, h, w, p * c)
+
+    def _unpack(self, grads) -> np.ndarray:
+        """The inverse of `_pack`, for gradients flowing back to D's input images."""
+        p = self.config.pack
+        if p == 1:
+            return grads
+        groups, h, w, pc = grads.shape
+        c = pc // p
+        return grads.reshape(groups, h, w, p, c).transpose(0, 3, 1, 2, 4).reshape(groups * p, h, w, c)
 
     def _augment(self, images):
         """DiffAugment (config.diffaugment) of images D is about to see; returns the images
@@ -96,8 +115,9 @@ class NumpyBackend(Backend):
         both_labels = None if labels is None else np.concatenate([labels, labels])
         batch, _ = self._augment(batch)
         logits = self.discriminator.forward(self._discriminator_input(batch, both_labels), training=True)
+        groups = len(real) // self.config.pack  # D's step packs real with real, fake with fake
         targets = np.concatenate(
-            [np.full(len(real), 1.0 - self.config.label_smoothing), np.zeros(len(fake))]
+            [np.full(groups, 1.0 - self.config.label_smoothing), np.zeros(groups)]
         ).astype(self.dtype)
         loss, dlogits = core.bce_from_logits(logits.reshape(-1), targets)
         self.discriminator.backward(dlogits.reshape(logits.shape), need_input_grad=False)
@@ -108,8 +128,8 @@ class NumpyBackend(Backend):
         gradients are not needed) into G, whose caches hold the forward pass that made `fake`."""
         augmented, ops = self._augment(fake)
         logits = self.discriminator.forward(self._discriminator_input(augmented, labels), training=True)
-        loss, dlogits = core.bce_from_logits(logits.reshape(-1), np.ones(len(fake), self.dtype))
-        dinput = self.discriminator.backward(dlogits.reshape(logits.shape), need_param_grads=False)
+        loss, dlogits = core.bce_from_logits(logits.reshape(-1), np.ones(len(logits), self.dtype))
+        dinput = self._unpack(self.discriminator.backward(dlogits.reshape(logits.shape), need_param_grads=False))
         dfake = augment.augment_backward(dinput[..., : self.config.channels], ops)
         self.generator.backward(np.ascontiguousarray(dfake), need_input_grad=False)
         return loss
@@ -160,6 +180,7 @@ class NumpyBackend(Backend):
         return np.concatenate(chunks) if chunks else np.zeros((0, c.image_size, c.image_size, c.channels), np.float32)
 
     def discriminate(self, images, labels=None) -> np.ndarray:
+        """D's logits, one per group of `pack` consecutive images."""
         inputs = self._discriminator_input(images, labels)
         chunks = [
             self.discriminator.forward(inputs[start : start + INFERENCE_CHUNK], training=False).reshape(-1)

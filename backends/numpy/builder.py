@@ -57,6 +57,8 @@ def build_network(
             built.append(core.Dropout(layer.name, a["rate"], dropout_rng))
         elif layer.kind == "reshape":
             built.append(core.Reshape(layer.name, a["shape"]))
+        elif layer.kind == "minibatch_std":
+            built.append(core.MinibatchStd(layer.name, a["group"]))
         elif layer.kind == "flatten":
             built.append(core.Flatten(layer.name))
         else:

@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from backends import spec  # noqa: E402
-from backends.base import Backend, check_labels, check_weights  # noqa: E402
+from backends.base import Backend, check_labels, check_pack, check_weights  # noqa: E402
 from backends.config import GANConfig  # noqa: E402
 from backends.tf.augment import diff_augment  # noqa: E402
 from backends.tf.models import build_network, dropout_seed_variables, weight_variables  # noqa: E402
@@ -168,9 +168,15 @@ class TFBackend(Backend):
             size = self.config.image_size
             planes = tf.broadcast_to(one_hot[:, None, None, :], [tf.shape(images)[0], size, size, self.config.num_classes])
             images = tf.concat([images, planes], axis=-1)
+        pack = self.config.pack
+        if pack > 1:  # groups of `pack` consecutive images side by side along channels
+            shape = tf.shape(images)
+            images = tf.reshape(images, [-1, pack, shape[1], shape[2], shape[3]])
+            images = tf.reshape(tf.transpose(images, [0, 2, 3, 1, 4]), [-1, shape[1], shape[2], pack * shape[3]])
         return tf.cast(tf.reshape(self.discriminator(images, training=training), [-1]), self.float_dtype)
 
     def _d_targets(self, batch):
+        batch = batch // self.config.pack
         real = tf.fill([batch], tf.constant(1.0 - self.config.label_smoothing, self.float_dtype))
         return tf.concat([real, tf.zeros([batch], self.float_dtype)], axis=0)
 
@@ -239,30 +245,36 @@ class TFBackend(Backend):
     def train_step(self, real, z, labels=None):
         if len(real) != len(z):
             raise ValueError(f"real batch ({len(real)}) and noise batch ({len(z)}) differ in size")
+        check_pack(len(z), self.config.pack)
         d_loss, g_loss = self._train_step_fn(*self._args(real, z, labels=labels))
         return float(d_loss), float(g_loss)
 
     def d_step(self, real, z, labels=None):
         if len(real) != len(z):
             raise ValueError(f"real batch ({len(real)}) and noise batch ({len(z)}) differ in size")
+        check_pack(len(z), self.config.pack)
         return float(self._d_step_fn(*self._args(real, z, labels=labels)))
 
     def g_step(self, z, labels=None):
+        check_pack(len(z), self.config.pack)
         return float(self._g_step_fn(*self._args(z, labels=labels)))
 
     # --- inference ---
     def _in_chunks(self, fn, inputs, labels):
         outputs = []
-        for start in range(0, max(len(inputs), 1), GENERATE_CHUNK):
-            part_labels = None if labels is None else np.asarray(labels)[start : start + GENERATE_CHUNK]
-            outputs.append(fn(*self._args(inputs[start : start + GENERATE_CHUNK], labels=part_labels)).numpy())
+        chunk = GENERATE_CHUNK // self.config.pack * self.config.pack  # whole groups for D
+        for start in range(0, max(len(inputs), 1), chunk):
+            part_labels = None if labels is None else np.asarray(labels)[start : start + chunk]
+            outputs.append(fn(*self._args(inputs[start : start + chunk], labels=part_labels)).numpy())
         return np.concatenate(outputs)
 
     def generate(self, z, labels=None):
         return self._in_chunks(self._generate_fn, np.asarray(z), labels).astype(np.float32, copy=False)
 
     def discriminate(self, images, labels=None):
-        """Logits in the backend's dtype (float64 in float64 runs, for parity checks)."""
+        """Logits in the backend's dtype (float64 in float64 runs, for parity checks); one per
+        group of `pack` consecutive images."""
+        check_pack(len(images), self.config.pack)
         return self._in_chunks(self._discriminate_fn, np.asarray(images), labels)
 
     def compute_gradients(self, real, z, labels=None):

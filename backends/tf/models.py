@@ -37,6 +37,27 @@ class ExactLeakyReLU(keras.layers.LeakyReLU):
         return keras.ops.maximum(inputs, slope * inputs)  # = leaky ReLU for a slope in [0, 1]
 
 
+class MinibatchStd(keras.layers.Layer):
+    """Appends the minibatch standard-deviation channel (backends.spec; the NumPy core's
+    core.functional.minibatch_std_forward)."""
+
+    def __init__(self, group: int, **kwargs):
+        super().__init__(**kwargs)
+        self.group = int(group)
+
+    def call(self, inputs):
+        shape = tf.shape(inputs)
+        grouped = tf.reshape(inputs, [-1, self.group, shape[1], shape[2], shape[3]])
+        centred = grouped - tf.reduce_mean(grouped, axis=1, keepdims=True)
+        std = tf.sqrt(tf.reduce_mean(tf.square(centred), axis=1) + tf.constant(1e-8, inputs.dtype))
+        stat = tf.repeat(tf.reduce_mean(std, axis=[1, 2, 3]), self.group)
+        plane = tf.broadcast_to(stat[:, None, None, None], tf.concat([shape[:3], [1]], axis=0))
+        return tf.concat([inputs, plane], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (input_shape[-1] + 1,)
+
+
 def _phase_taps(phase: int, kernel_size: int) -> list[tuple[int, list[int]]]:
     """For output rows 2i + phase of a 'same' conv on a 2x nearest-upsampled input: the source
     row offsets d (row i + d of the small input) and the kernel taps that all read that row."""
@@ -108,7 +129,7 @@ def dtype_policy(config: GANConfig) -> str:
 def input_shape(config: GANConfig, net: str) -> tuple[int, ...]:
     if net == "generator":
         return (config.latent_dim + config.num_classes,)
-    return (config.image_size, config.image_size, config.channels + config.num_classes)
+    return (config.image_size, config.image_size, (config.channels + config.num_classes) * config.pack)
 
 
 def _keras_layer(layer: spec.Layer, net: str, config: GANConfig, seed: int, policy: str):
@@ -145,6 +166,8 @@ def _keras_layer(layer: spec.Layer, net: str, config: GANConfig, seed: int, poli
         return keras.layers.UpSampling2D(a["factor"], interpolation="nearest", **common)
     if layer.kind == "flatten":
         return keras.layers.Flatten(**common)
+    if layer.kind == "minibatch_std":
+        return MinibatchStd(a["group"], **common)
     raise ValueError(f"spec layer kind {layer.kind!r} has no Keras counterpart")
 
 
