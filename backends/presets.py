@@ -40,6 +40,7 @@ PRESETS: dict[str, dict] = {
         margin=1.0,
         max_rebalance_steps=1,
         dropout=0.2,
+        minibatch_std=4,
     ),
 }
 

@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--out", default="runs/preset-experiment")
     parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma list of VARIANTS names or PRESET+field=value+... specs")
+                        help="comma list of VARIANTS names or PRESET+field=value+... specs; separate them "
+                             "with ';' instead when a value holds commas")
     parser.add_argument("--eval-every", type=float, default=0.0,
                         help="also score SWD at the first epoch end after every this many seconds "
                              "of training steps (the budget then counts step time only)")
@@ -85,7 +86,7 @@ def main() -> None:
     results = {"budget_s": args.budget, "image_size": args.image_size, "backend": args.backend,
                "real_vs_real_swd": real_vs_real, "real_memorization": real_audit, "variants": {}}
     out = Path(args.out) / f"{args.image_size}px-{int(args.budget)}s"
-    for name in args.variants.split(","):
+    for name in args.variants.split(";" if ";" in args.variants else ","):
         preset, overrides = parse_variant(name)
         run_dir = out / name
         started = time.perf_counter()
