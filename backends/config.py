@@ -75,8 +75,10 @@ class GANConfig:
         if int(self.minibatch_std) < 0 or int(self.minibatch_std) == 1:
             raise ConfigError(f"minibatch_std must be 0 (off) or a group size >= 2, got {self.minibatch_std}")
         if self.minibatch_std and (self.batch_size // self.pack) % self.minibatch_std:
+            per = f"batch_size / pack ({self.batch_size // self.pack})" if self.pack > 1 else f"batch_size ({self.batch_size})"
             raise ConfigError(
-                f"batch_size / pack ({self.batch_size // self.pack}) must be a multiple of minibatch_std ({self.minibatch_std})"
+                f"{per} must be a multiple of minibatch_std ({self.minibatch_std}), the group of images "
+                "D's minibatch standard deviation compares"
             )
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")

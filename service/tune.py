@@ -183,6 +183,11 @@ def run_tune(settings: TuneSettings, dataset) -> dict:
         base_config = GANConfig.from_dict(settings.base)
     except (ConfigError, TypeError) as e:
         raise UserError(f"base config: {e}") from None
+    for batch_size in settings.batch_sizes:  # e.g. a size the minibatch-std groups do not divide
+        try:
+            base_config.replace(batch_size=int(batch_size))
+        except ConfigError as e:
+            raise UserError(f"--batch-sizes: {e}") from None
     train_set, heldout = split(dataset, settings.holdout_fraction, settings.seed)
     if len(train_set) < max(settings.batch_sizes):
         raise UserError(

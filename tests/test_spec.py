@@ -74,6 +74,7 @@ def test_pack_and_minibatch_std_widen_the_discriminator():
         (dict(batch_size=6, pack=4), r"batch_size \(6\) must be a multiple of pack"),
         (dict(minibatch_std=1), "minibatch_std must be"),
         (dict(batch_size=12, pack=2, minibatch_std=4), r"batch_size / pack \(6\) must be a multiple of minibatch_std"),
+        (dict(batch_size=30, minibatch_std=4), r"batch_size \(30\) must be a multiple of minibatch_std \(4\)"),
     ],
 )
 def test_pack_and_minibatch_std_need_whole_groups(changes, message):

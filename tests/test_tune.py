@@ -71,6 +71,7 @@ def test_two_tiny_trials_give_a_best_config_that_train_accepts(ray_cluster, tmp_
         (["--trials", "0"], "--trials"),
         (["--time-budget", "0"], "--time-budget"),
         (["--address", "127.0.0.1:1"], "unreachable"),
+        (["--batch-sizes", "30"], "multiple of minibatch_std"),
     ],
 )
 def test_bad_input_is_exit_2_with_one_line(tmp_path, capsys, extra, message):
