@@ -96,6 +96,9 @@ def main() -> None:
         outcome = run_training(out=run_dir, backend=args.backend, preset=preset, image_size=args.image_size,
                                time_budget=None if hook else args.budget, epochs=10**6 if hook else None,
                                config_overrides=overrides or None, progress=False, on_epoch_end=hook)
+        if outcome.result.status.startswith("stopped:SIG"):  # Ctrl-C or kill: end the experiment
+            raise SystemExit(f"{name}: {outcome.result.status} at step {outcome.result.step}; "
+                             f"its checkpoint is in {run_dir}")
         job = plan_job(run_dir, args.count, run_dir / "generated", seed=1, backend=args.backend)
         generate_in_process(job)
         fake = np.stack([read_png(p) for p in sorted((run_dir / "generated").glob("img_*.png"))])
