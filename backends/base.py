@@ -93,10 +93,15 @@ def check_labels(labels, count: int, num_classes: int) -> np.ndarray | None:
     return labels
 
 
-def check_pack(count: int, pack: int) -> None:
-    """D judges groups of `pack` images: a batch D sees must split into whole groups."""
-    if count % pack:
-        raise ValueError(f"D judges groups of {pack} images (pack); got a batch of {count}, not a multiple")
+def check_groups(count: int, config: GANConfig) -> None:
+    """A batch D sees must split into whole groups (GANConfig.d_group_size); checked before any
+    state changes."""
+    size = config.d_group_size
+    if count % size:
+        raise ValueError(
+            f"D judges groups of {size} images (pack {config.pack}, minibatch_std {config.minibatch_std}); "
+            f"got a batch of {count}, not a multiple"
+        )
 
 
 def check_weights(expected: dict[str, tuple], given: dict[str, np.ndarray], what: str = "weights") -> None:

@@ -109,6 +109,12 @@ class GANConfig:
         return tuple(p.strip() for p in self.diffaugment.split(",") if p.strip())
 
     @property
+    def d_group_size(self) -> int:
+        """Images D judges together: `pack` per input, `minibatch_std` inputs per statistic. Any
+        batch D sees must be a multiple of it."""
+        return self.pack * max(self.minibatch_std, 1)
+
+    @property
     def num_upsamplings(self) -> int:
         """Upsampling blocks in G (= stride-2 conv blocks in D): 4 up to 64x64, then one per doubling."""
         return max(4, int(math.log2(self.image_size // 4)))

@@ -220,7 +220,19 @@ def test_pack_and_minibatch_std_give_one_logit_per_group_and_refuse_ragged_batch
     d_loss, g_loss = backend.train_step(real, z)
     assert np.isfinite(d_loss) and np.isfinite(g_loss)
     assert backend.discriminate(real).shape == (2,)
-    with pytest.raises(ValueError, match="groups of 2"):
+    before = full_state(backend)
+    with pytest.raises(ValueError, match="groups of 4"):
         backend.discriminate(real[:3])
-    with pytest.raises(ValueError, match="groups of 2"):
+    with pytest.raises(ValueError, match="groups of 4"):
         backend.train_step(real[:3], z[:3])
+    with pytest.raises(ValueError, match="groups of 4"):
+        backend.g_step(z[:2])
+    assert_states_equal(before, full_state(backend))  # refused before anything moved
+
+
+def test_discriminate_chunks_keep_minibatch_std_groups_whole():
+    backend = get("numpy", tiny_config(batch_size=3, minibatch_std=3))
+    images, _ = batch(backend.config, count=66)  # more than one inference chunk
+    logits = backend.discriminate(images)
+    by_group = np.concatenate([backend.discriminate(images[i : i + 3]) for i in range(0, 66, 3)])
+    np.testing.assert_allclose(logits, by_group, rtol=1e-6)

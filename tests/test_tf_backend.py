@@ -246,3 +246,17 @@ def test_diffaugment_training_replays_from_its_rng_state():
     assert b.trace_counts()["train_step"] == 1
     b.set_weights({n: v for n, v in saved.items() if n in b.get_weights()})
     np.testing.assert_array_equal(b.discriminate(real), logits)  # inference sees images unchanged
+
+
+def test_ragged_batches_are_refused_before_anything_moves_and_discriminate_keeps_groups_whole():
+    b = TFBackend(tiny_config(batch_size=6, minibatch_std=3))
+    real, z, _ = batch(b.config, count=6)
+    before = full_state(b)
+    with pytest.raises(ValueError, match="groups of 3"):
+        b.train_step(real[:4], z[:4])
+    with pytest.raises(ValueError, match="groups of 3"):
+        b.g_step(z[:2])
+    assert_states_equal(before, full_state(b))
+    images, _, _ = batch(b.config, count=258)  # more than one inference chunk of 256
+    by_group = np.concatenate([b.discriminate(images[i : i + 3]) for i in range(0, 258, 3)])
+    np.testing.assert_allclose(b.discriminate(images), by_group, rtol=1e-5, atol=1e-6)

@@ -20,7 +20,7 @@ import numpy as np
 import core
 from core import augment
 from backends import spec
-from backends.base import Backend, check_labels, check_pack, check_weights
+from backends.base import Backend, check_labels, check_groups, check_weights
 from backends.config import GANConfig
 from backends.numpy.builder import build_network
 from backends.rng_state import rng_to_arrays, set_rng_from_arrays
@@ -84,7 +84,6 @@ class NumpyBackend(Backend):
         """(N, H, W, C') -> (N/p, H, W, p*C'): each group of `pack` consecutive images side by
         side along channels (spec.py); the identity when pack is 1."""
         p = self.config.pack
-        check_pack(len(inputs), p)
         if p == 1:
             return inputs
         n, h, w, c = inputs.shape
@@ -142,6 +141,7 @@ class NumpyBackend(Backend):
         real = self._images(real)
         if len(real) != len(z):
             raise ValueError(f"real and z must have the same batch size, got {len(real)} and {len(z)}")
+        check_groups(len(real), self.config)
         return real
 
     # --- training ---
@@ -153,6 +153,7 @@ class NumpyBackend(Backend):
         return loss
 
     def g_step(self, z, labels=None) -> float:
+        check_groups(len(z), self.config)
         fake = self.generator.forward(self._generator_input(z, labels), training=True)
         loss = self._generator_loss_and_grads(fake, labels)
         self._apply("generator")
@@ -181,10 +182,13 @@ class NumpyBackend(Backend):
 
     def discriminate(self, images, labels=None) -> np.ndarray:
         """D's logits, one per group of `pack` consecutive images."""
+        check_groups(len(images), self.config)
         inputs = self._discriminator_input(images, labels)
+        group = max(self.config.minibatch_std, 1)  # packed inputs per minibatch-std group
+        step = max(INFERENCE_CHUNK // group, 1) * group
         chunks = [
-            self.discriminator.forward(inputs[start : start + INFERENCE_CHUNK], training=False).reshape(-1)
-            for start in range(0, len(inputs), INFERENCE_CHUNK)
+            self.discriminator.forward(inputs[start : start + step], training=False).reshape(-1)
+            for start in range(0, len(inputs), step)
         ]
         return np.concatenate(chunks) if chunks else np.zeros(0, self.dtype)
 

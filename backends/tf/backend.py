@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from backends import spec  # noqa: E402
-from backends.base import Backend, check_labels, check_pack, check_weights  # noqa: E402
+from backends.base import Backend, check_labels, check_groups, check_weights  # noqa: E402
 from backends.config import GANConfig  # noqa: E402
 from backends.tf.augment import diff_augment  # noqa: E402
 from backends.tf.models import build_network, dropout_seed_variables, weight_variables  # noqa: E402
@@ -242,27 +242,29 @@ class TFBackend(Backend):
         return tensors
 
     # --- training ---
-    def train_step(self, real, z, labels=None):
+    def _check_pair(self, real, z) -> None:
         if len(real) != len(z):
             raise ValueError(f"real batch ({len(real)}) and noise batch ({len(z)}) differ in size")
-        check_pack(len(z), self.config.pack)
+        check_groups(len(z), self.config)
+
+    def train_step(self, real, z, labels=None):
+        self._check_pair(real, z)
         d_loss, g_loss = self._train_step_fn(*self._args(real, z, labels=labels))
         return float(d_loss), float(g_loss)
 
     def d_step(self, real, z, labels=None):
-        if len(real) != len(z):
-            raise ValueError(f"real batch ({len(real)}) and noise batch ({len(z)}) differ in size")
-        check_pack(len(z), self.config.pack)
+        self._check_pair(real, z)
         return float(self._d_step_fn(*self._args(real, z, labels=labels)))
 
     def g_step(self, z, labels=None):
-        check_pack(len(z), self.config.pack)
+        check_groups(len(z), self.config)
         return float(self._g_step_fn(*self._args(z, labels=labels)))
 
     # --- inference ---
     def _in_chunks(self, fn, inputs, labels):
         outputs = []
-        chunk = GENERATE_CHUNK // self.config.pack * self.config.pack  # whole groups for D
+        group = self.config.d_group_size  # whole groups for D
+        chunk = max(GENERATE_CHUNK // group, 1) * group
         for start in range(0, max(len(inputs), 1), chunk):
             part_labels = None if labels is None else np.asarray(labels)[start : start + chunk]
             outputs.append(fn(*self._args(inputs[start : start + chunk], labels=part_labels)).numpy())
@@ -274,7 +276,7 @@ class TFBackend(Backend):
     def discriminate(self, images, labels=None):
         """Logits in the backend's dtype (float64 in float64 runs, for parity checks); one per
         group of `pack` consecutive images."""
-        check_pack(len(images), self.config.pack)
+        check_groups(len(images), self.config)
         return self._in_chunks(self._discriminate_fn, np.asarray(images), labels)
 
     def compute_gradients(self, real, z, labels=None):
