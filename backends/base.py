@@ -36,6 +36,12 @@ class Backend(ABC):
         """A D step then a G step on the same batch and noise (fused where the backend can,
         with G's forward pass shared); returns (d_loss, g_loss)."""
 
+    def set_learning_rate_scale(self, scale: float) -> None:
+        """Multiply both configured learning rates by `scale` (in [0, 1]) for the steps that
+        follow, until the next call. Not part of the checkpointed state: the trainer sets it
+        from its progress before each batch."""
+        raise NotImplementedError(f"the {self.name} backend has no learning-rate schedule")
+
     # --- inference ---
     @abstractmethod
     def generate(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:

@@ -42,6 +42,9 @@ class GANConfig:
     beta_1: float = 0.0005  # as the thesis prints it
     beta_2: float = 0.999
     epsilon: float = 1e-8  # the thesis's Adam(epsilon=1e-08)
+    # both rates fall linearly to 0 over the planned training (epochs or time budget), starting
+    # at this fraction of it; 1.0 keeps them constant (service.trainer.lr_scale)
+    lr_decay_from: float = 1.0
     # --- loss ---
     label_smoothing: float = 0.0  # one-sided: real target is 1 - label_smoothing
     diffaugment: str = ""  # comma list of "color", "translation", "cutout"; empty: off
@@ -100,6 +103,8 @@ class GANConfig:
         for name in ("lr_g", "lr_d", "epsilon"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
+        if not 0.0 <= self.lr_decay_from <= 1.0:
+            raise ConfigError(f"lr_decay_from must be in [0, 1] (1: constant rates), got {self.lr_decay_from}")
         for name in ("beta_1", "beta_2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1)")

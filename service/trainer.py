@@ -94,6 +94,14 @@ def rebalance(
 # --------------------------------------------------------------------------- RNG state
 
 
+def lr_scale(progress: float, decay_from: float) -> float:
+    """The learning-rate factor at `progress` (0..1 of the planned training): 1 until
+    `decay_from`, then linear to 0 at the end; decay_from 1.0 keeps it at 1."""
+    if progress <= decay_from or decay_from >= 1.0:
+        return 1.0
+    return max(0.0, (1.0 - progress) / (1.0 - decay_from))
+
+
 def trainer_rng(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), _TRAINER_SEED_STREAM])))
 
@@ -241,6 +249,8 @@ class Trainer:
         self.rebalance_d = 0
         self.rebalance_g = 0
         self.train_seconds = 0.0
+        self.progress = 0.0  # of the planned training, for the learning-rate schedule
+        self._progress_at_start = 0.0
         self._epoch_sums = np.zeros(5)  # d_loss, g_loss, rebalance_d, rebalance_g, seconds
         self.last_checkpoint: Path | None = None
 
@@ -271,6 +281,7 @@ class Trainer:
                 "meta/rebalance_d": np.array(self.rebalance_d, dtype=np.int64),
                 "meta/rebalance_g": np.array(self.rebalance_g, dtype=np.int64),
                 "meta/train_seconds": np.array(self.train_seconds, dtype=np.float64),
+                "meta/progress": np.array(self.progress, dtype=np.float64),
                 "meta/epoch_sums": self._epoch_sums.astype(np.float64),
             }
         )
@@ -305,6 +316,7 @@ class Trainer:
         self.rebalance_d = int(meta.get("meta/rebalance_d", 0))
         self.rebalance_g = int(meta.get("meta/rebalance_g", 0))
         self.train_seconds = float(meta.get("meta/train_seconds", 0.0))
+        self.progress = float(meta.get("meta/progress", 0.0))
         self._epoch_sums = np.asarray(meta.get("meta/epoch_sums", np.zeros(5)), dtype=np.float64).copy()
         self.truncate_metrics()
 
@@ -337,6 +349,18 @@ class Trainer:
     def _finished_epochs(self) -> bool:
         return self.epochs is not None and self.epoch >= self.epochs
 
+    def _planned_progress(self, started: float) -> float:
+        """How far through the planned training this step is, 0..1: steps over the steps of
+        `epochs`, or this call's share of its time budget (a resumed run spreads what was left
+        of the schedule over its new budget), whichever is further."""
+        parts = []
+        if self.epochs:
+            parts.append(self.step / (self.epochs * self.batches_per_epoch))
+        if self.time_budget is not None:
+            elapsed = (time.perf_counter() - started) / self.time_budget
+            parts.append(self._progress_at_start + (1.0 - self._progress_at_start) * elapsed)
+        return min(1.0, max(parts, default=0.0))
+
     def run(self) -> TrainResult:
         context = stop_on_signals(self) if self.handle_signals else contextlib.nullcontext()
         with context:
@@ -345,6 +369,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         started = time.perf_counter()
         start_step = self.step
+        self._progress_at_start = self.progress
         if self._finished_epochs():
             return self._result("nothing_to_do", started, start_step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -374,6 +399,10 @@ class Trainer:
             real = self.images[index]
             labels = None if self.labels is None else self.labels[index]
             z = sample_noise(self.rng, self.batch_size, config)
+            self.progress = self._planned_progress(started)
+            scale = lr_scale(self.progress, config.lr_decay_from)
+            if config.lr_decay_from < 1.0:
+                backend.set_learning_rate_scale(scale)
 
             step_started = time.perf_counter()
             d_loss, g_loss = backend.train_step(real, z, labels)
@@ -406,6 +435,7 @@ class Trainer:
                         "rebalance_d": result.extra_d,
                         "rebalance_g": result.extra_g,
                         "seconds": round(seconds, 6),
+                        "lr_scale": round(scale, 6),
                     }
                 )
                 + "\n"

@@ -159,3 +159,28 @@ def test_a_checkpoint_after_two_steps_generates_the_same_images_in_the_other_bac
     synchronise(source, reader)
     _, z, labels = make_batch(source.config, seed=20)
     assert_arrays_match({"images": source.generate(z, labels)}, {"images": reader.generate(z, labels)}, image_tolerance(source), "images")
+
+
+def test_a_learning_rate_scale_acts_as_the_scaled_rate_in_both_backends():
+    config = parity_config(image_size=32, lr_g=4e-4, lr_d=2e-4)
+    halved = config.replace(lr_g=2e-4, lr_d=1e-4)
+    real, z, _ = make_batch(config, seed=3)
+    trained, before = {}, TFBackend(config).get_weights()
+    for backend_class in (TFBackend, NumpyBackend):
+        scaled, reference = backend_class(config), backend_class(halved)
+        scaled.set_weights(before)
+        reference.set_weights(before)
+        scaled.set_learning_rate_scale(0.5)
+        scaled.train_step(real, z)
+        reference.train_step(real, z)
+        assert_arrays_match(reference.get_weights(), scaled.get_weights(), 1e-12, backend_class.name)
+        assert not np.allclose(scaled.get_weights()["generator/conv_1/kernel"], before["generator/conv_1/kernel"])
+        trained[backend_class.name] = scaled
+
+        frozen = scaled.get_weights()
+        scaled.set_learning_rate_scale(0.0)  # no Adam update; batch-norm statistics still move
+        scaled.train_step(real, z)
+        after = scaled.get_weights()
+        assert all(np.array_equal(after[n], frozen[n]) for n in after if spec.is_trainable(n)), backend_class.name
+        scaled.set_learning_rate_scale(0.5)
+    assert_arrays_match(trained["numpy"].get_weights(), trained["tf"].get_weights(), TOLERANCE["float64"], "scaled step")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from service.trainer import (
     Trainer,
     TrainingDiverged,
     grid_labels,
+    lr_scale,
     rebalance,
     rng_from_arrays,
     rng_to_arrays,
@@ -84,6 +86,9 @@ class ScriptedBackend(Backend):
 
     def set_rng_state(self, state):
         pass
+
+    def set_learning_rate_scale(self, scale):
+        self.calls.append(("lr_scale", scale, None, None))
 
 
 def tiny_config(**changes) -> GANConfig:
@@ -248,6 +253,62 @@ def test_bad_trainer_inputs_are_user_errors(tmp_path):
         Trainer(ScriptedBackend(tiny_config(num_classes=3)), tiny_images(12), run_dir=tmp_path, epochs=1)
 
 
+def test_lr_scale_holds_then_falls_linearly_to_zero():
+    assert [lr_scale(p, 0.5) for p in (0.0, 0.5, 0.75, 0.9, 1.0)] == pytest.approx([1.0, 1.0, 0.5, 0.2, 0.0])
+    assert [lr_scale(p, 0.0) for p in (0.0, 0.25, 1.0)] == pytest.approx([1.0, 0.75, 0.0])
+    assert lr_scale(0.99, 1.0) == 1.0 and lr_scale(1.0, 1.0) == 1.0
+
+
+def test_learning_rate_schedule_follows_the_planned_epochs_and_is_logged(tmp_path):
+    config = tiny_config(batch_size=4, margin=10.0, lr_decay_from=0.5)
+    backend = ScriptedBackend(config)
+    trainer = Trainer(backend, tiny_images(16), run_dir=tmp_path / "run", epochs=2, progress=False,
+                      sample_grid=False, loss_curve=False)
+    trainer.run()
+    scales = [c[1] for c in backend.calls if c[0] == "lr_scale"]
+    expected = [lr_scale(step / 8, 0.5) for step in range(8)]  # 2 epochs x 4 batches, set before each step
+    assert scales == pytest.approx(expected) and scales[-1] == pytest.approx(0.25)
+    logged = [m["lr_scale"] for m in read_metrics(tmp_path / "run") if m["type"] == "step"]
+    assert logged == pytest.approx(expected)
+    assert float(trainer.state_arrays()["meta/progress"]) == pytest.approx(7 / 8)
+
+
+def test_constant_rates_never_touch_the_backend_schedule(tmp_path):
+    backend = ScriptedBackend(tiny_config(batch_size=4, margin=10.0))
+    Trainer(backend, tiny_images(8), run_dir=tmp_path / "run", epochs=1, progress=False, sample_grid=False,
+            loss_curve=False).run()
+    assert not [c for c in backend.calls if c[0] == "lr_scale"]
+    assert {m["lr_scale"] for m in read_metrics(tmp_path / "run") if m["type"] == "step"} == {1.0}
+
+
+def test_time_budget_schedule_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """With a time budget the schedule runs over wall time; a resumed run spreads what is left
+    of it over its new budget instead of starting again at the full rate."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr("service.trainer.time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    config = tiny_config(batch_size=4, margin=10.0, lr_decay_from=0.0)
+    backend = ScriptedBackend(config)
+    original = backend.train_step
+
+    def step_takes_ten_seconds(real, z, labels=None):
+        clock["now"] += 10.0
+        return original(real, z, labels)
+
+    backend.train_step = step_takes_ten_seconds
+    first = Trainer(backend, tiny_images(16), run_dir=tmp_path / "run", time_budget=40.0, progress=False,
+                    sample_grid=False, loss_curve=False)
+    assert first.run().status == "time_budget"
+    scales = [c[1] for c in backend.calls if c[0] == "lr_scale"]
+    assert scales == pytest.approx([1.0, 0.75, 0.5, 0.25])  # progress 0, 1/4, 2/4, 3/4 of 40 s
+    backend.calls.clear()
+    second = Trainer(backend, tiny_images(16), run_dir=tmp_path / "run", time_budget=20.0, progress=False,
+                     sample_grid=False, loss_curve=False)
+    second.restore(first.state_arrays())
+    second.run()
+    scales = [c[1] for c in backend.calls if c[0] == "lr_scale"]
+    assert scales == pytest.approx([0.25, 0.125])  # the last quarter, over 20 s
+
+
 def test_trainer_rng_state_round_trips_exactly():
     rng = trainer_rng(7)
     rng.standard_normal(5)
@@ -309,8 +370,9 @@ def test_two_epoch_run_writes_the_run_directory(tmp_path, make_backend):
     assert sorted(k for k in arrays if k.startswith("rng/numpy/")) == sorted(make_backend(config).get_rng_state())
 
 
-def test_stop_and_resume_in_process_gives_identical_weights(tmp_path, make_backend):
-    config = tiny_config(dropout=0.2, max_rebalance_steps=2)
+@pytest.mark.parametrize("lr_decay_from", [1.0, 0.25], ids=["constant-rates", "decaying-rates"])
+def test_stop_and_resume_in_process_gives_identical_weights(tmp_path, make_backend, lr_decay_from):
+    config = tiny_config(dropout=0.2, max_rebalance_steps=2, lr_decay_from=lr_decay_from)
     images = tiny_images(12)
 
     straight = make_backend(config)

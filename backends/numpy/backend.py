@@ -244,3 +244,7 @@ class NumpyBackend(Backend):
 
     def set_rng_state(self, state) -> None:
         set_rng_from_arrays(self.rng, state, RNG_PREFIX)
+
+    def set_learning_rate_scale(self, scale: float) -> None:
+        self.optimizers["generator"].learning_rate = self.config.lr_g * float(scale)
+        self.optimizers["discriminator"].learning_rate = self.config.lr_d * float(scale)

@@ -68,6 +68,8 @@ class TFBackend(Backend):
             "discriminator": self._adam(config.lr_d, "discriminator"),
         }
         self.optimizer_state = self._optimizer_state_variables()
+        # set_learning_rate_scale's factor: float64, so a float64 run's rates are not rounded
+        self.learning_rate_scale = tf.Variable(1.0, dtype=tf.float64, trainable=False, name="lr_scale")
         self.rng_state = {
             **dropout_seed_variables(config, "generator", self.generator),
             **dropout_seed_variables(config, "discriminator", self.discriminator),
@@ -102,8 +104,9 @@ class TFBackend(Backend):
         beta_1, beta_2 = tf.constant(optimizer.beta_1, dtype), tf.constant(optimizer.beta_2, dtype)
         beta_1_power, beta_2_power = tf.pow(beta_1, step), tf.pow(beta_2, step)
         # The configured rate in the variables' dtype (Keras keeps it as a float32 variable, which
-        # would round it in float64 runs).
-        learning_rate = tf.constant(self.config.lr_g if net == "generator" else self.config.lr_d, dtype)
+        # would round it in float64 runs), times the schedule's current factor.
+        rate = self.config.lr_g if net == "generator" else self.config.lr_d
+        learning_rate = tf.cast(tf.constant(rate, tf.float64) * self.learning_rate_scale, dtype)
         epsilon = tf.constant(optimizer.epsilon, dtype)
         for variable, grad in zip(variables, grads):
             index = optimizer._get_variable_index(variable)
@@ -322,6 +325,9 @@ class TFBackend(Backend):
         check_weights({n: tuple(v.shape) for n, v in self.rng_state.items()}, own, "rng state")
         for name, variable in self.rng_state.items():
             variable.assign(np.asarray(own[name], dtype=numpy_dtype(variable)))
+
+    def set_learning_rate_scale(self, scale: float) -> None:
+        self.learning_rate_scale.assign(float(scale))  # read by the compiled steps: no retrace
 
     # --- inspection ---
     def trace_counts(self) -> dict[str, int]:
