@@ -110,6 +110,12 @@ def check_groups(count: int, config: GANConfig) -> None:
         )
 
 
+def whole_groups_chunk(limit: int, group: int) -> int:
+    """A chunk size for D's inference that never splits a group: the largest multiple of
+    `group` not above `limit`, and at least one group."""
+    return max(limit // group, 1) * group
+
+
 def check_weights(expected: dict[str, tuple], given: dict[str, np.ndarray], what: str = "weights") -> None:
     """Raise ValueError naming the first missing, unexpected or misshapen entry."""
     missing = [n for n in expected if n not in given]

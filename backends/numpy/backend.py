@@ -20,7 +20,7 @@ import numpy as np
 import core
 from core import augment
 from backends import spec
-from backends.base import Backend, check_labels, check_groups, check_weights
+from backends.base import Backend, check_groups, check_labels, check_weights, whole_groups_chunk
 from backends.config import GANConfig
 from backends.numpy.builder import build_network
 from backends.rng_state import rng_to_arrays, set_rng_from_arrays
@@ -184,8 +184,8 @@ class NumpyBackend(Backend):
         """D's logits, one per group of `pack` consecutive images."""
         check_groups(len(images), self.config)
         inputs = self._discriminator_input(images, labels)
-        group = max(self.config.minibatch_std, 1)  # packed inputs per minibatch-std group
-        step = max(INFERENCE_CHUNK // group, 1) * group
+        # the inputs are packed already: a chunk holds whole minibatch-std groups of them
+        step = whole_groups_chunk(INFERENCE_CHUNK, max(self.config.minibatch_std, 1))
         chunks = [
             self.discriminator.forward(inputs[start : start + step], training=False).reshape(-1)
             for start in range(0, len(inputs), step)

@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from backends import spec  # noqa: E402
-from backends.base import Backend, check_labels, check_groups, check_weights  # noqa: E402
+from backends.base import Backend, check_groups, check_labels, check_weights, whole_groups_chunk  # noqa: E402
 from backends.config import GANConfig  # noqa: E402
 from backends.tf.augment import diff_augment  # noqa: E402
 from backends.tf.models import build_network, dropout_seed_variables, weight_variables  # noqa: E402
@@ -266,8 +266,7 @@ class TFBackend(Backend):
     # --- inference ---
     def _in_chunks(self, fn, inputs, labels):
         outputs = []
-        group = self.config.d_group_size  # whole groups for D
-        chunk = max(GENERATE_CHUNK // group, 1) * group
+        chunk = whole_groups_chunk(GENERATE_CHUNK, self.config.d_group_size)
         for start in range(0, max(len(inputs), 1), chunk):
             part_labels = None if labels is None else np.asarray(labels)[start : start + chunk]
             outputs.append(fn(*self._args(inputs[start : start + chunk], labels=part_labels)).numpy())
