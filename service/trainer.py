@@ -221,7 +221,10 @@ class Trainer:
         self.batch_size = config.batch_size
         self.batches_per_epoch = len(images) // self.batch_size  # the last partial batch is dropped
         if self.batches_per_epoch == 0:
-            raise UserError(f"the dataset has {len(images)} images, fewer than one batch of {self.batch_size}")
+            raise UserError(
+                f"the dataset has {len(images)} images, fewer than one batch of {self.batch_size}; "
+                "set a smaller batch size (--batch-size)"
+            )
         if epochs is None and time_budget is None:
             raise UserError("give a number of epochs or a time budget")
         if epochs is not None and epochs < 0:

@@ -101,7 +101,7 @@ def test_conditional_training_takes_classes_from_the_data(tmp_path, tiny_data):
         ("no labels", "UNLABELLED", "labels"),
         ("not a run", ["train", "--resume", "{tmp}"], "not a run directory"),
         ("bad config field", "BADCONFIG", "bogus"),
-        ("batch too big", "BIGBATCH", "fewer than one batch"),
+        ("batch too big", "BIGBATCH", "fewer than one batch of 64; set a smaller batch size (--batch-size)"),
         ("zero epochs", "ZEROEPOCHS", "--epochs"),
     ],
 )
