@@ -10,6 +10,7 @@ training images (fresh real images give the reference count). Results go to stdo
 OUT/results.json. Not collected by pytest.
 
     --variants default,seed+batch_size=50     names from VARIANTS or PRESET+field=value+...
+    --seeds 0,1                               each variant once per seed, then its mean and range
     --eval-every 50                           also score every 50 s of step time (a curve)
     --calibrate                               SWD of real sets altered by blur, noise, averaging
 
@@ -58,6 +59,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help="comma list of VARIANTS names or PRESET+field=value+... specs; separate them "
                              "with ';' instead when a value holds commas")
+    parser.add_argument("--seeds", default="",
+                        help="comma list of seeds: run each variant once per seed (as +seed=N) and print "
+                             "each variant's mean SWD and range; one 600 s run is not enough to rank recipes")
     parser.add_argument("--eval-every", type=float, default=0.0,
                         help="also score SWD at the first epoch end after every this many seconds "
                              "of training steps (the budget then counts step time only)")
@@ -79,14 +83,25 @@ def main() -> None:
 
     reference = to_uint8(data.default_dataset(args.image_size, count=2 * args.count, seed=7, progress=False).images)
     real, other_half = reference[: args.count], reference[args.count :]
-    real_vs_real = swd(real, other_half)["mean"]
+    real_vs_real_levels = swd(real, other_half)
+    real_vs_real = real_vs_real_levels["mean"]
     # the training set run_training uses without --data, for the memorization audit
     train = to_uint8(data.default_dataset(args.image_size, count=DEFAULT_DATA_COUNT, progress=False).images)
     real_audit = audit_summary(memorization_audit(train, real))
     results = {"budget_s": args.budget, "image_size": args.image_size, "backend": args.backend,
-               "real_vs_real_swd": real_vs_real, "real_memorization": real_audit, "variants": {}}
+               "real_vs_real_swd": real_vs_real,
+               "real_vs_real_levels": {str(k): v for k, v in real_vs_real_levels["levels"].items()},
+               "real_memorization": real_audit, "variants": {}}
     out = Path(args.out) / f"{args.image_size}px-{int(args.budget)}s"
-    for name in args.variants.split(";" if ";" in args.variants else ","):
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds takes a comma list of integers, got {args.seeds!r}") from None
+    variants = args.variants.split(";" if ";" in args.variants else ",")
+    if seeds and any("seed" in parse_variant(v)[1] for v in variants):
+        raise SystemExit("--seeds sets each run's seed; drop seed= from --variants")
+    runs = [(v, f"{v}+seed={s}" if seeds else v) for v in variants for s in (seeds or [None])]
+    for variant, name in runs:
         preset, overrides = parse_variant(name)
         run_dir = out / name
         started = time.perf_counter()
@@ -102,16 +117,27 @@ def main() -> None:
         job = plan_job(run_dir, args.count, run_dir / "generated", seed=1, backend=args.backend)
         generate_in_process(job)
         fake = np.stack([read_png(p) for p in sorted((run_dir / "generated").glob("img_*.png"))])
-        score = swd(real, fake)["mean"]
+        scores = swd(real, fake)
+        score = scores["mean"]
         audit = audit_summary(memorization_audit(train, fake))
         results["variants"][name] = {
             "preset": preset, "overrides": overrides, "steps": outcome.result.step,
-            "epochs": outcome.result.epoch, "swd": score,
+            "variant": variant, "epochs": outcome.result.epoch, "swd": score,
+            "swd_levels": {str(k): v for k, v in scores["levels"].items()},
             "rebalance_d": outcome.result.rebalance_d, "rebalance_g": outcome.result.rebalance_g,
             "memorization": audit, "wall_s": time.perf_counter() - started, "curve": curve,
         }
         print(f"{name:24s} steps {outcome.result.step:5d}  SWD {score:7.1f}  (real vs real {real_vs_real:.1f})  "
-              f"likely copies {audit['copies']} (fresh real images: {real_audit['copies']})", flush=True)
+              f"likely copies {audit['copies']} (fresh real images: {real_audit['copies']})  levels "
+              + ", ".join(f"{k}: {v:.1f}" for k, v in scores["levels"].items()), flush=True)
+    if seeds:
+        results["means"] = {}
+        for variant in variants:
+            values = [r["swd"] for r in results["variants"].values() if r["variant"] == variant]
+            results["means"][variant] = {"swd_mean": float(np.mean(values)), "swd_min": min(values),
+                                         "swd_max": max(values), "seeds": seeds}
+            print(f"{variant:24s} mean SWD over seeds {','.join(map(str, seeds))}: {np.mean(values):.1f} "
+                  f"(range {min(values):.1f} to {max(values):.1f})", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
