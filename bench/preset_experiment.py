@@ -83,14 +83,14 @@ def main() -> None:
 
     reference = to_uint8(data.default_dataset(args.image_size, count=2 * args.count, seed=7, progress=False).images)
     real, other_half = reference[: args.count], reference[args.count :]
-    real_vs_real_levels = swd(real, other_half)
-    real_vs_real = real_vs_real_levels["mean"]
+    real_vs_real_scores = swd(real, other_half)
+    real_vs_real = real_vs_real_scores["mean"]
     # the training set run_training uses without --data, for the memorization audit
     train = to_uint8(data.default_dataset(args.image_size, count=DEFAULT_DATA_COUNT, progress=False).images)
     real_audit = audit_summary(memorization_audit(train, real))
     results = {"budget_s": args.budget, "image_size": args.image_size, "backend": args.backend,
                "real_vs_real_swd": real_vs_real,
-               "real_vs_real_levels": {str(k): v for k, v in real_vs_real_levels["levels"].items()},
+               "real_vs_real_levels": {str(k): v for k, v in real_vs_real_scores["levels"].items()},
                "real_memorization": real_audit, "variants": {}}
     out = Path(args.out) / f"{args.image_size}px-{int(args.budget)}s"
     try:
