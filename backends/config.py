@@ -34,6 +34,8 @@ class GANConfig:
     leaky_slope: float = 0.2
     pack: int = 1  # PacGAN: D judges groups of this many images stacked along channels; 1: off
     minibatch_std: int = 0  # D's minibatch-stddev feature over groups of this many inputs; 0: off
+    # side of G's first feature map (and of D's last); 0: the thesis's rule (`base_size`)
+    base_side: int = 0
     # --- noise ---
     noise: str = "uniform"  # "uniform" in [-1, 1] (the thesis) or "normal"
     # --- optimiser: Adam, Keras 3 semantics ---
@@ -83,6 +85,12 @@ class GANConfig:
                 f"{per} must be a multiple of minibatch_std ({self.minibatch_std}), the group of images "
                 "D's minibatch standard deviation compares"
             )
+        side = int(self.base_side)
+        if side and (side < 2 or side & (side - 1) or self.image_size // side < 4):
+            raise ConfigError(
+                f"base_side must be 0 (the thesis's rule) or a power of two >= 2 at most a quarter "
+                f"of image_size ({self.image_size}), got {self.base_side}"
+            )
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:
@@ -121,12 +129,15 @@ class GANConfig:
 
     @property
     def num_upsamplings(self) -> int:
-        """Upsampling blocks in G (= stride-2 conv blocks in D): 4 up to 64x64, then one per doubling."""
+        """Upsampling blocks in G (= stride-2 conv blocks in D). The thesis's rule: 4 up to 64x64,
+        then one per doubling; with `base_side`, as many as take that side to the image size."""
+        if self.base_side:
+            return int(math.log2(self.image_size // self.base_side))
         return max(4, int(math.log2(self.image_size // 4)))
 
     @property
     def base_size(self) -> int:
-        """Side of G's first feature map (the thesis: 4 at 64x64, 2 at 32x32)."""
+        """Side of G's first feature map (the thesis: 4 at 64x64, 2 at 32x32; else `base_side`)."""
         return self.image_size // (2**self.num_upsamplings)
 
     def replace(self, **changes) -> "GANConfig":

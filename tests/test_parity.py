@@ -39,6 +39,7 @@ CASES = {
     "32-conditional-pack2": dict(image_size=32, num_classes=3, pack=2),
     "32-unconditional-minibatch-std": dict(image_size=32, minibatch_std=2, label_smoothing=0.1),
     "64-pack2-minibatch-std": dict(image_size=64, pack=2, minibatch_std=2),
+    "32-base-side-4-minibatch-std": dict(image_size=32, base_side=4, minibatch_std=2),
 }
 
 

@@ -25,6 +25,25 @@ def test_sizes_add_blocks(size, blocks, base):
     assert base * 2 ** len(ups) == size
 
 
+@pytest.mark.parametrize("size,side,blocks", [(32, 4, 3), (64, 8, 3), (64, 2, 5), (128, 8, 4)])
+def test_base_side_sets_the_first_and_last_feature_maps(size, side, blocks):
+    cfg = GANConfig(image_size=size, width=8, max_width=64, base_side=side, minibatch_std=2, batch_size=4)
+    assert cfg.num_upsamplings == blocks and cfg.base_size == side
+    g = spec.generator_spec(cfg)
+    assert next(l for l in g if l.kind == "reshape").args["shape"][:2] == (side, side)
+    assert side * 2 ** sum(l.kind == "upsample" for l in g) == size
+    d = spec.discriminator_spec(cfg)
+    assert sum(l.kind == "conv" for l in d) == blocks
+    last_filters = [l for l in d if l.kind == "conv"][-1].args["filters"]
+    assert d[-1].args["in"] == side * side * (last_filters + 1)
+
+
+@pytest.mark.parametrize("side", [1, 3, 12, 16, 64])
+def test_base_side_must_be_a_power_of_two_at_most_a_quarter_of_the_image(side):
+    with pytest.raises(ConfigError, match="base_side must be 0"):
+        GANConfig(image_size=32, base_side=side)
+
+
 def test_conditional_widens_inputs():
     cfg = GANConfig(image_size=32, width=8, num_classes=3)
     shapes = spec.weight_shapes(cfg)
