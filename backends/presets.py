@@ -28,6 +28,7 @@ PRESETS: dict[str, dict] = {
     "default": dict(
         width=16,
         max_width=128,
+        base_side=4,  # G starts from 4x4 at every size; the thesis's rule starts from 2x2 at 32x32
         noise="normal",
         lr_g=1e-3,
         lr_d=1e-3,
