@@ -44,6 +44,14 @@ def test_base_side_must_be_a_power_of_two_at_most_a_quarter_of_the_image(side):
         GANConfig(image_size=32, base_side=side)
 
 
+def test_a_config_saved_before_base_side_existed_keeps_its_architecture():
+    saved = preset_config("default", image_size=32).to_dict()
+    del saved["base_side"]  # run directories written before the field existed
+    cfg = GANConfig.from_dict(saved)
+    assert cfg.base_side == 0 and cfg.num_upsamplings == 4 and cfg.base_size == 2
+    assert preset_config("default", image_size=32).base_size == 4
+
+
 def test_conditional_widens_inputs():
     cfg = GANConfig(image_size=32, width=8, num_classes=3)
     shapes = spec.weight_shapes(cfg)
