@@ -3,7 +3,11 @@ training-step semantics, no retracing, side-effect-free gradients."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,15 +270,11 @@ def test_ragged_batches_are_refused_before_anything_moves_and_discriminate_keeps
 def test_importing_tensorflow_first_warns_that_onednn_is_off(first, warned):
     # TensorFlow reads TF_ENABLE_ONEDNN_OPTS on its own import: the backend can only ask for
     # oneDNN when it is imported first, and says so when it was not
-    import os
-    import subprocess
-    import sys
-
     code = (f"{first}\nimport warnings\nwith warnings.catch_warnings(record=True) as seen:\n"
             "    warnings.simplefilter('always')\n    from backends.tf import runtime\n"
             "print(runtime.onednn_enabled(), any('oneDNN' in str(w.message) for w in seen))")
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == [str(not warned), str(warned)]
