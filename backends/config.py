@@ -36,6 +36,7 @@ class GANConfig:
     minibatch_std: int = 0  # D's minibatch-stddev feature over groups of this many inputs; 0: off
     # side of G's first feature map (and of D's last); 0: the thesis's rule (`base_size`)
     base_side: int = 0
+    spectral_norm: bool = False  # D's kernels divided by their largest singular value (Miyato et al. 2018)
     # --- noise ---
     noise: str = "uniform"  # "uniform" in [-1, 1] (the thesis) or "normal"
     # --- optimiser: Adam, Keras 3 semantics ---
@@ -91,6 +92,8 @@ class GANConfig:
                 f"base_side must be 0 (the thesis's rule) or a power of two >= 2 at most a quarter "
                 f"of image_size ({self.image_size}), got {self.base_side}"
             )
+        if not isinstance(self.spectral_norm, bool):
+            raise ConfigError(f"spectral_norm must be true or false, got {self.spectral_norm!r}")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:

@@ -9,6 +9,8 @@ Parameters per layer kind (shapes follow Keras):
   conv:  kernel (k, k, cin, filters), bias (filters,)
   bn:    gamma, beta, moving_mean, moving_variance, each (channels,); the last two are not
          trainable (moving averages), but they are weights and travel in checkpoints.
+  With `spectral_norm`, D's dense and conv layers also hold sn_u (units,) or (filters,), the
+  power iteration's vector: not trainable, a weight that travels in checkpoints.
 
 Optimizer state: "opt/<net>/m/<weight name>", "opt/<net>/v/<weight name>" for each trainable
 weight of <net>, and "opt/<net>/iterations" (int64 scalar).
@@ -29,6 +31,12 @@ Semantics both backends follow:
 - Every forward pass of G in training mode (d_step, g_step, train_step) uses batch statistics
   and updates G's BN moving averages once; `generate` runs in inference mode (moving
   averages), so an image depends on its own noise only.
+- With `spectral_norm` (Miyato et al. 2018), each of D's dense and conv layers computes with
+  kernel / sigma, where M = kernel.reshape(-1, units) and sigma = |M sn_u| with sn_u held
+  constant (it is not differentiated). sn_u starts as the unit vector of equal entries; every
+  D step (alone or in train_step, and in compute_gradients' D pass) first refines it by one
+  power iteration, v = unit(M sn_u), sn_u = unit(M^T v), with unit(x) = x / (|x| + 1e-12).
+  G's steps and inference use sn_u as it stands.
 - D's step sees [real; fake] as one batch of 2B, targets [1 - label_smoothing; 0];
   G's step targets 1. Both losses are mean binary cross-entropy from logits.
 """
@@ -92,15 +100,11 @@ def discriminator_spec(cfg: GANConfig) -> list[Layer]:
     n = cfg.num_upsamplings
     layers = []
     cin = (cfg.channels + cfg.num_classes) * cfg.pack
+    normed = {"spectral_norm": True} if cfg.spectral_norm else {}  # an arg of D's conv and dense layers
     for i in range(n):
         cout = _filters(cfg, i)
-        layers.append(
-            Layer(
-                "conv",
-                f"conv_{i}",
-                {"filters": cout, "in": cin, "kernel": cfg.kernel_size, "stride": 2, "padding": "same"},
-            )
-        )
+        args = {"filters": cout, "in": cin, "kernel": cfg.kernel_size, "stride": 2, "padding": "same", **normed}
+        layers.append(Layer("conv", f"conv_{i}", args))
         layers.append(Layer("leaky_relu", f"leaky_relu_{i}", {"slope": cfg.leaky_slope}))
         layers.append(Layer("dropout", f"dropout_{i}", {"rate": cfg.dropout}))
         cin = cout
@@ -109,7 +113,7 @@ def discriminator_spec(cfg: GANConfig) -> list[Layer]:
         layers.append(Layer("minibatch_std", "minibatch_std", {"group": cfg.minibatch_std}))
         cin += 1
     layers.append(Layer("flatten", "flatten"))
-    layers.append(Layer("dense", "dense_out", {"units": 1, "in": side * side * cin}))
+    layers.append(Layer("dense", "dense_out", {"units": 1, "in": side * side * cin, **normed}))
     return layers
 
 
@@ -123,17 +127,20 @@ def net_spec(cfg: GANConfig, net: str) -> list[Layer]:
 
 def layer_param_shapes(layer: Layer) -> dict[str, tuple[int, ...]]:
     a = layer.args
-    if layer.kind == "dense":
-        return {"kernel": (a["in"], a["units"]), "bias": (a["units"],)}
-    if layer.kind == "conv":
-        return {"kernel": (a["kernel"], a["kernel"], a["in"], a["filters"]), "bias": (a["filters"],)}
+    if layer.kind in ("dense", "conv"):
+        units = a["units"] if layer.kind == "dense" else a["filters"]
+        kernel = (a["in"], units) if layer.kind == "dense" else (a["kernel"], a["kernel"], a["in"], units)
+        shapes = {"kernel": kernel, "bias": (units,)}
+        if a.get("spectral_norm"):
+            shapes["sn_u"] = (units,)
+        return shapes
     if layer.kind == "bn":
         c = (a["channels"],)
         return {"gamma": c, "beta": c, "moving_mean": c, "moving_variance": c}
     return {}
 
 
-NON_TRAINABLE = ("moving_mean", "moving_variance")
+NON_TRAINABLE = ("moving_mean", "moving_variance", "sn_u")
 
 
 def weight_shapes(cfg: GANConfig) -> dict[str, tuple[int, ...]]:

@@ -218,6 +218,37 @@ def dense_backward(dout, cache, need_input_grad=True, need_param_grads=True):
     return dx, None, None
 
 
+# --- Spectral normalisation (Miyato et al. 2018) -----------------------------------------
+# A kernel of shape (..., units) is read as the matrix M = kernel.reshape(-1, units); its
+# largest singular value is estimated as sigma = |M u| for a unit vector u (units,) that one
+# power iteration per D step refines. The layer computes with kernel / sigma, u held constant.
+SPECTRAL_EPSILON = 1e-12
+
+
+def _unit(x):
+    return x / (np.sqrt(np.sum(x * x)) + SPECTRAL_EPSILON)
+
+
+def spectral_power_iteration(kernel, u):
+    """One power iteration: v = unit(M u), then the new u = unit(M^T v)."""
+    m = kernel.reshape(-1, kernel.shape[-1])
+    return _unit(m.T @ _unit(m @ u))
+
+
+def spectral_norm_forward(kernel, u):
+    """kernel / sigma with sigma = |M u|; the cache holds what the backward pass needs."""
+    mu = kernel.reshape(-1, kernel.shape[-1]) @ u
+    sigma = np.sqrt(np.sum(mu * mu))
+    return kernel / sigma, (kernel, u, mu, sigma)
+
+
+def spectral_norm_backward(dnormalized, cache):
+    """d loss / d kernel from d loss / d (kernel / sigma): G / sigma - <G, M> / sigma^3 (M u) u^T."""
+    kernel, u, mu, sigma = cache
+    coefficient = np.sum(dnormalized * kernel) / sigma**3
+    return dnormalized / sigma - coefficient * np.outer(mu, u).reshape(kernel.shape)
+
+
 # --- BatchNormalization (last axis is the feature axis, as Keras's axis=-1) -----------------
 
 

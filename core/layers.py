@@ -48,26 +48,59 @@ class Layer:
         return f"{type(self).__name__}({self.name!r}, {shapes})"
 
 
-class Dense(Layer):
-    def __init__(self, name, in_features, units, rng, dtype=np.float32):
+class SpectralNormMixin:
+    """Optional spectral normalisation of a layer's kernel (core.functional): the layer computes
+    with kernel / sigma, and its buffer "sn_u" (units,) holds the power iteration's vector,
+    starting from the unit vector of equal entries. `power_iteration()` refines it; the owner
+    calls it once per D step, before the forward pass."""
+
+    def _init_spectral_norm(self, spectral_norm: bool, units: int, dtype) -> None:
+        self.spectral_norm = bool(spectral_norm)
+        self._sn_cache = None
+        if self.spectral_norm:
+            self.buffers["sn_u"] = np.full(units, 1.0 / np.sqrt(units), dtype)
+
+    def power_iteration(self) -> None:
+        if self.spectral_norm:
+            self.buffers["sn_u"][...] = F.spectral_power_iteration(self.parameters["kernel"], self.buffers["sn_u"])
+
+    def _kernel(self) -> np.ndarray:
+        """The kernel the layer computes with (normalised when spectral norm is on)."""
+        if not self.spectral_norm:
+            return self.parameters["kernel"]
+        kernel, self._sn_cache = F.spectral_norm_forward(self.parameters["kernel"], self.buffers["sn_u"])
+        return kernel
+
+    def _kernel_gradient(self, dkernel):
+        if dkernel is None or not self.spectral_norm:
+            return dkernel
+        return F.spectral_norm_backward(dkernel, self._sn_cache)
+
+
+class Dense(SpectralNormMixin, Layer):
+    def __init__(self, name, in_features, units, rng, dtype=np.float32, spectral_norm=False):
         super().__init__(name)
         self.parameters = {
             "kernel": glorot_uniform(rng, (in_features, units), in_features, units, dtype),
             "bias": np.zeros(units, dtype),
         }
+        self._init_spectral_norm(spectral_norm, units, dtype)
 
     def forward(self, x, training=True):
-        out, self._cache = F.dense_forward(x, self.parameters["kernel"], self.parameters["bias"])
+        out, self._cache = F.dense_forward(x, self._kernel(), self.parameters["bias"])
         return out
 
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
         dx, dkernel, dbias = F.dense_backward(dout, self._cache, need_input_grad, need_param_grads)
-        self._set_gradients(kernel=dkernel, bias=dbias)
+        self._set_gradients(kernel=self._kernel_gradient(dkernel), bias=dbias)
         return dx
 
 
-class Conv2D(Layer):
-    def __init__(self, name, in_channels, filters, kernel_size, stride=1, padding="same", rng=None, dtype=np.float32):
+class Conv2D(SpectralNormMixin, Layer):
+    def __init__(
+        self, name, in_channels, filters, kernel_size, stride=1, padding="same", rng=None, dtype=np.float32,
+        spectral_norm=False,
+    ):
         super().__init__(name)
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
@@ -77,15 +110,15 @@ class Conv2D(Layer):
             "kernel": glorot_uniform(rng, (k, k, in_channels, filters), k * k * in_channels, k * k * filters, dtype),
             "bias": np.zeros(filters, dtype),
         }
+        self._init_spectral_norm(spectral_norm, filters, dtype)
 
     def forward(self, x, training=True):
-        p = self.parameters
-        out, self._cache = F.conv2d_forward(x, p["kernel"], p["bias"], self.stride, self.padding)
+        out, self._cache = F.conv2d_forward(x, self._kernel(), self.parameters["bias"], self.stride, self.padding)
         return out
 
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
         dx, dkernel, dbias = F.conv2d_backward(dout, self._cache, need_input_grad, need_param_grads)
-        self._set_gradients(kernel=dkernel, bias=dbias)
+        self._set_gradients(kernel=self._kernel_gradient(dkernel), bias=dbias)
         return dx
 
 

@@ -94,6 +94,37 @@ def test_dense_gradients(in_features, units):
     check_layer(layer, rng.standard_normal((4, in_features)), rng)
 
 
+@pytest.mark.parametrize("make", ["dense", "conv"])
+def test_spectrally_normalised_gradients(make):
+    rng = np.random.default_rng(11 if make == "dense" else 12)
+    if make == "dense":
+        layer = core.Dense("dense", 6, 4, rng, np.float64, spectral_norm=True)
+        x = rng.standard_normal((3, 6))
+    else:
+        layer = core.Conv2D("conv", 3, 4, 3, 2, "same", rng, np.float64, spectral_norm=True)
+        x = rng.standard_normal((2, 5, 5, 3))
+    layer.parameters["bias"][:] = rng.standard_normal(4)
+    for _ in range(2):  # sn_u away from its equal-entries start
+        layer.power_iteration()
+    check_layer(layer, x, rng)
+
+
+def test_spectral_norm_divides_by_the_largest_singular_value_once_the_power_iteration_settles():
+    rng = np.random.default_rng(5)
+    layer = core.Conv2D("conv", 3, 8, 4, 2, "same", rng, np.float64, spectral_norm=True)
+    matrix = layer.parameters["kernel"].reshape(-1, 8)
+    largest = np.linalg.svd(matrix, compute_uv=False)[0]
+    x = rng.standard_normal((1, 6, 6, 3))
+    plain = core.Conv2D("conv", 3, 8, 4, 2, "same", rng, np.float64)
+    plain.parameters.update({k: v.copy() for k, v in layer.parameters.items()})
+    first = np.linalg.norm(matrix @ layer.buffers["sn_u"])
+    for _ in range(100):
+        layer.power_iteration()
+    assert np.linalg.norm(layer.buffers["sn_u"]) == pytest.approx(1.0)
+    assert first < 0.99 * largest  # the equal-entries start is not the answer already
+    np.testing.assert_allclose(layer.forward(x), plain.forward(x) / largest, rtol=1e-9)
+
+
 @pytest.mark.parametrize("shape", [(6, 5), (3, 4, 5, 2), (2, 3, 3, 7)])
 def test_batchnorm_training_gradients(shape):
     rng = np.random.default_rng(len(shape) * 7 + shape[-1])

@@ -40,6 +40,8 @@ CASES = {
     "32-unconditional-minibatch-std": dict(image_size=32, minibatch_std=2, label_smoothing=0.1),
     "64-pack2-minibatch-std": dict(image_size=64, pack=2, minibatch_std=2),
     "32-base-side-4-minibatch-std": dict(image_size=32, base_side=4, minibatch_std=2),
+    "32-spectral-norm-minibatch-std": dict(image_size=32, base_side=4, minibatch_std=2, spectral_norm=True),
+    "64-spectral-norm-conditional": dict(image_size=64, num_classes=3, spectral_norm=True),
 }
 
 

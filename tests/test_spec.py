@@ -69,7 +69,14 @@ def test_optimizer_state_names_cover_trainable_weights_only():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("image_size", 48), ("noise", "cauchy"), ("dropout", 1.0), ("diffaugment", "flip"), ("batch_size", 0)],
+    [
+        ("image_size", 48),
+        ("noise", "cauchy"),
+        ("dropout", 1.0),
+        ("diffaugment", "flip"),
+        ("batch_size", 0),
+        ("spectral_norm", "yes"),
+    ],
 )
 def test_bad_config_values_name_the_field(field, value):
     with pytest.raises(ConfigError, match=field.split("_")[0]):
@@ -92,6 +99,17 @@ def test_pack_and_minibatch_std_widen_the_discriminator():
     assert {n: s for n, s in both.items() if n.startswith("generator/")} == {
         n: s for n, s in plain.items() if n.startswith("generator/")
     }
+
+
+def test_spectral_norm_adds_an_untrained_vector_to_each_discriminator_kernel():
+    plain = GANConfig(image_size=32, width=4, max_width=16)
+    normed = spec.weight_shapes(plain.replace(spectral_norm=True))
+    added = {n: s for n, s in normed.items() if n not in spec.weight_shapes(plain)}
+    kernels = [n for n in normed if n.startswith("discriminator/") and n.endswith("/kernel")]
+    assert sorted(added) == sorted(n.replace("/kernel", "/sn_u") for n in kernels)
+    assert all(added[n.replace("/kernel", "/sn_u")] == (normed[n][-1],) for n in kernels)
+    assert not any(spec.is_trainable(n) for n in added)
+    assert spec.count_parameters(plain.replace(spectral_norm=True)) == spec.count_parameters(plain)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ updates its BN moving averages once; D's step sees [real; fake] as one batch wit
 [1 - label_smoothing; 0]; G's step goes through D in training mode (dropout on) with target 1.
 With config.diffaugment, every image D sees in training (real and fake, D and G steps) is
 augmented first (core.augment), G's gradient flowing back through the augmentation.
+With config.spectral_norm, each D step starts with one power iteration of D's kernels.
 `train_step` shares one G forward pass between the D update and the G update, the G update
 running through the already-updated D. Dropout masks and augmentation draws come from one
 numpy Generator seeded from config.seed; its state travels in checkpoints as "rng/numpy/...".
@@ -109,7 +110,11 @@ class NumpyBackend(Backend):
 
     # --- the two updates, on a G output already computed in training mode ---
     def _discriminator_loss_and_grads(self, real, fake, labels) -> float:
-        """D forward on [real; fake] in training mode, backward into D's gradients."""
+        """D forward on [real; fake] in training mode, backward into D's gradients (after one
+        power iteration of each spectrally normalised layer, as every D step starts)."""
+        for layer in self.discriminator.layers:
+            if getattr(layer, "spectral_norm", False):
+                layer.power_iteration()
         batch = np.concatenate([real, fake], axis=0)
         both_labels = None if labels is None else np.concatenate([labels, labels])
         batch, _ = self._augment(batch)

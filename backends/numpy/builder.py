@@ -38,10 +38,13 @@ def build_network(
             index += 2
             continue
         if layer.kind == "dense":
-            built.append(core.Dense(layer.name, a["in"], a["units"], init_rng, dtype))
+            built.append(core.Dense(layer.name, a["in"], a["units"], init_rng, dtype, a.get("spectral_norm", False)))
         elif layer.kind == "conv":
             built.append(
-                core.Conv2D(layer.name, a["in"], a["filters"], a["kernel"], a["stride"], a["padding"], init_rng, dtype)
+                core.Conv2D(
+                    layer.name, a["in"], a["filters"], a["kernel"], a["stride"], a["padding"], init_rng, dtype,
+                    a.get("spectral_norm", False),
+                )
             )
         elif layer.kind == "upsample":
             built.append(core.UpSampling2D(layer.name, a["factor"]))

@@ -21,7 +21,7 @@ from backends import spec  # noqa: E402
 from backends.base import Backend, check_groups, check_labels, check_weights, whole_groups_chunk  # noqa: E402
 from backends.config import GANConfig  # noqa: E402
 from backends.tf.augment import diff_augment  # noqa: E402
-from backends.tf.models import build_network, dropout_seed_variables, weight_variables  # noqa: E402
+from backends.tf.models import SpectralNorm, build_network, dropout_seed_variables, weight_variables  # noqa: E402
 
 GENERATE_CHUNK = 256  # images per compiled call in generate/discriminate: bounds memory
 
@@ -184,7 +184,11 @@ class TFBackend(Backend):
         return tf.concat([real, tf.zeros([batch], self.float_dtype)], axis=0)
 
     def _d_loss_and_grads(self, real, fake, labels):
-        """D's loss on [real; fake] (fake held constant) and its gradients."""
+        """D's loss on [real; fake] (fake held constant) and its gradients, after one power
+        iteration of each spectrally normalised layer, as every D step starts."""
+        for layer in self.discriminator.layers:
+            if isinstance(layer, SpectralNorm):
+                layer.power_iteration()
         both = tf.concat([real, tf.stop_gradient(fake)], axis=0)
         both_labels = tf.concat([labels, labels], axis=0) if self.conditional else None
         with tf.GradientTape() as tape:

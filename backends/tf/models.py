@@ -58,6 +58,89 @@ class MinibatchStd(keras.layers.Layer):
         return tuple(input_shape[:-1]) + (input_shape[-1] + 1,)
 
 
+class SpectralNorm:
+    """Spectral normalisation of a layer's kernel (backends.spec): the layer computes with
+    kernel / sigma, sigma = |M sn_u| for M = kernel.reshape(-1, units), sn_u held constant;
+    `power_iteration()` refines sn_u (the backend runs it at the start of every D step). The
+    NumPy core's core.functional.spectral_* functions are the same maths."""
+
+    EPSILON = 1e-12
+
+    def _add_sn_vector(self, units: int) -> None:
+        self.sn_u = self.add_weight(
+            name="sn_u",
+            shape=(units,),
+            initializer=keras.initializers.Constant(1.0 / units**0.5),
+            trainable=False,
+        )
+
+    def _matrix(self):
+        return tf.reshape(self.kernel, [-1, self.kernel.shape[-1]])
+
+    def _unit(self, x):
+        return x / (tf.norm(x) + tf.constant(self.EPSILON, x.dtype))
+
+    def power_iteration(self) -> None:
+        matrix = self._matrix()
+        v = self._unit(tf.linalg.matvec(matrix, self.sn_u))
+        self.sn_u.assign(self._unit(tf.linalg.matvec(matrix, v, transpose_a=True)))
+
+    def normalised_kernel(self, dtype):
+        sigma = tf.norm(tf.linalg.matvec(self._matrix(), tf.stop_gradient(self.sn_u)))
+        return tf.cast(self.kernel / sigma, dtype)
+
+
+class SNConv2D(SpectralNorm, keras.layers.Layer):
+    """Conv2D ('same' or 'valid', no activation) with a spectrally normalised kernel."""
+
+    def __init__(self, filters: int, kernel_size: int, strides: int, padding: str, kernel_initializer, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides, self.padding = filters, kernel_size, strides, padding
+        self.kernel_initializer = kernel_initializer
+
+    def build(self, input_shape):
+        shape = (self.kernel_size, self.kernel_size, input_shape[-1], self.filters)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        self._add_sn_vector(self.filters)
+
+    def call(self, inputs):
+        kernel = self.normalised_kernel(inputs.dtype)
+        out = tf.nn.conv2d(inputs, kernel, self.strides, self.padding.upper())
+        return tf.nn.bias_add(out, tf.cast(self.bias, inputs.dtype))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+
+        def side(size):
+            if size is None:
+                return None
+            if self.padding == "same":
+                return -(-size // self.strides)
+            return (size - self.kernel_size) // self.strides + 1
+
+        return (batch, side(height), side(width), self.filters)
+
+
+class SNDense(SpectralNorm, keras.layers.Layer):
+    """Dense (no activation) with a spectrally normalised kernel."""
+
+    def __init__(self, units: int, kernel_initializer, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.kernel_initializer = units, kernel_initializer
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units), initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        self._add_sn_vector(self.units)
+
+    def call(self, inputs):
+        return tf.matmul(inputs, self.normalised_kernel(inputs.dtype)) + tf.cast(self.bias, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+
 def _phase_taps(phase: int, kernel_size: int) -> list[tuple[int, list[int]]]:
     """For output rows 2i + phase of a 'same' conv on a 2x nearest-upsampled input: the source
     row offsets d (row i + d of the small input) and the kernel taps that all read that row."""
@@ -137,6 +220,12 @@ def _keras_layer(layer: spec.Layer, net: str, config: GANConfig, seed: int, poli
     if (net, layer.kind) in FULL_PRECISION_OUTPUTS and policy.startswith("mixed"):
         policy = "float32"
     common = {"name": layer.name, "dtype": policy}
+    if layer.kind == "dense" and a.get("spectral_norm"):
+        return SNDense(a["units"], keras.initializers.GlorotUniform(seed=seed), **common)
+    if layer.kind == "conv" and a.get("spectral_norm"):
+        return SNConv2D(
+            a["filters"], a["kernel"], a["stride"], a["padding"], keras.initializers.GlorotUniform(seed=seed), **common
+        )
     if layer.kind == "dense":
         return keras.layers.Dense(
             a["units"], kernel_initializer=keras.initializers.GlorotUniform(seed=seed), **common
@@ -209,6 +298,7 @@ _PARAM_ATTRIBUTES = {
     "beta": "beta",
     "moving_mean": "moving_mean",
     "moving_variance": "moving_variance",
+    "sn_u": "sn_u",
 }
 
 
