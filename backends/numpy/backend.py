@@ -113,8 +113,8 @@ class NumpyBackend(Backend):
         """D forward on [real; fake] in training mode, backward into D's gradients (after one
         power iteration of each spectrally normalised layer, as every D step starts)."""
         for layer in self.discriminator.layers:
-            if getattr(layer, "spectral_norm", False):
-                layer.power_iteration()
+            if isinstance(layer, core.SpectralNormMixin):
+                layer.power_iteration()  # a no-op where the layer's spectral norm is off
         batch = np.concatenate([real, fake], axis=0)
         both_labels = None if labels is None else np.concatenate([labels, labels])
         batch, _ = self._augment(batch)

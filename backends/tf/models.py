@@ -90,55 +90,27 @@ class SpectralNorm:
         return tf.cast(self.kernel / sigma, dtype)
 
 
-class SNConv2D(SpectralNorm, keras.layers.Layer):
-    """Conv2D ('same' or 'valid', no activation) with a spectrally normalised kernel."""
-
-    def __init__(self, filters: int, kernel_size: int, strides: int, padding: str, kernel_initializer, **kwargs):
-        super().__init__(**kwargs)
-        self.filters, self.kernel_size, self.strides, self.padding = filters, kernel_size, strides, padding
-        self.kernel_initializer = kernel_initializer
+class SNConv2D(SpectralNorm, keras.layers.Conv2D):
+    """Keras's Conv2D (no activation), computing with its spectrally normalised kernel."""
 
     def build(self, input_shape):
-        shape = (self.kernel_size, self.kernel_size, input_shape[-1], self.filters)
-        self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+        super().build(input_shape)
         self._add_sn_vector(self.filters)
 
     def call(self, inputs):
-        kernel = self.normalised_kernel(inputs.dtype)
-        out = tf.nn.conv2d(inputs, kernel, self.strides, self.padding.upper())
+        out = self.convolution_op(inputs, self.normalised_kernel(inputs.dtype))
         return tf.nn.bias_add(out, tf.cast(self.bias, inputs.dtype))
 
-    def compute_output_shape(self, input_shape):
-        batch, height, width, _ = input_shape
 
-        def side(size):
-            if size is None:
-                return None
-            if self.padding == "same":
-                return -(-size // self.strides)
-            return (size - self.kernel_size) // self.strides + 1
-
-        return (batch, side(height), side(width), self.filters)
-
-
-class SNDense(SpectralNorm, keras.layers.Layer):
-    """Dense (no activation) with a spectrally normalised kernel."""
-
-    def __init__(self, units: int, kernel_initializer, **kwargs):
-        super().__init__(**kwargs)
-        self.units, self.kernel_initializer = units, kernel_initializer
+class SNDense(SpectralNorm, keras.layers.Dense):
+    """Keras's Dense (no activation), computing with its spectrally normalised kernel."""
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], self.units), initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        super().build(input_shape)
         self._add_sn_vector(self.units)
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         return tf.matmul(inputs, self.normalised_kernel(inputs.dtype)) + tf.cast(self.bias, inputs.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.units,)
 
 
 def _phase_taps(phase: int, kernel_size: int) -> list[tuple[int, list[int]]]:
@@ -220,18 +192,12 @@ def _keras_layer(layer: spec.Layer, net: str, config: GANConfig, seed: int, poli
     if (net, layer.kind) in FULL_PRECISION_OUTPUTS and policy.startswith("mixed"):
         policy = "float32"
     common = {"name": layer.name, "dtype": policy}
-    if layer.kind == "dense" and a.get("spectral_norm"):
-        return SNDense(a["units"], keras.initializers.GlorotUniform(seed=seed), **common)
-    if layer.kind == "conv" and a.get("spectral_norm"):
-        return SNConv2D(
-            a["filters"], a["kernel"], a["stride"], a["padding"], keras.initializers.GlorotUniform(seed=seed), **common
-        )
     if layer.kind == "dense":
-        return keras.layers.Dense(
-            a["units"], kernel_initializer=keras.initializers.GlorotUniform(seed=seed), **common
-        )
+        dense = SNDense if a.get("spectral_norm") else keras.layers.Dense
+        return dense(a["units"], kernel_initializer=keras.initializers.GlorotUniform(seed=seed), **common)
     if layer.kind == "conv":
-        return keras.layers.Conv2D(
+        conv = SNConv2D if a.get("spectral_norm") else keras.layers.Conv2D
+        return conv(
             a["filters"],
             a["kernel"],
             strides=a["stride"],
