@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service import checkpoint as ckpt
+from service.rundir import METRICS_FILE
 from service.run import main
 
 pytest.importorskip("backends.numpy")
@@ -155,7 +156,7 @@ def start_training_subprocess(tiny_data, out):
     )
 
 
-def wait_for_checkpoint(process, out, timeout=60.0):
+def wait_for_checkpoint(process, out, timeout=300.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ckpt.list_checkpoints(out):
@@ -167,28 +168,69 @@ def wait_for_checkpoint(process, out, timeout=60.0):
     pytest.fail("no checkpoint appeared in time")
 
 
-def test_kill_9_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, tiny_data):
+def train_then_sigkill(kill_step: int, argv: list[str], fake_clock: float | None = None) -> None:
+    """Run `train` in a subprocess that SIGKILLs itself in the middle of step `kill_step`."""
+    clock = [] if fake_clock is None else ["--fake-clock", str(fake_clock)]
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "sigkill_during_training.py"), str(kill_step), *clock, "--", *argv],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr[-500:]
+
+
+def step_lines(run_dir) -> list[dict]:
+    lines = [json.loads(l) for l in (Path(run_dir) / METRICS_FILE).read_text().splitlines()]
+    return [m for m in lines if m["type"] == "step"]
+
+
+# 8 epochs of 3 steps; `default` holds its rates to step 12, then lowers them. The kill lands
+# before the decay (step 5) or after it has begun (step 17); checkpoints every 4 steps, so the
+# killed run has trained past its last checkpoint and the resume replays those steps.
+@pytest.mark.parametrize("kill_step", [5, 17], ids=["before-decay", "during-decay"])
+def test_kill_9_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, tiny_data, kill_step):
+    epochs, steps = 8, 24
     killed = tmp_path / "killed"
-    process = start_training_subprocess(tiny_data, killed)
-    try:
-        wait_for_checkpoint(process, killed)
-        time.sleep(0.1)  # let it run a few more steps, perhaps into a checkpoint write
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+    train_then_sigkill(kill_step, train_args(tiny_data, killed, "--epochs", str(epochs), "--checkpoint-every", "4"))
     _, arrays = ckpt.load_latest_valid(killed)
-    target_epochs = int(arrays["meta/epoch"]) + 2  # always ends mid-run: at least one full epoch to go
-    assert main(["train", "--resume", str(killed), "--epochs", str(target_epochs), "--no-progress"]) == 0
+    assert int(arrays["meta/step"]) == (kill_step - 1) // 4 * 4  # the last checkpoint before the kill
+    assert step_lines(killed)[-1]["step"] == kill_step - 1  # trained past it
+    assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
 
     straight = tmp_path / "straight"
-    assert main(train_args(tiny_data, straight, "--epochs", str(target_epochs))) == 0
-    assert ckpt.step_of(ckpt.latest_checkpoint(straight)) == target_epochs * 3
+    assert main(train_args(tiny_data, straight, "--epochs", str(epochs))) == 0
+    assert ckpt.step_of(ckpt.latest_checkpoint(straight)) == steps
     assert_same_state(state_without_timings(straight), state_without_timings(killed))
-    lines = [json.loads(l) for l in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines if m["type"] == "step"] == list(range(1, target_epochs * 3 + 1))
+    resumed, reference = step_lines(killed), step_lines(straight)
+    assert [m["step"] for m in resumed] == list(range(1, steps + 1))
+    assert [m["lr_scale"] for m in resumed] == [m["lr_scale"] for m in reference]
+    assert (reference[kill_step - 1]["lr_scale"] < 1.0) == (kill_step > steps // 2)  # the case is what it says
+
+
+def test_kill_9_of_a_time_budget_run_resumes_its_schedule_where_it_stopped(tmp_path, tiny_data):
+    """A run planned by time, killed after its rates began to fall, resumed with a new budget:
+    the steps continue without gap or repeat, and the rates go on falling from where the
+    checkpoint left them instead of starting again at full strength."""
+    run = tmp_path / "timed"
+    # the fake clock reads 4 times a step, so 10 s of it last about 25 steps on any machine
+    train_then_sigkill(19, train_args(tiny_data, run, "--time-budget", "10", "--checkpoint-every", "2"), fake_clock=0.1)
+    _, arrays = ckpt.load_latest_valid(run)
+    checkpoint_step = int(arrays["meta/step"])
+    assert checkpoint_step == 18
+    before = step_lines(run)
+    assert 0.0 < before[checkpoint_step - 1]["lr_scale"] < 1.0  # the decay had begun
+    assert main(["train", "--resume", str(run), "--time-budget", "2", "--no-progress"]) == 0
+
+    after = step_lines(run)
+    assert [m["step"] for m in after] == list(range(1, len(after) + 1))
+    assert len(after) > checkpoint_step
+    assert after[:checkpoint_step] == before[:checkpoint_step]
+    resumed_scales = [m["lr_scale"] for m in after[checkpoint_step:]]
+    assert resumed_scales[0] <= before[checkpoint_step - 1]["lr_scale"]
+    assert resumed_scales == sorted(resumed_scales, reverse=True)
+    _, final = ckpt.load_latest_valid(run)
+    assert int(final["meta/step"]) == len(after)
+    assert float(final["meta/progress"]) > float(arrays["meta/progress"])
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, tiny_data):
