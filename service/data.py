@@ -7,8 +7,11 @@ Formats `load_images` accepts:
   automatically when it is the only `*GroundTruth*.csv` in the folder or else in its parent.
 - Any folder of JPEG/PNG/BMP images, searched recursively, in sorted order (no labels).
 - A DermaMNIST-style `.npz`: `train_images` uint8 (N, H, W[, 3]) and optionally `train_labels`
-  (the train split; `images` / `labels` are accepted too). Class names come from a
-  `class_names` entry, else the three ISIC names for up to 3 classes, else DermaMNIST's seven.
+  (the train split; `images` / `labels` and `x` / `y` are accepted too). Class names come from
+  a `class_names` entry, else the three ISIC names for up to 3 classes, else DermaMNIST's seven.
+  A 1-D integer array `groups` (or `group`, `image`, `patient`: N entries) names the source
+  image or patient of each image; splits and real-vs-real references then keep each group on
+  one side, since patches of one image on both sides make any distance look better than it is.
 
 Pixels: OpenCV decodes (BGR, made RGB here; grayscale made RGB; alpha dropped; EXIF orientation
 applied), the image is center-cropped to a square (default) or squashed, resized with INTER_AREA
@@ -35,6 +38,7 @@ import hashlib
 import json
 import os
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +55,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SUPERPIXEL_SUFFIX = "_superpixels.png"
 LABEL_COLUMNS = ("image_id", "melanoma", "seborrheic_keratosis")
 CROP_MODES = ("center", "squash")
+NPZ_IMAGE_KEYS = ("train_images", "images", "x")  # with the labels of the same position below
+NPZ_LABEL_KEYS = ("train_labels", "labels", "y")
+NPZ_GROUP_KEYS = ("groups", "group", "image", "patient")
 # Class names for a labelled .npz without a `class_names` entry, by class count.
 DERMAMNIST_CLASS_NAMES = (
     "actinic_keratosis", "basal_cell_carcinoma", "benign_keratosis", "dermatofibroma",
@@ -69,6 +76,7 @@ class Dataset:
     class_names: tuple[str, ...]
     files: list[str] = field(default_factory=list)
     source: str = ""
+    groups: np.ndarray | None = None  # int64 source image / patient of each image, if known
 
     def __len__(self) -> int:
         return len(self.images)
@@ -81,6 +89,7 @@ class Dataset:
             class_names=self.class_names,
             files=[self.files[i] for i in indices] if self.files else [],
             source=self.source,
+            groups=None if self.groups is None else self.groups[indices],
         )
 
 
@@ -134,10 +143,12 @@ def default_dataset(image_size: int, count: int = 2000, seed: int = 0, cache_dir
 
 
 def split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Disjoint (kept, held_out) with `fraction` of the images held out, stratified by class.
+    """Disjoint (kept, held_out) with `fraction` of the images held out.
 
-    Each class gives round(fraction * its size) images (at least one where the class has two
-    or more), so a held-out set keeps the class proportions of the whole.
+    With groups (source images or patients), whole groups are held out, drawn at random until
+    they hold `fraction` of the images, so no group has images on both sides. Without them,
+    the split is stratified by class: each class gives round(fraction * its size) images (at
+    least one where the class has two or more), so a held-out set keeps the class proportions.
     """
     count = len(dataset)
     if not 0.0 < fraction < 1.0:
@@ -145,11 +156,30 @@ def split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datase
     if count < 2:
         raise UserError(f"cannot split a dataset of {count} image(s)")
     rng = np.random.default_rng(seed)
-    groups = [np.arange(count)] if dataset.labels is None else [
-        np.flatnonzero(dataset.labels == c) for c in np.unique(dataset.labels)
-    ]
+    if dataset.groups is not None:
+        held_out = group_holdout(dataset.groups, fraction, rng)
+    else:
+        held_out = _stratified_holdout(dataset.labels, count, fraction, rng)
+    kept = np.setdiff1d(np.arange(count), held_out)
+    return dataset.subset(kept), dataset.subset(held_out)
+
+
+def group_holdout(groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of whole groups, drawn in random order until they hold at least
+    `fraction` of the images; at least one group on each side."""
+    names, sizes = np.unique(groups, return_counts=True)
+    if len(names) < 2:
+        raise UserError(f"cannot split by group: all {len(groups)} images belong to one group")
+    order = rng.permutation(len(names))
+    taken = np.searchsorted(np.cumsum(sizes[order]), fraction * len(groups)) + 1
+    held_names = names[order[: min(max(taken, 1), len(names) - 1)]]
+    return np.flatnonzero(np.isin(groups, held_names))
+
+
+def _stratified_holdout(labels, count: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    classes = [np.arange(count)] if labels is None else [np.flatnonzero(labels == c) for c in np.unique(labels)]
     held = []
-    for members in groups:
+    for members in classes:
         # Every class of two or more images gives at least one and keeps at least one.
         take = int(round(fraction * len(members)))
         take = min(max(take, 1), len(members) - 1) if len(members) >= 2 else 0
@@ -158,8 +188,7 @@ def split(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Datase
     if len(held_out) == 0:  # only single-image classes: fall back to an unstratified pick
         take = min(max(int(round(fraction * count)), 1), count - 1)
         held_out = np.sort(rng.permutation(count)[:take])
-    kept = np.setdiff1d(np.arange(count), held_out)
-    return dataset.subset(kept), dataset.subset(held_out)
+    return held_out
 
 
 def iterate_batches(count: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -177,6 +206,41 @@ def check_image_size(image_size: int) -> None:
             f"image size must be a power of two from {SUPPORTED_IMAGE_SIZES[0]} to "
             f"{SUPPORTED_IMAGE_SIZES[-1]}, got {image_size}"
         )
+
+
+def native_image_size(path) -> int | None:
+    """The images' own side when it is a supported size: a `.npz`'s images (read from the array
+    header, without loading the pixels), or a folder's first image when it is square. None for
+    anything else (an ISIC folder's photographs of many sizes). Commands train and compare at
+    this size unless asked otherwise, so 32x32 data is not upscaled to 64x64 behind the
+    user's back."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = _list_image_files(path)
+        image = cv2.imread(str(files[0]), cv2.IMREAD_UNCHANGED) if files else None
+        shape = (0,) if image is None else (1, *image.shape)
+    elif path.is_file() and path.suffix.lower() == ".npz":
+        shape = _npz_image_shape(path)
+    else:
+        return None
+    if len(shape) >= 3 and shape[1] == shape[2] and shape[1] in SUPPORTED_IMAGE_SIZES:
+        return int(shape[1])
+    return None
+
+
+def _npz_image_shape(path: Path) -> tuple:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {Path(name).stem: name for name in archive.namelist()}
+            key = next((k for k in NPZ_IMAGE_KEYS if k in members), None)
+            if key is None:
+                return ()
+            with archive.open(members[key]) as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                return read_header(f)[0]
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return ()  # the loader will say what is wrong with it
 
 
 def default_cache_dir() -> Path:
@@ -403,9 +467,11 @@ def _load_npz(path: Path, image_size: int, crop: str) -> Dataset:
             contents = {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path} as .npz: {' '.join(str(e).split())}") from None
-    image_key = next((k for k in ("train_images", "images") if k in contents), None)
+    image_key = next((k for k in NPZ_IMAGE_KEYS if k in contents), None)
     if image_key is None:
-        raise UserError(f"{path} has no train_images array (found: {', '.join(sorted(contents)) or 'nothing'})")
+        raise UserError(
+            f"{path} has no image array ({', '.join(NPZ_IMAGE_KEYS)}; found: {', '.join(sorted(contents)) or 'nothing'})"
+        )
     images = contents[image_key]
     if images.ndim == 3:  # grayscale (N, H, W)
         images = images[..., None]
@@ -419,7 +485,7 @@ def _load_npz(path: Path, image_size: int, crop: str) -> Dataset:
     resized = np.stack([fit_square(image, image_size, crop) for image in images])
 
     labels, class_names = None, ()
-    label_key = image_key.replace("images", "labels")
+    label_key = NPZ_LABEL_KEYS[NPZ_IMAGE_KEYS.index(image_key)]
     if label_key in contents:
         labels = contents[label_key].reshape(-1).astype(np.int64)
         if len(labels) != len(images):
@@ -433,7 +499,18 @@ def _load_npz(path: Path, image_size: int, crop: str) -> Dataset:
         class_names=class_names,
         files=[],
         source=f"{len(images)} images from {path} ({image_key})",
+        groups=_npz_groups(contents, path, len(images)),
     )
+
+
+def _npz_groups(contents: dict, path: Path, count: int) -> np.ndarray | None:
+    key = next((k for k in NPZ_GROUP_KEYS if k in contents), None)
+    if key is None:
+        return None
+    groups = contents[key]
+    if groups.shape != (count,) or groups.dtype.kind not in "iu":
+        raise UserError(f"{path}: {key} must hold one integer group per image ({count}), got {groups.shape} {groups.dtype}")
+    return groups.astype(np.int64)
 
 
 def _npz_class_names(contents: dict, class_count: int) -> tuple[str, ...]:

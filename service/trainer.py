@@ -235,7 +235,7 @@ class Trainer:
         self.time_budget = time_budget
         self.checkpoint_every = int(checkpoint_every or 0)
         self.keep = keep
-        self.progress = progress
+        self.show_progress = progress
         self.validate = validate
         self.on_epoch_end = on_epoch_end
         self.sample_grid = sample_grid
@@ -252,8 +252,8 @@ class Trainer:
         self.rebalance_d = 0
         self.rebalance_g = 0
         self.train_seconds = 0.0
-        self.progress = 0.0  # of the planned training, for the learning-rate schedule
-        self._progress_at_start = 0.0
+        self.planned_fraction = 0.0  # of the planned training done, for the learning-rate schedule
+        self._fraction_at_start = 0.0
         self._epoch_sums = np.zeros(5)  # d_loss, g_loss, rebalance_d, rebalance_g, seconds
         self.last_checkpoint: Path | None = None
 
@@ -284,7 +284,7 @@ class Trainer:
                 "meta/rebalance_d": np.array(self.rebalance_d, dtype=np.int64),
                 "meta/rebalance_g": np.array(self.rebalance_g, dtype=np.int64),
                 "meta/train_seconds": np.array(self.train_seconds, dtype=np.float64),
-                "meta/progress": np.array(self.progress, dtype=np.float64),
+                "meta/progress": np.array(self.planned_fraction, dtype=np.float64),
                 "meta/epoch_sums": self._epoch_sums.astype(np.float64),
             }
         )
@@ -319,7 +319,7 @@ class Trainer:
         self.rebalance_d = int(meta.get("meta/rebalance_d", 0))
         self.rebalance_g = int(meta.get("meta/rebalance_g", 0))
         self.train_seconds = float(meta.get("meta/train_seconds", 0.0))
-        self.progress = float(meta.get("meta/progress", 0.0))
+        self.planned_fraction = float(meta.get("meta/progress", 0.0))
         self._epoch_sums = np.asarray(meta.get("meta/epoch_sums", np.zeros(5)), dtype=np.float64).copy()
         self.truncate_metrics()
 
@@ -352,7 +352,7 @@ class Trainer:
     def _finished_epochs(self) -> bool:
         return self.epochs is not None and self.epoch >= self.epochs
 
-    def _planned_progress(self, started: float) -> float:
+    def _planned_fraction(self, started: float) -> float:
         """How far through the planned training this step is, 0..1: steps over the steps of
         `epochs`, or this call's share of its time budget (a resumed run spreads what was left
         of the schedule over its new budget), whichever is further."""
@@ -361,7 +361,7 @@ class Trainer:
             parts.append(self.step / (self.epochs * self.batches_per_epoch))
         if self.time_budget is not None:
             elapsed = (time.perf_counter() - started) / self.time_budget
-            parts.append(self._progress_at_start + (1.0 - self._progress_at_start) * elapsed)
+            parts.append(self._fraction_at_start + (1.0 - self._fraction_at_start) * elapsed)
         return min(1.0, max(parts, default=0.0))
 
     def run(self) -> TrainResult:
@@ -372,7 +372,7 @@ class Trainer:
     def _run(self) -> TrainResult:
         started = time.perf_counter()
         start_step = self.step
-        self._progress_at_start = self.progress
+        self._fraction_at_start = self.planned_fraction
         if self._finished_epochs():
             return self._result("nothing_to_do", started, start_step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -402,8 +402,8 @@ class Trainer:
             real = self.images[index]
             labels = None if self.labels is None else self.labels[index]
             z = sample_noise(self.rng, self.batch_size, config)
-            self.progress = self._planned_progress(started)
-            scale = lr_scale(self.progress, config.lr_decay_from)
+            self.planned_fraction = self._planned_fraction(started)
+            scale = lr_scale(self.planned_fraction, config.lr_decay_from)
             if config.lr_decay_from < 1.0:
                 backend.set_learning_rate_scale(scale)
 
@@ -519,7 +519,7 @@ class Trainer:
         return tqdm(
             total=total,
             initial=self.step,
-            disable=not self.progress,
+            disable=not self.show_progress,
             unit="step",
             desc="train",
             dynamic_ncols=True,

@@ -11,6 +11,7 @@ from backends.config import CLASS_NAMES
 from service import data
 from service.data import default_dataset, iterate_batches, load_images, split
 from service.errors import UserError
+from service.imageio import to_uint8
 from service.run import main
 
 GROUND_TRUTH = "ISIC-2017_Training_Part3_GroundTruth.csv"
@@ -325,7 +326,7 @@ def test_image_size_must_be_a_power_of_two_in_range(tmp_path, size):
 
 def test_npz_without_images_or_with_wrong_dtype(tmp_path):
     np.savez(tmp_path / "a.npz", pictures=np.zeros((2, 8, 8, 3), np.uint8))
-    with pytest.raises(UserError, match="no train_images array .*pictures"):
+    with pytest.raises(UserError, match="no image array .*found: pictures"):
         load_images(tmp_path / "a.npz", 32)
     np.savez(tmp_path / "b.npz", train_images=np.zeros((2, 8, 8, 3), np.float64))
     with pytest.raises(UserError, match="must be uint8"):
@@ -362,6 +363,30 @@ def test_split_is_disjoint_stratified_and_seeded():
     assert split(dataset, 0.2, seed=2)[1].files != held.files
     with pytest.raises(UserError):
         split(dataset, 1.0, seed=0)
+
+
+def test_split_with_groups_keeps_every_group_on_one_side():
+    groups = np.repeat(np.arange(20), np.arange(20) % 5 + 1)  # 20 source images, 1 to 5 patches each
+    dataset = data.Dataset(np.zeros((len(groups), 1, 1, 1), np.float32), None, (), [], "t", groups=groups)
+    kept, held = split(dataset, 0.2, seed=3)
+    assert not set(kept.groups) & set(held.groups)
+    assert len(kept) + len(held) == len(groups)
+    assert 0.2 * len(groups) <= len(held) < 0.2 * len(groups) + 5  # whole groups, just past the fraction
+    assert split(dataset, 0.2, seed=3)[1].groups.tolist() == held.groups.tolist()
+    one = data.Dataset(np.zeros((4, 1, 1, 1), np.float32), None, (), [], "t", groups=np.zeros(4, np.int64))
+    with pytest.raises(UserError, match="one group"):
+        split(one, 0.5, seed=0)
+
+
+def test_npz_with_x_and_a_source_image_array_loads_groups(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "p.npz", x=images, image=np.array([0, 0, 1, 1, 2, 2], np.int16))
+    dataset = load_images(tmp_path / "p.npz", 32)
+    assert dataset.groups.tolist() == [0, 0, 1, 1, 2, 2] and dataset.labels is None
+    np.testing.assert_array_equal(to_uint8(dataset.images), images)
+    np.savez(tmp_path / "bad.npz", x=images, image=np.zeros(5, np.int16))
+    with pytest.raises(UserError, match="image must hold one integer group per image"):
+        load_images(tmp_path / "bad.npz", 32)
 
 
 def test_iterate_batches_covers_an_epoch_once():

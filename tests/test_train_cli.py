@@ -86,6 +86,23 @@ def test_train_writes_a_run_directory_and_says_where(tmp_path, tiny_data, capsys
     assert (out / "loss_curve.png").is_file()
 
 
+def progress_args(tiny_data, out, *extra):
+    return [a for a in train_args(tiny_data, out, *extra) if a != "--no-progress"]
+
+
+@pytest.mark.parametrize("flag, shown", [("--progress", True), ("--no-progress", False), (None, False)])
+def test_progress_bar_on_stderr_follows_the_flag_on_new_and_resumed_runs(tmp_path, tiny_data, capsys, flag, shown):
+    """Without a flag the bar shows only on a terminal, and pytest's stderr is not one."""
+    flags = [flag] if flag else []
+    out = tmp_path / "run"
+    assert main(progress_args(tiny_data, out, "--epochs", "1", *flags)) == 0
+    first = capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--epochs", "2", *flags]) == 0
+    resumed = capsys.readouterr().err
+    for err, steps in ((first, "3/3"), (resumed, "6/6")):
+        assert ("train: 100%" in err and f" {steps} " in err) is shown, err
+
+
 def test_conditional_training_takes_classes_from_the_data(tmp_path, tiny_data):
     out = tmp_path / "cond"
     assert main(train_args(tiny_data, out, "--epochs", "1", "--conditional")) == 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
+from backends.config import SUPPORTED_IMAGE_SIZES
 from backends.presets import PRESETS
 
 
@@ -28,13 +30,33 @@ def add_data(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--strict", action="store_true", help="stop on the first unreadable image instead of skipping it")
 
 
+def add_image_size(p: argparse.ArgumentParser, what: str = "image side in pixels") -> None:
+    """--image-size; None when not given, so the data's own size can decide (service.data.native_image_size)."""
+    p.add_argument(
+        "--image-size", type=int, choices=SUPPORTED_IMAGE_SIZES, default=None,
+        help=f"{what} (default: the images' own size when they are square of a supported side, else 64)",
+    )
+
+
 def add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="training recipe (default: default; seed = the thesis)")
     p.add_argument("--epochs", type=int, help="epochs to train")
-    p.add_argument("--image-size", type=int, choices=(32, 64, 128, 256), default=64, help="image side in pixels (default: 64)")
+    add_image_size(p)
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training cleanly after this many seconds")
     p.add_argument("--conditional", action="store_true", help="condition G and D on the three ISIC classes")
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bars on stderr (default: on when stderr is a terminal)",
+    )
+
+
+def show_progress(args) -> bool:
+    """--progress / --no-progress as given, else on exactly when stderr is a terminal."""
+    return sys.stderr.isatty() if args.progress is None else bool(args.progress)
 
 
 def not_implemented(what: str):

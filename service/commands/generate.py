@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from service.commands.common import add_backend
+from service.commands.common import add_backend, add_progress, show_progress
 
 
 def add_arguments(p):
@@ -21,6 +21,7 @@ def add_arguments(p):
     p.add_argument("--shard-size", type=int, default=250, metavar="S", help="images per Ray task and per resume unit (default: 250)")
     p.add_argument("--resume", action="store_true", help="finish the job already in --out (re-running the same command does the same)")
     p.add_argument("--in-process", action="store_true", help="no Ray: one loop in this process (same bytes; = --workers 0)")
+    add_progress(p)
 
 
 def run(args) -> int:
@@ -34,9 +35,10 @@ def run(args) -> int:
         # One framework thread, as in each Ray worker: TF's float sums (and so a few pixel
         # values) can depend on its thread count, and the two paths must give the same bytes.
         os.environ.setdefault("DCGAN_TF_THREADS", "1")
-        result = generate_in_process(job, resume=args.resume, progress=True)
+        result = generate_in_process(job, resume=args.resume, progress=show_progress(args))
     else:
-        result = generate_on_ray(job, workers=args.workers, address=args.address, resume=args.resume)
+        result = generate_on_ray(job, workers=args.workers, address=args.address, resume=args.resume,
+                                 progress=show_progress(args))
     summary = describe(result)
     print(
         f"{summary['count']} images in {summary['out_dir']} ({summary['shards_run']} shards run, "

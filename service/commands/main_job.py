@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.commands.common import add_backend, add_data, add_seed, add_training
+from service.commands.common import add_backend, add_data, add_progress, add_seed, add_training, show_progress
 from service.errors import UserError
 
 DEFAULT_TIME_BUDGET = 480.0  # seconds of training when neither --epochs nor --time-budget is given
@@ -41,7 +41,7 @@ def add_arguments(parser) -> None:
         "--workers", type=int, default=0, metavar="K",
         help="generate on Ray with K workers (default: 0, one in-process loop; same bytes)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress(parser)
 
 
 def _stage(number: int, text: str) -> None:
@@ -49,7 +49,8 @@ def _stage(number: int, text: str) -> None:
 
 
 def run(args) -> int:
-    from service.commands.train import print_outcome, run_training
+    from service.commands.train import print_outcome
+    from service.training import run_training
 
     if args.count < 10:
         raise UserError(f"--count must be at least 10 images to validate, got {args.count}")
@@ -59,7 +60,7 @@ def run(args) -> int:
     time_budget = args.time_budget
     if args.epochs is None and time_budget is None:
         time_budget = DEFAULT_TIME_BUDGET
-    progress = not args.no_progress
+    progress = show_progress(args)
     started = time.perf_counter()
 
     _stage(1, f"training ({args.backend} backend, preset {args.preset}"
@@ -131,7 +132,7 @@ def _reference_sets(args, image_size: int, progress: bool):
     from service.imageio import to_uint8
 
     if args.data is None:
-        from service.commands.train import DEFAULT_DATA_COUNT
+        from service.training import DEFAULT_DATA_COUNT
 
         train = data.default_dataset(image_size, count=DEFAULT_DATA_COUNT, progress=progress)
         real = data.default_dataset(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backends.presets import PRESETS
-from service.commands.common import add_backend, add_data, add_seed
+from service.commands.common import add_backend, add_data, add_image_size, add_seed
 from service.errors import UserError
 
 
@@ -28,7 +28,7 @@ def add_arguments(p):
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     add_backend(p)
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="base recipe for the fields not searched (default: default)")
-    p.add_argument("--image-size", type=int, choices=(32, 64, 128, 256), default=64, help="image side in pixels (default: 64)")
+    add_image_size(p)
     p.add_argument("--conditional", action="store_true", help="condition G and D on the three ISIC classes")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs reserved per trial (default: 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G", help="GPUs reserved per trial (default: 0)")
@@ -45,8 +45,11 @@ def run(args) -> int:
 
     if args.max_images is not None and args.max_images < 2:
         raise UserError(f"--max-images must be >= 2, got {args.max_images}")
+    from service.training import default_image_size
+
+    image_size = args.image_size or default_image_size(args.data)
     base = preset_config(
-        args.preset, image_size=args.image_size, num_classes=3 if args.conditional else 0, seed=args.seed
+        args.preset, image_size=image_size, num_classes=3 if args.conditional else 0, seed=args.seed
     )
     settings = TuneSettings(
         trials=args.trials, time_budget=args.time_budget, out_dir=Path(args.out), backend=args.backend,
@@ -59,7 +62,7 @@ def run(args) -> int:
         from service.ray_cluster import probe_address
 
         probe_address(args.address)  # fail fast, before loading data
-    dataset = load_dataset(args.data, args.image_size, labels_csv=args.labels, crop=args.crop,
+    dataset = load_dataset(args.data, image_size, labels_csv=args.labels, crop=args.crop,
                            max_images=args.max_images, seed=args.seed)
     if args.conditional and dataset.labels is None:
         raise UserError("--conditional needs class labels, and this dataset has none")

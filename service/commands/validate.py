@@ -14,7 +14,8 @@ import csv
 from pathlib import Path
 
 from backends.config import CLASS_NAMES
-from service.commands.common import add_seed
+from service.commands.common import add_image_size, add_progress, add_seed, show_progress
+from service.training import DEFAULT_IMAGE_SIZE
 from service.errors import UserError
 
 
@@ -23,18 +24,19 @@ def add_arguments(p):
     p.add_argument("--fake", metavar="PATH", required=True, help="generated images: folder (with generate's manifest.csv) or .npz")
     p.add_argument("--train", metavar="PATH", help="training images for the memorization audit (default: the real set)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder for metrics.json, report.html and figures")
-    p.add_argument("--image-size", type=int, choices=(32, 64, 128, 256), default=64, help="compare at this side in pixels (default: 64)")
+    add_image_size(p, "compare at this side in pixels")
     p.add_argument("--labels", metavar="CSV", help="ground-truth CSV of the real (and training) images, for per-class values")
     p.add_argument("--crop", choices=("center", "squash"), default="center", help="fit images by center-crop (default) or squash")
     p.add_argument("--run", metavar="RUN_DIR", help="a training run directory: its loss curve goes into the report")
     p.add_argument("--inception-weights", metavar="PATH", help="Keras InceptionV3 weights (.h5/.keras): adds standard FID/KID")
     add_seed(p)
+    add_progress(p)
 
 
-def _load(path, args, labels_csv=None):
+def _load(path, image_size: int, args, labels_csv=None):
     from service.data import load_images
 
-    return load_images(path, args.image_size, labels_csv=labels_csv, crop=args.crop, progress=True)
+    return load_images(path, image_size, labels_csv=labels_csv, crop=args.crop, progress=show_progress(args))
 
 
 def manifest_labels(dataset) -> "list[int] | None":
@@ -58,9 +60,12 @@ def run(args) -> int:
     for option, path in (("--real", args.real), ("--fake", args.fake), ("--train", args.train), ("--run", args.run), ("--inception-weights", args.inception_weights)):
         if path is not None and not Path(path).exists():
             raise UserError(f"{option}: no such file or folder: {path}")
-    real = _load(args.real, args, args.labels)
-    fake = _load(args.fake, args)
-    train = _load(args.train, args, args.labels) if args.train else None
+    from service.data import native_image_size
+
+    image_size = args.image_size or native_image_size(args.real) or native_image_size(args.fake) or DEFAULT_IMAGE_SIZE
+    real = _load(args.real, image_size, args, args.labels)
+    fake = _load(args.fake, image_size, args)
+    train = _load(args.train, image_size, args, args.labels) if args.train else None
 
     fake_labels = fake.labels
     fake_class_names = fake.class_names
@@ -83,7 +88,7 @@ def run(args) -> int:
         fake_labels=fake_labels,
         class_names=list(class_names) if class_names else None,
         run_dir=args.run,
-        progress=True,
+        progress=show_progress(args),
         inception_weights=args.inception_weights,
         seed=args.seed,
     )

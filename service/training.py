@@ -1,0 +1,234 @@
+"""Training a run: the one place that creates or resumes a run directory and trains it.
+
+`run_training` is what the `train` command, the main job and the benchmarks call: it loads
+the data (or takes a Dataset), builds the config (preset < --config JSON < explicit options),
+writes RUN/config.json, restores the last valid checkpoint on resume, and runs the Trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.config import ConfigError, GANConfig
+from service.errors import UserError
+
+DEFAULT_EPOCHS = 10  # when neither --epochs nor --time-budget is given
+DEFAULT_DATA_COUNT = 2000
+DEFAULT_IMAGE_SIZE = 64
+DEFAULT_BACKEND = "tf"
+DEFAULT_SOURCE = "default"  # config.json data.source of the embedded dataset
+IN_MEMORY_SOURCE = "in-memory"  # a Dataset handed to run_training by a caller
+
+
+@dataclass
+class TrainingOutcome:
+    run_dir: Path
+    config: GANConfig
+    backend_name: str
+    result: object  # service.trainer.TrainResult
+
+
+def run_training(
+    out=None,
+    data=None,
+    labels=None,
+    crop: str = "center",
+    strict: bool = False,
+    backend: str | None = None,
+    preset: str | None = None,
+    epochs: int | None = None,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    time_budget: float | None = None,
+    seed: int | None = None,
+    conditional: bool = False,
+    resume=None,
+    config_file=None,
+    config_overrides: dict | None = None,
+    checkpoint_every: int = 0,
+    data_count: int = DEFAULT_DATA_COUNT,
+    progress: bool = True,
+    validate=None,
+    on_epoch_end=None,
+    dataset=None,
+) -> TrainingOutcome:
+    """Create (or resume) a run and train it; the function behind `train` and the main job.
+
+    `dataset` (a service.data.Dataset) skips loading; `config_overrides` are GANConfig fields
+    applied like --config. Raises UserError for bad input and TrainingDiverged on NaN/inf.
+    """
+    import backends
+    from service import checkpoint as ckpt
+    from service import rundir
+    from service.trainer import Trainer
+
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    if checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if resume is not None:
+        explicit = {
+            "--out": out, "--preset": preset, "--image-size": image_size, "--batch-size": batch_size,
+            "--seed": seed, "--config": config_file or config_overrides, "--conditional": conditional or None,
+            "--labels": labels,
+        }
+        given = [flag for flag, value in explicit.items() if value is not None]
+        if given:
+            raise UserError(
+                f"--resume takes the model, data and seeds from {resume}/config.json; drop {', '.join(given)}"
+            )
+        config, full = rundir.load_config(resume)
+        run_dir = Path(resume)
+        backend_name = backend or full.get("backend", DEFAULT_BACKEND)
+        stored = full.get("data", {})
+        if dataset is None:
+            if data is None and stored.get("source") == IN_MEMORY_SOURCE:
+                raise UserError(f"{run_dir} was trained on data passed in memory; give --data to resume it")
+            dataset = _load_dataset(
+                data or stored.get("source"), stored.get("labels"), stored.get("crop", crop),
+                strict, config.image_size, stored.get("default_count", data_count), progress,
+            )
+        if dataset_fingerprint_of(dataset) != stored.get("fingerprint"):
+            raise UserError(f"cannot resume {run_dir}: the data differs from the data the run was trained on")
+        training = dict(full.get("training", {}))
+        if epochs is not None:
+            training["epochs"] = epochs
+        epochs = training.get("epochs")
+        if epochs is None and time_budget is None:
+            raise UserError(f"{run_dir} was trained to a time budget; give --epochs or --time-budget to resume")
+        if training != full.get("training") or backend_name != full.get("backend"):
+            # checkpoints are backend-neutral, so a run may continue in the other backend: record it
+            rundir.update_config(run_dir, training=training, backend=backend_name)
+    else:
+        if out is None:
+            raise UserError("give --out DIR for a new run, or --resume RUN_DIR")
+        image_size = image_size or default_image_size(data, dataset)
+        if data is not None:
+            source = str(Path(data).resolve())
+        elif dataset is None:
+            source = DEFAULT_SOURCE
+        else:
+            source = IN_MEMORY_SOURCE
+        if dataset is None:
+            dataset = _load_dataset(data, labels, crop, strict, image_size, data_count, progress)
+        config = build_config(
+            preset or "default", image_size, batch_size, seed, conditional, config_file, config_overrides, dataset
+        )
+        backend_name = backend or DEFAULT_BACKEND
+        if epochs is None and time_budget is None:
+            epochs = DEFAULT_EPOCHS
+        data_info = {
+            "source": source,
+            "labels": None if labels is None else str(Path(labels).resolve()),
+            "crop": crop,
+            "default_count": data_count if source == DEFAULT_SOURCE else None,
+            "description": dataset.source,
+            "count": len(dataset),
+            "image_size": config.image_size,
+            "class_names": list(dataset.class_names),
+            "fingerprint": dataset_fingerprint_of(dataset),
+        }
+        seeds = {"config": config.seed, "trainer_stream": [config.seed, 1], "sample_noise_stream": [config.seed, 2]}
+        run_dir = rundir.create_run_dir(out, config, backend_name, data_info, seeds, training={"epochs": epochs})
+
+    try:
+        model = backends.get(backend_name, config)
+    except ImportError as e:
+        raise UserError(f"backend {backend_name} is not available here: {e}") from e
+    trainer = Trainer(
+        model,
+        dataset.images,
+        dataset.labels if config.num_classes > 0 else None,
+        run_dir=run_dir,
+        epochs=epochs,
+        time_budget=time_budget,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+        validate=validate,
+        on_epoch_end=on_epoch_end,
+    )
+    if resume is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ckpt.CheckpointWarning)
+            path, arrays = ckpt.load_latest_valid(run_dir) if ckpt.list_checkpoints(run_dir) else (None, None)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        if arrays is not None:
+            trainer.restore(arrays)
+            trainer.last_checkpoint = path
+            print(f"resuming {run_dir} from {path.name} (step {trainer.step}, epoch {trainer.epoch})", file=sys.stderr)
+        else:
+            trainer.truncate_metrics()  # a run killed before its first checkpoint starts over
+            print(f"warning: {run_dir} has no checkpoint yet; training from the start", file=sys.stderr)
+    result = trainer.run()
+    return TrainingOutcome(run_dir=run_dir, config=config, backend_name=backend_name, result=result)
+
+
+def default_image_size(data, dataset=None) -> int:
+    """The size to train at when none is asked for: a given dataset's own, a `.npz`'s own (so
+    32x32 data is not upscaled), else DEFAULT_IMAGE_SIZE."""
+    from service.data import native_image_size
+
+    if dataset is not None:
+        return int(dataset.images.shape[1])
+    return (native_image_size(data) if data is not None else None) or DEFAULT_IMAGE_SIZE
+
+
+def dataset_fingerprint_of(dataset) -> str:
+    from service.rundir import dataset_fingerprint
+
+    return dataset_fingerprint(dataset.images, dataset.labels)
+
+
+def _load_dataset(source, labels, crop, strict, image_size, data_count, progress):
+    from service import data as data_module
+
+    if source is None or source == DEFAULT_SOURCE:
+        return data_module.default_dataset(image_size, count=data_count)
+    return data_module.load_images(source, image_size, labels_csv=labels, crop=crop, strict=strict, progress=progress)
+
+
+def read_config_file(path) -> dict:
+    """GANConfig fields from a JSON file: a flat dict, or a run's config.json ({"model": ...})."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config file not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--config {path} is not readable JSON: {e}") from None
+    if isinstance(values, dict) and isinstance(values.get("model"), dict):
+        values = values["model"]
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path} must hold a JSON object of config fields")
+    return values
+
+
+def build_config(preset, image_size, batch_size, seed, conditional, config_file, config_overrides, dataset) -> GANConfig:
+    from backends.presets import PRESETS, preset_config
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    overrides = {}
+    if config_file is not None:
+        overrides.update(read_config_file(config_file))
+    overrides.update(config_overrides or {})
+    overrides.pop("preset", None)
+    explicit = {"image_size": image_size, "batch_size": batch_size, "seed": seed}
+    overrides.update({k: v for k, v in explicit.items() if v is not None})
+    if conditional or overrides.get("num_classes", 0) > 0:
+        if dataset.labels is None:
+            raise UserError("--conditional needs class labels, and this dataset has none (give --labels CSV)")
+        overrides["num_classes"] = len(dataset.class_names) or int(dataset.labels.max()) + 1
+    else:
+        overrides["num_classes"] = 0
+    try:
+        config = preset_config(preset, **overrides)
+    except (ConfigError, TypeError) as e:
+        raise UserError(f"bad config: {e}") from None
+    if config_file is not None or config_overrides:
+        config = config.replace(preset=f"{preset}+custom")
+    return config
