@@ -48,6 +48,13 @@ class GANConfig:
     # both rates fall linearly to 0 over the planned training (epochs or time budget), starting
     # at this fraction of it; 1.0 keeps them constant (service.trainer.lr_scale)
     lr_decay_from: float = 1.0
+    # --- generator weight averaging (spec.ema_beta) ---
+    # half-life of the average of G's weights, in thousands of images G has trained on (as
+    # StyleGAN2-ADA's ema_kimg); 0 turns it off. generate, sample grids and validation use the
+    # average when it is on.
+    ema_kimg: float = 0.0
+    # early in training the half-life is at most this share of the images seen so far (0: none)
+    ema_rampup: float = 0.05
     # --- loss ---
     label_smoothing: float = 0.0  # one-sided: real target is 1 - label_smoothing
     diffaugment: str = ""  # comma list of "color", "translation", "cutout"; empty: off
@@ -114,6 +121,9 @@ class GANConfig:
         for name in ("lr_g", "lr_d", "epsilon"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
+        for name in ("ema_kimg", "ema_rampup"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.lr_decay_from <= 1.0:
             raise ConfigError(f"lr_decay_from must be in [0, 1] (1: constant rates), got {self.lr_decay_from}")
         for name in ("beta_1", "beta_2"):

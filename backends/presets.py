@@ -23,6 +23,28 @@ PRESETS: dict[str, dict] = {
         max_rebalance_steps=10,
         dropout=0.2,
     ),
+    # What a tutorial gives you (Radford et al. 2016 as the Keras and TensorFlow DCGAN
+    # tutorials teach it), inside our architecture family: the baseline every screen runs beside
+    # the other recipes. D's widths 64..256 at 32x32, 64..512 at 64x64; G from 4x4; Adam(2e-4,
+    # beta_1 0.5) for both; batch 64; normal noise; no augmentation, dropout, minibatch std or
+    # rebalancing.
+    "dcgan": dict(
+        width=64,
+        max_width=512,
+        base_side=4,
+        noise="normal",
+        lr_g=2e-4,
+        lr_d=2e-4,
+        beta_1=0.5,
+        beta_2=0.999,
+        epsilon=1e-7,
+        label_smoothing=0.0,
+        diffaugment="",
+        batch_size=64,
+        margin=0.0,
+        max_rebalance_steps=0,
+        dropout=0.0,
+    ),
     # Best image quality per CPU-minute on the embedded dataset (docs/presets.md records the
     # experiment behind it).
     "default": dict(

@@ -39,6 +39,14 @@ Semantics both backends follow:
   G's steps and inference use sn_u as it stands.
 - D's step sees [real; fake] as one batch of 2B, targets [1 - label_smoothing; 0];
   G's step targets 1. Both losses are mean binary cross-entropy from logits.
+- With `ema_kimg` > 0 (generator weight averaging, as StyleGAN2-ADA's G_ema), a second copy
+  of G's weights, "generator_ema/<layer>/<param>", starts equal to G's and after every G step
+  (alone or in train_step) moves toward them: w_ema += (1 - beta) (w - w_ema), with beta =
+  `ema_beta(cfg, images G had trained on before the step, the step's batch)`. Every weight of
+  G is averaged, its BN moving mean and variance included: the average's BN statistics are
+  the same average of G's statistics, which follow G's weights closely enough that the
+  averaged network's own statistics are not re-measured. `generate` runs the averaged
+  generator (inference mode); training, `compute_gradients` and D see G itself.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from dataclasses import dataclass, field
 from backends.config import GANConfig
 
 NETS = ("generator", "discriminator")
+EMA_NET = "generator_ema"  # the averaged generator's weights: G's layer names under this prefix
 
 
 @dataclass(frozen=True)
@@ -144,17 +153,37 @@ NON_TRAINABLE = ("moving_mean", "moving_variance", "sn_u")
 
 
 def weight_shapes(cfg: GANConfig) -> dict[str, tuple[int, ...]]:
-    """Every weight of both networks, "<net>/<layer>/<param>" -> shape, in spec order."""
+    """Every weight of both networks, "<net>/<layer>/<param>" -> shape, in spec order, then the
+    averaged generator's when `ema_kimg` > 0."""
     shapes = {}
     for net in NETS:
         for layer in net_spec(cfg, net):
             for param, shape in layer_param_shapes(layer).items():
                 shapes[f"{net}/{layer.name}/{param}"] = shape
+    if cfg.ema_kimg > 0:
+        for name, shape in list(shapes.items()):
+            if name.startswith("generator/"):
+                shapes[ema_name(name)] = shape
     return shapes
 
 
+def ema_name(generator_weight: str) -> str:
+    """"generator/conv_1/kernel" -> "generator_ema/conv_1/kernel"."""
+    return EMA_NET + generator_weight[len("generator") :]
+
+
+def ema_beta(cfg: GANConfig, images_seen: float, batch: int) -> float:
+    """How much of the average stays at a G step: 0.5 ** (batch / half-life in images), the
+    half-life being ema_kimg * 1000 images, or during the ramp-up ema_rampup * images_seen
+    when that is shorter (StyleGAN2-ADA's rule; the first step copies G)."""
+    half_life = cfg.ema_kimg * 1000.0
+    if cfg.ema_rampup > 0:
+        half_life = min(half_life, images_seen * cfg.ema_rampup)
+    return 0.5 ** (batch / max(half_life, 1e-8))
+
+
 def is_trainable(weight_name: str) -> bool:
-    return weight_name.rsplit("/", 1)[-1] not in NON_TRAINABLE
+    return not weight_name.startswith(EMA_NET + "/") and weight_name.rsplit("/", 1)[-1] not in NON_TRAINABLE
 
 
 def trainable_names(cfg: GANConfig, net: str) -> list[str]:

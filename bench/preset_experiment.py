@@ -1,20 +1,34 @@
-"""Compare training recipes at a fixed CPU-time budget on the embedded dataset.
+"""Compare training recipes at a fixed budget, on real images or on the embedded stand-in.
 
-    python bench/preset_experiment.py --budget 600 --image-size 64 --backend tf
+    python bench/preset_experiment.py --data ../shared/data/real-dermoscopy-dev/patches32.npz \\
+        --budget 600 --variants dcgan,default --seeds 0,1
+    python bench/preset_experiment.py --budget 600 --image-size 64 --variants dcgan,default --seeds 0,1
 
-Each variant trains for --budget seconds (wall clock, whatever the machine), generates
---count images from the last checkpoint and scores them by SWD (x1e3) against --count fresh
-embedded images of another seed; the real-vs-real SWD of two disjoint fresh sets of --count
-images is printed beside it, and a memorization audit counts likely copies of the 2,000
-training images (fresh real images give the reference count). Results go to stdout and
-OUT/results.json. Not collected by pytest.
+Two protocols:
 
-    --variants default,seed+batch_size=50     names from VARIANTS or PRESET+field=value+...
-    --seeds 0,1                               each variant once per seed, then its mean and range
-    --eval-every 50                           also score every 50 s of step time (a curve)
-    --calibrate                               SWD of real sets altered by blur, noise, averaging
+- **Real images** (`--data` a folder or `.npz`, with a group per image: its source image or
+  patient). The images are split by group (`--holdout` of them, a fixed draw), every variant
+  trains on the rest and generates as many images as the held-out set holds, and is scored
+  against the held-out images. The floor is the same metrics for random sets of training
+  images of that count (real images of other sources: what a perfect generator would score).
+- **Stand-in** (no `--data`): trains on the embedded dataset at --image-size (default 64),
+  scores --count generated images against --count fresh embedded images of another seed; the
+  floor is a second fresh set. It checks whole-lesion layout, which patches cannot.
 
-docs/presets.md records the runs behind the `default` preset.
+Scores per run: SWD (x1e3) per pyramid level and their mean; in the validation tooling's
+random-net feature space, Frechet distance, precision and recall (k=3), density and coverage
+(k=5); the Frechet distance of the pixels' leading principal components (`pca_fd`: the PCA fitted
+on the training images); and the memorization audit's likely copies of training images. With
+--seeds, each variant runs once per seed and its mean and range are printed beside the floor.
+
+    --variants dcgan,default,default+ema_kimg=10    names of presets, or PRESET+field=value+...
+    --budget 600          seconds of wall clock per run (the learning-rate schedule follows it)
+    --epochs N            train N epochs instead: the same steps on any machine, for screening
+                          while the machine does other work
+    --calibrate           only print the SWD of the reference against altered copies of it
+
+Results go to stdout and OUT/results.json. Not collected by pytest; docs/presets.md records
+the runs behind the presets.
 """
 
 from __future__ import annotations
@@ -22,20 +36,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-VARIANTS = {
-    "seed": ("seed", {}),
-    "default": ("default", {}),
-    "default-no-smoothing": ("default", {"label_smoothing": 0.0}),
-    "default-no-rebalance": ("default", {"max_rebalance_steps": 0}),
-}
+import numpy as np
+
+HOLDOUT_SEED = 2017  # the fixed draw of held-out groups
+PCA_COMPONENTS = 64
+METRICS = ("swd", "fd", "pca_fd", "precision", "recall", "density", "coverage", "copies")
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """A name from VARIANTS, or "PRESET+field=value+...", e.g. "default+width=16+batch_size=32"."""
-    if spec in VARIANTS:
-        return VARIANTS[spec]
+    """A preset name, or "PRESET+field=value+...", e.g. "default+width=32+ema_kimg=10"."""
     preset, *pairs = spec.split("+")
     overrides = {}
     for pair in pairs:
@@ -49,149 +61,222 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return preset, overrides
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--budget", type=float, default=600.0)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--backend", default="tf")
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--out", default="runs/preset-experiment")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help="comma list of VARIANTS names or PRESET+field=value+... specs; separate them "
-                             "with ';' instead when a value holds commas")
-    parser.add_argument("--seeds", default="",
-                        help="comma list of seeds: run each variant once per seed (as +seed=N) and print "
-                             "each variant's mean SWD and range; one 600 s run is not enough to rank recipes")
-    parser.add_argument("--eval-every", type=float, default=0.0,
-                        help="also score SWD at the first epoch end after every this many seconds "
-                             "of training steps (the budget then counts step time only)")
-    parser.add_argument("--calibrate", action="store_true",
-                        help="only print reference SWDs of altered real sets (blur, noise, mean image)")
-    args = parser.parse_args()
-    if args.calibrate:
-        calibrate(args.image_size, args.count)
-        return
+@dataclass
+class Protocol:
+    """What every variant trains on and is scored against."""
 
+    name: str
+    train: object  # service.data.Dataset, or None for the embedded dataset
+    train_uint8: np.ndarray  # for the memorization audit and the pixel PCA
+    reference: np.ndarray  # uint8 images the generated ones are compared with
+    floors: list  # uint8 real sets scored against `reference` the same way
+    image_size: int
+
+
+def real_protocol(path: str, image_size: int | None, holdout: float) -> Protocol:
     from service import data
-    from service.commands.train import DEFAULT_DATA_COUNT, run_training
-    from service.generation import generate_in_process, plan_job
-    from service.imageio import read_png, to_uint8
-    from service.validation.memorization import audit_summary, memorization_audit
-    from service.validation.metrics import swd
+    from service.imageio import to_uint8
 
-    import numpy as np
+    size = image_size or data.native_image_size(path) or 64
+    dataset = data.load_images(path, size, progress=False)
+    if dataset.groups is None:
+        raise SystemExit(f"{path} names no group (source image or patient) per image; "
+                         "a split by image would put patches of one image on both sides")
+    train, held = data.split(dataset, holdout, seed=HOLDOUT_SEED)
+    train_uint8, reference = to_uint8(train.images), to_uint8(held.images)
+    rng = np.random.default_rng(HOLDOUT_SEED)
+    floors = [train_uint8[np.sort(rng.choice(len(train_uint8), len(reference), replace=False))] for _ in range(2)]
+    print(f"{path}: {len(dataset)} images of {len(np.unique(dataset.groups))} groups at {size}x{size}; "
+          f"training on {len(train)} ({len(np.unique(train.groups))} groups), scoring against "
+          f"{len(held)} held-out ({len(np.unique(held.groups))} groups)", flush=True)
+    return Protocol(f"real-{Path(path).stem}", train, train_uint8, reference, floors, size)
 
-    reference = to_uint8(data.default_dataset(args.image_size, count=2 * args.count, seed=7, progress=False).images)
-    real, other_half = reference[: args.count], reference[args.count :]
-    real_vs_real_scores = swd(real, other_half)
-    real_vs_real = real_vs_real_scores["mean"]
-    # the training set run_training uses without --data, for the memorization audit
-    train = to_uint8(data.default_dataset(args.image_size, count=DEFAULT_DATA_COUNT, progress=False).images)
-    real_audit = audit_summary(memorization_audit(train, real))
-    results = {"budget_s": args.budget, "image_size": args.image_size, "backend": args.backend,
-               "real_vs_real_swd": real_vs_real,
-               "real_vs_real_levels": {str(k): v for k, v in real_vs_real_scores["levels"].items()},
-               "real_memorization": real_audit, "variants": {}}
-    out = Path(args.out) / f"{args.image_size}px-{int(args.budget)}s"
+
+def standin_protocol(image_size: int | None, count: int) -> Protocol:
+    from service import data
+    from service.imageio import to_uint8
+    from service.training import DEFAULT_DATA_COUNT
+
+    size = image_size or 64
+    fresh = to_uint8(data.default_dataset(size, count=2 * count, seed=7, progress=False).images)
+    train = to_uint8(data.default_dataset(size, count=DEFAULT_DATA_COUNT, progress=False).images)
+    return Protocol("standin", None, train, fresh[:count], [fresh[count:]], size)
+
+
+class Scorer:
+    """Every score of one generated (or floor) set against the protocol's reference."""
+
+    def __init__(self, protocol: Protocol):
+        from sklearn.decomposition import PCA
+
+        from service.validation.features import random_net_features
+
+        self.protocol = protocol
+        self.reference_features = random_net_features(protocol.reference)
+        pixels = protocol.train_uint8.reshape(len(protocol.train_uint8), -1).astype(np.float32) / 255.0
+        self.pca = PCA(n_components=min(PCA_COMPONENTS, *pixels.shape), random_state=0).fit(pixels)
+        self.reference_pca = self._pca(protocol.reference)
+
+    def _pca(self, images: np.ndarray) -> np.ndarray:
+        return self.pca.transform(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+
+    def __call__(self, images: np.ndarray, audit: bool = True) -> dict:
+        from service.validation.features import random_net_features
+        from service.validation.memorization import audit_summary, memorization_audit
+        from service.validation.metrics import density_coverage, frechet_distance, precision_recall, swd
+
+        swd_scores = swd(self.protocol.reference, images)
+        features = random_net_features(images)
+        return {
+            "swd": swd_scores["mean"],
+            "swd_levels": {str(k): v for k, v in swd_scores["levels"].items()},
+            "fd": frechet_distance(self.reference_features, features),
+            "pca_fd": frechet_distance(self.reference_pca, self._pca(images)),
+            **precision_recall(self.reference_features, features),
+            **density_coverage(self.reference_features, features),
+            # a floor set is training images: the audit would flag every one of them
+            "copies": audit_summary(memorization_audit(self.protocol.train_uint8, images))["copies"] if audit else None,
+        }
+
+
+def format_scores(scores: dict) -> str:
+    levels = ", ".join(f"{v:.1f}" for v in scores["swd_levels"].values())
+    return (f"SWD {scores['swd']:6.1f} ({levels})  FD {scores['fd']:7.3f}  pcaFD {scores['pca_fd']:6.2f}  "
+            f"P {scores['precision']:.2f} R {scores['recall']:.2f} D {scores['density']:.2f} "
+            f"C {scores['coverage']:.2f}" + ("" if scores["copies"] is None else f"  copies {scores['copies']}"))
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean, min and max of every metric (and SWD level) over runs."""
+    summary = {}
+    for metric in METRICS:
+        values = [r["scores"][metric] for r in runs if r["scores"][metric] is not None]
+        if not values:
+            continue
+        summary[metric] = {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
+    for level in runs[0]["scores"]["swd_levels"]:
+        values = [r["scores"]["swd_levels"][level] for r in runs]
+        summary[f"swd_{level}"] = {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
+    return summary
+
+
+def format_summary(name: str, summary: dict, count: int) -> str:
+    def cell(key, digits=1):
+        s = summary[key]
+        return f"{s['mean']:.{digits}f} [{s['min']:.{digits}f}, {s['max']:.{digits}f}]"
+
+    levels = "  ".join(f"L{k[4:]} {cell(k)}" for k in summary if k.startswith("swd_"))
+    return (f"{name:40s} n={count}  SWD {cell('swd')}  {levels}  FD {cell('fd', 3)}  pcaFD {cell('pca_fd', 2)}  "
+            f"P {cell('precision', 2)}  R {cell('recall', 2)}  C {cell('coverage', 2)}  D {cell('density', 2)}"
+            + (f"  copies {cell('copies', 0)}" if "copies" in summary else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", metavar="PATH", help="real images with a group per image (default: the embedded stand-in)")
+    parser.add_argument("--holdout", type=float, default=0.2, help="share of the groups' images held out (default 0.2)")
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds of training per run (default 600)")
+    parser.add_argument("--epochs", type=int, help="train this many epochs instead of --budget")
+    parser.add_argument("--image-size", type=int, help="default: the data's own size (64 for the stand-in)")
+    parser.add_argument("--backend", default="tf")
+    parser.add_argument("--count", type=int, default=1000, help="stand-in protocol: images per set (default 1000)")
+    parser.add_argument("--out", default="runs/preset-experiment")
+    parser.add_argument("--variants", default="dcgan,default",
+                        help="comma list of presets or PRESET+field=value+... specs; separate them with ';' "
+                             "when a value holds commas")
+    parser.add_argument("--seeds", default="0,1", help="comma list of seeds: each variant runs once per seed")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="only print the SWD of the reference against altered copies of the floor set")
+    args = parser.parse_args()
+
+    protocol = real_protocol(args.data, args.image_size, args.holdout) if args.data else standin_protocol(args.image_size, args.count)
+    if args.calibrate:
+        calibrate(protocol)
+        return
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise SystemExit(f"--seeds takes a comma list of integers, got {args.seeds!r}") from None
-    variants = args.variants.split(";" if ";" in args.variants else ",")
-    if seeds and any("seed" in parse_variant(v)[1] for v in variants):
+    variants = [v for v in args.variants.split(";" if ";" in args.variants else ",") if v]
+    if any("seed" in parse_variant(v)[1] for v in variants):
         raise SystemExit("--seeds sets each run's seed; drop seed= from --variants")
-    runs = [(v, f"{v}+seed={s}" if seeds else v) for v in variants for s in (seeds or [None])]
-    for variant, name in runs:
-        preset, overrides = parse_variant(name)
-        run_dir = out / name
-        started = time.perf_counter()
-        curve, hook = [], None
-        if args.eval_every > 0:
-            hook = _curve_hook(args, real, curve, name)
-        outcome = run_training(out=run_dir, backend=args.backend, preset=preset, image_size=args.image_size,
-                               time_budget=None if hook else args.budget, epochs=10**6 if hook else None,
-                               config_overrides=overrides or None, progress=False, on_epoch_end=hook)
-        if outcome.result.status.startswith("stopped:SIG"):  # Ctrl-C or kill: end the experiment
-            raise SystemExit(f"{name}: {outcome.result.status} at step {outcome.result.step}; "
-                             f"its checkpoint is in {run_dir}")
-        job = plan_job(run_dir, args.count, run_dir / "generated", seed=1, backend=args.backend)
-        generate_in_process(job)
-        fake = np.stack([read_png(p) for p in sorted((run_dir / "generated").glob("img_*.png"))])
-        scores = swd(real, fake)
-        score = scores["mean"]
-        audit = audit_summary(memorization_audit(train, fake))
-        results["variants"][name] = {
-            "preset": preset, "overrides": overrides, "steps": outcome.result.step,
-            "variant": variant, "epochs": outcome.result.epoch, "swd": score,
-            "swd_levels": {str(k): v for k, v in scores["levels"].items()},
-            "rebalance_d": outcome.result.rebalance_d, "rebalance_g": outcome.result.rebalance_g,
-            "memorization": audit, "wall_s": time.perf_counter() - started, "curve": curve,
-        }
-        print(f"{name:24s} steps {outcome.result.step:5d}  SWD {score:7.1f}  (real vs real {real_vs_real:.1f})  "
-              f"likely copies {audit['copies']} (fresh real images: {real_audit['copies']})  levels "
-              + ", ".join(f"{k}: {v:.1f}" for k, v in scores["levels"].items()), flush=True)
-    if seeds:
-        results["means"] = {}
-        for variant in variants:
-            values = [r["swd"] for r in results["variants"].values() if r["variant"] == variant]
-            results["means"][variant] = {"swd_mean": float(np.mean(values)), "swd_min": min(values),
-                                         "swd_max": max(values), "seeds": seeds}
-            print(f"{variant:24s} mean SWD over seeds {','.join(map(str, seeds))}: {np.mean(values):.1f} "
-                  f"(range {min(values):.1f} to {max(values):.1f})", flush=True)
+    budget = f"{args.epochs}ep" if args.epochs else f"{int(args.budget)}s"
+    out = Path(args.out) / f"{protocol.name}-{protocol.image_size}px-{budget}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    score = Scorer(protocol)
+    results = {"protocol": protocol.name, "image_size": protocol.image_size, "backend": args.backend,
+               "budget_s": None if args.epochs else args.budget, "epochs": args.epochs,
+               "reference_count": len(protocol.reference), "train_count": len(protocol.train_uint8),
+               "floor": [], "runs": []}
+    for i, floor in enumerate(protocol.floors):
+        results["floor"].append({"scores": score(floor, audit=False)})
+        print(f"{'floor (real, other sources)':40s} draw {i}  {format_scores(results['floor'][-1]['scores'])}", flush=True)
+    for variant in variants:
+        for seed in seeds:
+            run = train_and_score(args, protocol, score, variant, seed, out)
+            results["runs"].append(run)
+            (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    print(f"\n{protocol.name} {protocol.image_size}x{protocol.image_size}, {budget} per run, "
+          f"{args.backend} backend, seeds {seeds}: mean [min, max]")
+    results["summary"] = {"floor": summarise(results["floor"])}
+    print(format_summary("floor (real, other sources)", results["summary"]["floor"], len(results["floor"])))
+    for variant in variants:
+        runs = [r for r in results["runs"] if r["variant"] == variant]
+        results["summary"][variant] = summarise(runs)
+        print(format_summary(variant, results["summary"][variant], len(runs)))
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    print(f"results: {out / 'results.json'}")
 
 
-def calibrate(image_size: int, count: int) -> None:
-    """SWD of fresh real images against fresh real images altered in known ways: a scale for
-    reading the experiment's numbers."""
+def train_and_score(args, protocol: Protocol, score: Scorer, variant: str, seed: int, out: Path) -> dict:
+    from service.generation import generate_in_process, plan_job
+    from service.imageio import read_png
+    from service.training import run_training
+
+    preset, overrides = parse_variant(variant)
+    run_dir = out / f"{variant}+seed={seed}"
+    started = time.perf_counter()
+    outcome = run_training(
+        out=run_dir, backend=args.backend, preset=preset, image_size=protocol.image_size, seed=seed,
+        epochs=args.epochs, time_budget=None if args.epochs else args.budget,
+        config_overrides=overrides or None, progress=False, dataset=protocol.train,
+    )
+    result = outcome.result
+    if result.status.startswith("stopped:SIG"):  # Ctrl-C or kill: end the experiment
+        raise SystemExit(f"{run_dir.name}: {result.status} at step {result.step}; its checkpoint is in {run_dir}")
+    count = len(protocol.reference)
+    job = plan_job(run_dir, count, run_dir / "generated", seed=1000 + seed, backend=args.backend)
+    generate_in_process(job)
+    images = np.stack([read_png(p) for p in sorted((run_dir / "generated").glob("img_*.png"))])
+    scores = score(images)
+    print(f"{variant + f' seed {seed}':40s} steps {result.step:5d} (+{result.rebalance_d} D, +{result.rebalance_g} G)  "
+          f"{format_scores(scores)}", flush=True)
+    return {"variant": variant, "seed": seed, "preset": preset, "overrides": overrides, "steps": result.step,
+            "epochs": result.epoch, "rebalance_d": result.rebalance_d, "rebalance_g": result.rebalance_g,
+            "train_s": result.seconds, "wall_s": time.perf_counter() - started, "scores": scores}
+
+
+def calibrate(protocol: Protocol) -> None:
+    """SWD of the reference against a floor set altered in known ways: a scale for the numbers."""
     import cv2
-    import numpy as np
 
-    from service import data
-    from service.imageio import to_uint8
     from service.validation.metrics import swd
 
-    real = to_uint8(data.default_dataset(image_size, count=count, seed=7, progress=False).images)
-    other = to_uint8(data.default_dataset(image_size, count=count, seed=11, progress=False).images)
+    other = protocol.floors[0]
     noisy = other.astype(np.float64) + np.random.default_rng(0).normal(0.0, 8.0, other.shape)
     altered = {
-        "unaltered (real vs real)": other,
+        "unaltered (the floor)": other,
         "3x3 Gaussian blur": np.stack([cv2.GaussianBlur(x, (3, 3), 0) for x in other]),
         "5x5 Gaussian blur": np.stack([cv2.GaussianBlur(x, (5, 5), 0) for x in other]),
         "Gaussian pixel noise, sigma 8": np.clip(np.rint(noisy), 0, 255).astype(np.uint8),
-        "the set's mean image": np.repeat(np.rint(other.mean(axis=0, keepdims=True)).astype(np.uint8), count, 0),
+        "the set's mean image": np.repeat(np.rint(other.mean(axis=0, keepdims=True)).astype(np.uint8), len(other), 0),
     }
     for name, images in altered.items():
-        print(f"{image_size}x{image_size} {count} vs {count}  {name:32s} SWD {swd(real, images)['mean']:7.1f}", flush=True)
-
-
-def _curve_hook(args, real, curve, name):
-    """on_epoch_end hook: SWD of --count fresh samples each --eval-every seconds of step time."""
-    import numpy as np
-
-    from service.imageio import to_uint8
-    from service.trainer import fixed_sample_noise
-    from service.validation.metrics import swd
-
-    state = {"train_s": 0.0, "next": args.eval_every}
-
-    def hook(epoch, backend, run_dir, summary):
-        state["train_s"] += summary["seconds"]
-        done = state["train_s"] >= args.budget
-        if state["train_s"] >= state["next"] or done:
-            state["next"] += args.eval_every
-            z = fixed_sample_noise(backend.config, len(real))  # as `tune` scores its trials
-            fake = to_uint8(np.concatenate([backend.generate(z[i : i + 250]) for i in range(0, len(z), 250)]))
-            score = swd(real, fake)["mean"]
-            curve.append({"train_s": round(state["train_s"], 1), "step": summary["step"], "swd": score,
-                          "d_loss": summary["d_loss"], "g_loss": summary["g_loss"]})
-            print(f"  {name}: {state['train_s']:6.0f} s  step {summary['step']:5d}  SWD {score:6.1f}  "
-                  f"d {summary['d_loss']:.2f} g {summary['g_loss']:.2f}  "
-                  f"extra g {summary['rebalance_g']} d {summary['rebalance_d']}", flush=True)
-        return done
-
-    return hook
+        scores = swd(protocol.reference, images)
+        levels = ", ".join(f"{v:.1f}" for v in scores["levels"].values())
+        print(f"{protocol.name} {protocol.image_size}px  {name:32s} SWD {scores['mean']:7.1f} ({levels})", flush=True)
 
 
 if __name__ == "__main__":

@@ -236,3 +236,36 @@ def test_discriminate_chunks_keep_minibatch_std_groups_whole():
     logits = backend.discriminate(images)
     by_group = np.concatenate([backend.discriminate(images[i : i + 3]) for i in range(0, 66, 3)])
     np.testing.assert_allclose(logits, by_group, rtol=1e-6)
+
+
+def test_the_averaged_generator_is_the_documented_average_of_g_and_generates():
+    """After every G step, w_ema += (1 - ema_beta) (w - w_ema), from a copy of G; `generate`
+    runs the average (BN moving statistics averaged too)."""
+    config = tiny_config(ema_kimg=0.01, ema_rampup=0.1)
+    backend = get("numpy", config)
+    weights = backend.get_weights()
+    expected = {spec.ema_name(n): w.astype(np.float64) for n, w in weights.items() if n.startswith("generator/")}
+    assert all(np.array_equal(weights[n], expected[n]) for n in expected)  # starts as a copy of G
+    real, z = batch(config)
+    images_seen = 0
+    for step in range(5):
+        if step % 2:
+            backend.g_step(z)
+        else:
+            backend.train_step(real, z)
+        beta = spec.ema_beta(config, images_seen, len(z))
+        images_seen += len(z)
+        current = backend.get_weights()
+        for name in expected:
+            g_weight = current["generator/" + name.split("/", 1)[1]]
+            expected[name] += (1.0 - beta) * (g_weight - expected[name])
+    assert spec.ema_beta(config, 0, 3) == 0.0 and 0.5 < spec.ema_beta(config, 1000, 3) < 1.0
+    current = backend.get_weights()
+    for name, value in expected.items():
+        np.testing.assert_allclose(current[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+    assert not np.allclose(current["generator_ema/conv_1/kernel"], current["generator/conv_1/kernel"])
+
+    plain = get("numpy", config.replace(ema_kimg=0.0))
+    plain.set_weights({("generator/" + n.split("/", 1)[1] if n.startswith("generator_ema/") else n): w
+                       for n, w in current.items() if not n.startswith("generator/")})
+    np.testing.assert_array_equal(backend.generate(z), plain.generate(z))

@@ -42,6 +42,8 @@ CASES = {
     "32-base-side-4-minibatch-std": dict(image_size=32, base_side=4, minibatch_std=2),
     "32-spectral-norm-minibatch-std": dict(image_size=32, base_side=4, minibatch_std=2, spectral_norm=True),
     "64-spectral-norm-conditional": dict(image_size=64, num_classes=3, spectral_norm=True),
+    "32-ema-no-rampup": dict(image_size=32, base_side=4, ema_kimg=0.01, ema_rampup=0.0),
+    "64-ema-conditional": dict(image_size=64, num_classes=3, ema_kimg=0.02),
 }
 
 
@@ -187,3 +189,24 @@ def test_a_learning_rate_scale_acts_as_the_scaled_rate_in_both_backends():
         assert all(np.array_equal(after[n], frozen[n]) for n in after if spec.is_trainable(n)), backend_class.name
         scaled.set_learning_rate_scale(0.5)
     assert_arrays_match(trained["numpy"].get_weights(), trained["tf"].get_weights(), TOLERANCE["float64"], "scaled step")
+
+
+def test_the_averaged_generator_agrees_across_backends_after_steps_of_both_kinds():
+    """Fused steps and lone G steps (as rebalancing runs them), with the ramp-up on: the
+    averaged weights and their images agree, and they differ from G's own."""
+    config = parity_config(image_size=32, base_side=4, ema_kimg=0.05, ema_rampup=0.5)
+    tf_backend, np_backend = TFBackend(config), NumpyBackend(config)
+    synchronise(tf_backend, np_backend)
+    for step in range(4):
+        real, z, labels = make_batch(config, seed=30 + step)
+        for backend in (tf_backend, np_backend):
+            backend.train_step(real, z, labels)
+            backend.g_step(z, labels)
+    weights = np_backend.get_weights()
+    assert_arrays_match(weights, tf_backend.get_weights(), TOLERANCE["float64"], "weights with the average")
+    averaged = [n for n in weights if n.startswith(spec.EMA_NET + "/")]
+    assert len(averaged) == len([n for n in weights if n.startswith("generator/")])
+    assert not any(np.allclose(weights[n], weights["generator/" + n.split("/", 1)[1]]) for n in averaged if n.endswith("kernel"))
+    _, z, labels = make_batch(config, seed=40)
+    images = np_backend.generate(z, labels)
+    assert_arrays_match({"images": images}, {"images": tf_backend.generate(z, labels)}, IMAGE_TOLERANCE["float64"], "images")

@@ -125,3 +125,13 @@ def test_spectral_norm_adds_an_untrained_vector_to_each_discriminator_kernel():
 def test_pack_and_minibatch_std_need_whole_groups(changes, message):
     with pytest.raises(ConfigError, match=message):
         GANConfig(**changes)
+
+
+def test_generator_averaging_adds_an_untrained_copy_of_every_generator_weight():
+    config = GANConfig(image_size=32, width=4, max_width=8, ema_kimg=10)
+    shapes, plain = spec.weight_shapes(config), spec.weight_shapes(config.replace(ema_kimg=0))
+    averaged = {n: s for n, s in shapes.items() if n.startswith("generator_ema/")}
+    assert averaged == {spec.ema_name(n): s for n, s in plain.items() if n.startswith("generator/")}
+    assert not any(spec.is_trainable(n) for n in averaged)
+    assert spec.optimizer_state_shapes(config) == spec.optimizer_state_shapes(config.replace(ema_kimg=0))
+    assert spec.count_parameters(config) == spec.count_parameters(config.replace(ema_kimg=0))

@@ -6,6 +6,8 @@ updates its BN moving averages once; D's step sees [real; fake] as one batch wit
 With config.diffaugment, every image D sees in training (real and fake, D and G steps) is
 augmented first (core.augment), G's gradient flowing back through the augmentation.
 With config.spectral_norm, each D step starts with one power iteration of D's kernels.
+With config.ema_kimg, the averaged generator (spec.ema_beta) follows G after every G step and
+is the network `generate` runs.
 `train_step` shares one G forward pass between the D update and the G update, the G update
 running through the already-updated D. Dropout masks and augmentation draws come from one
 numpy Generator seeded from config.seed; its state travels in checkpoints as "rng/numpy/...".
@@ -41,6 +43,15 @@ class NumpyBackend(Backend):
         self.rng = np.random.default_rng(dropout_seed)
         self.generator = build_network(config, "generator", init_rng, self.rng)
         self.discriminator = build_network(config, "discriminator", init_rng, self.rng)
+        self.generator_ema = None
+        if config.ema_kimg > 0:  # built last, so G's and D's initial weights do not depend on it
+            self.generator_ema = build_network(config, "generator", init_rng, self.rng, prefix=f"{spec.EMA_NET}/")
+            self._ema_pairs = [
+                (self.generator_ema.weights()[spec.ema_name(name)], value)
+                for name, value in self.generator.weights().items()
+            ]
+            for average, value in self._ema_pairs:
+                average[...] = value
         self.optimizers = {
             "generator": core.Adam(config.lr_g, config.beta_1, config.beta_2, config.epsilon),
             "discriminator": core.Adam(config.lr_d, config.beta_1, config.beta_2, config.epsilon),
@@ -138,9 +149,19 @@ class NumpyBackend(Backend):
         self.generator.backward(np.ascontiguousarray(dfake), need_input_grad=False)
         return loss
 
-    def _apply(self, net: str) -> None:
+    def _apply(self, net: str, batch: int) -> None:
+        """Adam on `net`'s gradients; after G's update, the averaged generator follows it."""
         model = self.generator if net == "generator" else self.discriminator
         self.optimizers[net].step(model.parameters(), model.gradients())
+        if net == "generator" and self.generator_ema is not None:
+            self._update_average(batch)
+
+    def _update_average(self, batch: int) -> None:
+        """The averaged generator's step toward G (spec.ema_beta), after G's update."""
+        images_seen = (self.optimizers["generator"].iterations - 1) * batch
+        rate = 1.0 - spec.ema_beta(self.config, images_seen, batch)
+        for average, value in self._ema_pairs:
+            average += rate * (value - average)
 
     def _real_batch(self, real, z) -> np.ndarray:
         real = self._images(real)
@@ -154,32 +175,34 @@ class NumpyBackend(Backend):
         real = self._real_batch(real, z)
         fake = self.generator.forward(self._generator_input(z, labels), training=True)
         loss = self._discriminator_loss_and_grads(real, fake, labels)
-        self._apply("discriminator")
+        self._apply("discriminator", len(z))
         return loss
 
     def g_step(self, z, labels=None) -> float:
         check_groups(len(z), self.config)
         fake = self.generator.forward(self._generator_input(z, labels), training=True)
         loss = self._generator_loss_and_grads(fake, labels)
-        self._apply("generator")
+        self._apply("generator", len(z))
         return loss
 
     def train_step(self, real, z, labels=None) -> tuple[float, float]:
         real = self._real_batch(real, z)
         fake = self.generator.forward(self._generator_input(z, labels), training=True)
         d_loss = self._discriminator_loss_and_grads(real, fake, labels)
-        self._apply("discriminator")
+        self._apply("discriminator", len(z))
         g_loss = self._generator_loss_and_grads(fake, labels)
-        self._apply("generator")
+        self._apply("generator", len(z))
         return d_loss, g_loss
 
     # --- inference ---
     # In inference mode every image is computed on its own (moving BN statistics, no
     # dropout), so chunking a large request changes nothing but peak memory.
     def generate(self, z, labels=None) -> np.ndarray:
+        """Images from the averaged generator when the run has one, else from G."""
         inputs = self._generator_input(z, labels)
+        network = self.generator if self.generator_ema is None else self.generator_ema
         chunks = [
-            self.generator.forward(inputs[start : start + INFERENCE_CHUNK], training=False).astype(np.float32)
+            network.forward(inputs[start : start + INFERENCE_CHUNK], training=False).astype(np.float32)
             for start in range(0, len(inputs), INFERENCE_CHUNK)
         ]
         c = self.config
@@ -213,7 +236,8 @@ class NumpyBackend(Backend):
 
     # --- state ---
     def _all_weights(self) -> dict[str, np.ndarray]:
-        return {**self.generator.weights(), **self.discriminator.weights()}
+        averaged = {} if self.generator_ema is None else self.generator_ema.weights()
+        return {**self.generator.weights(), **self.discriminator.weights(), **averaged}
 
     def get_weights(self) -> dict[str, np.ndarray]:
         live = self._all_weights()

@@ -20,8 +20,11 @@ def _fusable(layers: list[spec.Layer], index: int) -> bool:
 
 
 def build_network(
-    config: GANConfig, net: str, init_rng: np.random.Generator, dropout_rng: np.random.Generator
+    config: GANConfig, net: str, init_rng: np.random.Generator, dropout_rng: np.random.Generator,
+    prefix: str | None = None,
 ) -> core.Sequential:
+    """The network `net` of the spec, its weights named "<prefix><layer>/<param>" (prefix
+    "<net>/" unless given: the averaged generator is G's layers under spec.EMA_NET)."""
     dtype = np.dtype(config.dtype)
     layers_spec = spec.net_spec(config, net)
     built = []
@@ -67,4 +70,4 @@ def build_network(
         else:
             raise ValueError(f"{net}: layer kind {layer.kind!r} is not supported by the numpy backend")
         index += 1
-    return core.Sequential(built, prefix=f"{net}/")
+    return core.Sequential(built, prefix=f"{net}/" if prefix is None else prefix)

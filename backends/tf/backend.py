@@ -3,7 +3,8 @@
 Every step is one `tf.function` with a fixed input signature whose batch dimension is None,
 so the last, smaller batch of an epoch runs the same trace. `train_step` runs G's forward
 pass once and shares it: D takes an Adam step on [real; fake], then G takes one through the
-updated D.
+updated D. With config.ema_kimg, the averaged generator (spec.ema_beta) follows G inside the
+same compiled step after every G update, and `generate` runs it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ class TFBackend(Backend):
             **weight_variables(config, "generator", self.generator),
             **weight_variables(config, "discriminator", self.discriminator),
         }
+        self.generator_ema, self.ema_pairs = None, []
+        if config.ema_kimg > 0:
+            self.generator_ema = build_network(config, "generator", name=spec.EMA_NET)
+            for name, variable in weight_variables(config, "generator", self.generator_ema).items():
+                variable.assign(self.weights[name])
+                self.weights[spec.ema_name(name)] = variable
+                self.ema_pairs.append((variable, self.weights[name]))
         self.trainable = {
             net: [self.weights[n] for n in spec.trainable_names(config, net)] for net in spec.NETS
         }
@@ -124,6 +132,22 @@ class TFBackend(Backend):
             )
         optimizer.iterations.assign_add(1)
 
+    def _apply_generator(self, grads, batch) -> None:
+        """G's Adam update, then the averaged generator's step toward G (spec.ema_beta; the
+        NumPy backend's _update_average)."""
+        self._apply_adam("generator", grads)
+        if not self.ema_pairs:
+            return
+        c = self.config
+        batch = tf.cast(batch, tf.float64)
+        images_seen = tf.cast(self.optimizers["generator"].iterations - 1, tf.float64) * batch
+        half_life = tf.constant(c.ema_kimg * 1000.0, tf.float64)
+        if c.ema_rampup > 0:
+            half_life = tf.minimum(half_life, images_seen * c.ema_rampup)
+        beta = tf.pow(tf.constant(0.5, tf.float64), batch / tf.maximum(half_life, 1e-8))
+        for average, variable in self.ema_pairs:
+            average.assign_add(tf.cast(1.0 - beta, average.dtype) * (variable - average))
+
     def _optimizer_state_variables(self) -> dict:
         state = {}
         for net in spec.NETS:
@@ -158,10 +182,10 @@ class TFBackend(Backend):
         self._discriminate_fn = compiled(self._discriminate_graph, "images")
 
     # --- graph pieces (traced once each) ---
-    def _g_forward(self, z, labels, training):
+    def _g_forward(self, z, labels, training, network=None):
         if self.conditional:
             z = tf.concat([z, tf.one_hot(labels, self.config.num_classes, dtype=z.dtype)], axis=-1)
-        return tf.cast(self.generator(z, training=training), self.float_dtype)
+        return tf.cast((network or self.generator)(z, training=training), self.float_dtype)
 
     def _d_forward(self, images, labels, training, augment=False):
         if augment and self.augment_policy:
@@ -208,7 +232,7 @@ class TFBackend(Backend):
                 self._apply_adam("discriminator", d_grads)
             g_loss = self._g_loss(fake, labels)  # through the updated D
         g_grads = g_tape.gradient(g_loss, self.trainable["generator"])
-        self._apply_adam("generator", g_grads)
+        self._apply_generator(g_grads, tf.shape(z)[0])
         return d_loss, g_loss
 
     def _d_step_graph(self, real, z, labels=None):
@@ -221,7 +245,7 @@ class TFBackend(Backend):
         with tf.GradientTape() as tape:
             g_loss = self._g_loss(self._g_forward(z, labels, True), labels)
         grads = tape.gradient(g_loss, self.trainable["generator"])
-        self._apply_adam("generator", grads)
+        self._apply_generator(grads, tf.shape(z)[0])
         return g_loss
 
     def _gradients_graph(self, real, z, labels=None):
@@ -234,7 +258,8 @@ class TFBackend(Backend):
         return d_loss, g_loss, d_grads, g_grads
 
     def _generate_graph(self, z, labels=None):
-        return self._g_forward(z, labels, False)
+        """The averaged generator when the run has one, else G; inference mode."""
+        return self._g_forward(z, labels, False, self.generator_ema)
 
     def _discriminate_graph(self, images, labels=None):
         return self._d_forward(images, labels, False)

@@ -226,9 +226,9 @@ def _keras_layer(layer: spec.Layer, net: str, config: GANConfig, seed: int, poli
     raise ValueError(f"spec layer kind {layer.kind!r} has no Keras counterpart")
 
 
-def build_network(config: GANConfig, net: str) -> keras.Sequential:
-    """The network `net` as a built Keras Sequential; initial weights and dropout seeds derive
-    from config.seed (distinct per layer and per network)."""
+def build_network(config: GANConfig, net: str, name: str | None = None) -> keras.Sequential:
+    """The network `net` as a built Keras Sequential (called `name`, default `net`); initial
+    weights and dropout seeds derive from config.seed (distinct per layer and per network)."""
     policy = dtype_policy(config)
     net_offset = spec.NETS.index(net) * 1000
     layers = [keras.Input(shape=input_shape(config, net), dtype="float64" if policy == "float64" else "float32")]
@@ -254,7 +254,7 @@ def build_network(config: GANConfig, net: str) -> keras.Sequential:
             skip_next = True
             continue
         layers.append(_keras_layer(layer, net, config, seed, policy))
-    return keras.Sequential(layers, name=net)
+    return keras.Sequential(layers, name=name or net)
 
 
 _PARAM_ATTRIBUTES = {
