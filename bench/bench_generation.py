@@ -27,9 +27,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from backends.config import GANConfig
+from run_fixtures import init_random_run  # tests/run_fixtures.py, on the path by bench/conftest.py
 from service import generation
 
 COUNT = int(os.environ.get("BENCH_GEN_COUNT", 10_000))
@@ -46,7 +45,7 @@ def _mb(value: float) -> str:
 def test_throughput_ray_2_workers_vs_in_process(benchmark, tmp_path):
     import ray
 
-    run = generation.init_random_run(tmp_path / "run", GANConfig())  # the thesis's architecture
+    run = init_random_run(tmp_path / "run", GANConfig())  # the thesis's architecture
     local_job = generation.plan_job(run, COUNT, tmp_path / "local", backend=BACKEND)
     started = time.perf_counter()
     generation.generate_in_process(local_job)
@@ -110,7 +109,7 @@ def _memory_run(run, count: int, out) -> dict:
 
 def test_peak_memory_is_flat_in_count(benchmark, tmp_path):
     config = GANConfig() if MEMORY_ARCH == "thesis" else GANConfig(**SMALL_ARCH)
-    run = generation.init_random_run(tmp_path / "run", config)
+    run = init_random_run(tmp_path / "run", config)
     small, large = MEMORY_COUNTS
     results = {}
 

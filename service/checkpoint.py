@@ -8,8 +8,8 @@ A checkpoint is a flat dict of NumPy arrays:
   counters              "meta/step", "meta/epoch", "meta/batch_in_epoch", ...
   checksum              "meta/sha256"             (32 bytes, over every other array)
 
-It is written to a temp file, fsynced and moved into place with os.replace, so a reader sees
-either the old set of checkpoints or the new one, never half a file. A file torn some other
+It is written through service.files.atomic_file (a temp file, fsynced, moved into place), so a
+reader sees either the old set of checkpoints or the new one, never half a file. A file torn some other
 way (disk full, copied halfway) fails its checksum and `load_latest_valid` falls back to the
 previous one with a warning.
 """
@@ -17,7 +17,6 @@ previous one with a warning.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import warnings
 import zipfile
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import UserError
+from service.files import atomic_file
 from service.rundir import CHECKPOINT_DIR, load_config
 
 CHECKSUM_KEY = "meta/sha256"
@@ -88,34 +88,12 @@ def save_checkpoint(run_dir, step: int, arrays: dict[str, np.ndarray], keep: int
             raise TypeError(f"checkpoint array {name!r} has dtype object; only plain arrays are stored")
     payload[CHECKSUM_KEY] = np.frombuffer(arrays_sha256(payload), dtype=np.uint8)
     final = checkpoint_path(run_dir, step)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(folder)
+    with atomic_file(final, durable=True) as f:
+        np.savez(f, **payload)
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             old.unlink(missing_ok=True)
     return final
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path) -> dict[str, np.ndarray]:

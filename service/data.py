@@ -49,7 +49,8 @@ import numpy as np
 
 from backends.config import CLASS_NAMES, SUPPORTED_IMAGE_SIZES
 from service.errors import UserError
-from service.imageio import atomic_file, from_uint8
+from service.files import atomic_file
+from service.imageio import from_uint8
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SUPERPIXEL_SUFFIX = "_superpixels.png"

@@ -8,19 +8,14 @@ so the channel swap happens at the OpenCV calls only: here, in `service.data` (d
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 
 import cv2
 import numpy as np
 
 from service.errors import UserError
-
-# Read once at import: os.umask can only be read by setting it, which would race with threads.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+from service.files import write_bytes
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -70,7 +65,7 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise ValueError(f"could not encode an image of shape {image.shape} as PNG")
-    _write_atomically(path, encoded.tobytes())
+    write_bytes(path, encoded.tobytes())
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:
@@ -87,35 +82,3 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, columns: int | None =
     if images.dtype != np.uint8:
         images = to_uint8(images)
     save_png(path, make_grid(images, columns=columns))
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike):
-    """Open a binary file that appears at `path` only when the block succeeds, whole.
-
-    Writes beside the target (creating the folder), then os.replace; on error the partial
-    temp file is removed and `path` is untouched. Raises OSError as open() would.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, temp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.chmod(temp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; use the usual mode
-        os.replace(temp_path, path)
-    except BaseException:
-        try:
-            os.unlink(temp_path)
-        except OSError:
-            pass
-        raise
-
-
-def _write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    try:
-        with atomic_file(path) as f:
-            f.write(data)
-    except OSError as e:
-        raise UserError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from service.files import atomic_file
 
 
 def read_step_metrics(metrics_path) -> dict[str, np.ndarray]:
@@ -77,12 +78,9 @@ def plot_loss_curve(metrics_path, out_path) -> Path | None:
     ax_extra.grid(alpha=0.3)
     fig.tight_layout()
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out_path)
+        with atomic_file(out_path) as f:
+            fig.savefig(f, dpi=100, format="png")
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out_path

@@ -13,13 +13,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from backends.config import ConfigError, GANConfig
 from service.errors import UserError
+from service.files import write_json
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -27,18 +27,6 @@ SAMPLES_DIR = "samples"
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 REPORT_DIR = "report"
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON through a temp file and os.replace, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def dataset_fingerprint(images: np.ndarray, labels: np.ndarray | None = None) -> str:
@@ -81,7 +69,7 @@ def create_run_dir(
         "training": dict(training or {}),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_json_atomic(run_dir / CONFIG_FILE, payload)
+    write_json(run_dir / CONFIG_FILE, payload, durable=True)
     return run_dir
 
 
@@ -104,5 +92,5 @@ def update_config(run_dir, **sections) -> dict:
     """Replace top-level sections of RUN/config.json (e.g. training targets on resume)."""
     _, full = load_config(run_dir)
     full.update(sections)
-    write_json_atomic(Path(run_dir) / CONFIG_FILE, full)
+    write_json(Path(run_dir) / CONFIG_FILE, full, durable=True)
     return full

@@ -39,6 +39,7 @@ from backends.noise import sample_noise
 from backends.rng_state import rng_from_arrays, rng_to_arrays
 from service import checkpoint as ckpt
 from service.errors import UserError
+from service.files import write_text
 from service.rundir import LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_DIR
 
 SAMPLE_GRID_SIZE = 64  # images in each epoch's fixed-noise sample grid (8 x 8)
@@ -343,9 +344,7 @@ class Trainer:
                     kept.append(line)
             elif record.get("step", 0) <= self.step:
                 kept.append(line)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        write_text(path, "".join(line + "\n" for line in kept))
 
     # ----------------------------------------------------------------- loop
 

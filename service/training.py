@@ -32,6 +32,26 @@ class TrainingOutcome:
     result: object  # service.trainer.TrainResult
 
 
+def outcome_lines(outcome: TrainingOutcome) -> list[str]:
+    """What a training call did, for the user: steps, speed, checkpoint, how to resume."""
+    result = outcome.result
+    what = {
+        "completed": "finished",
+        "time_budget": "stopped at the time budget",
+        "nothing_to_do": "already trained to the requested epochs; nothing to do",
+    }.get(result.status, f"stopped ({result.status.split(':', 1)[-1]})")
+    lines = [
+        f"{what}: step {result.step}, {result.epoch} epoch(s), {result.images_per_second:.1f} images/s, "
+        f"{result.rebalance_d} extra D and {result.rebalance_g} extra G steps"
+    ]
+    if result.checkpoint is not None:
+        lines.append(f"checkpoint: {result.checkpoint}")
+    if result.status not in ("completed", "nothing_to_do"):
+        lines.append(f"resume with: python -m service.run train --resume {outcome.run_dir}")
+    lines.append(f"run directory: {outcome.run_dir}")
+    return lines
+
+
 def run_training(
     out=None,
     data=None,

@@ -18,7 +18,6 @@ Output folder:
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import sys
@@ -263,9 +262,9 @@ def summarise(results, out_dir: Path, base: dict, diffaugment: bool) -> dict:
         raise UserError(f"no trial finished an epoch within the time budget{detail}")
     best = results.get_best_result(metric=METRIC, mode="min", scope="all")
     best_config = trial_config(base, best.config)
-    from service.rundir import write_json_atomic
+    from service.files import write_json
 
-    write_json_atomic(out_dir / "best_config.json", best_config.to_dict())
+    write_json(out_dir / "best_config.json", best_config.to_dict())
     best_checkpoint = best.get_best_checkpoint(METRIC, "min") if best.best_checkpoints else None
     if best_checkpoint is not None:
         (out_dir / "best_checkpoint").write_text(best_checkpoint.path + "\n")

@@ -11,7 +11,6 @@ import pytest
 import core
 from backends.config import GANConfig
 from backends.numpy.builder import build_network
-from core import functional as F
 from core.gradcheck import numerical_gradient, relative_error, sample_indices
 
 TOLERANCE = 1e-6

@@ -22,6 +22,7 @@ ray = pytest.importorskip("ray")
 
 from backends.config import GANConfig  # noqa: E402
 from service import generation  # noqa: E402
+from run_fixtures import init_random_run  # noqa: E402
 from service.run import main  # noqa: E402
 
 BACKEND = "numpy"  # lighter worker start-up than TF on the shared 2-core machine
@@ -41,7 +42,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return generation.init_random_run(tmp_path_factory.mktemp("gen") / "run", GANConfig(**TINY), seed=3)
+    return init_random_run(tmp_path_factory.mktemp("gen") / "run", GANConfig(**TINY), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -134,29 +135,41 @@ def test_killed_driver_then_resume_has_no_gaps_or_duplicates(ray_cluster, run_di
     assert all(digests[name] == d for name, d in image_digests(reference).items())
 
 
-def test_task_that_fails_once_is_retried(ray_cluster, run_dir, reference, tmp_path, monkeypatch):
+def failing_once(marker: Path):
+    """A shard task that fails in the first task to find `marker` (which it deletes), and
+    otherwise runs the real one. Defined in a function so Ray ships it by value."""
+
+    def task(job, shard):
+        try:
+            os.remove(marker)  # only one task can win the removal
+        except FileNotFoundError:
+            return generation.run_shard_task(job, shard)
+        raise RuntimeError("injected failure")
+
+    return task
+
+
+def test_task_that_fails_once_is_retried(ray_cluster, run_dir, reference, tmp_path):
     marker = tmp_path / "fail-once"
     marker.touch()
-    monkeypatch.setenv(generation.FAIL_ONCE_ENV, str(marker))
     job = generation.plan_job(run_dir, COUNT, tmp_path / "out", seed=7, backend=BACKEND, shard_size=SHARD)
-    result = generation.generate_on_ray(job, workers=2, progress=False)
+    result = generation.generate_on_ray(job, workers=2, progress=False, shard_task=failing_once(marker))
     assert not marker.exists(), "no task hit the injected failure"
     assert result.shards_run == COUNT // SHARD
     assert image_digests(tmp_path / "out") == image_digests(reference)
 
 
-def test_without_retries_the_injected_failure_fails_the_job(ray_cluster, run_dir, tmp_path, monkeypatch):
+def test_without_retries_the_injected_failure_fails_the_job(ray_cluster, run_dir, tmp_path):
     marker = tmp_path / "fail-once"
     marker.touch()
-    monkeypatch.setenv(generation.FAIL_ONCE_ENV, str(marker))
     job = generation.plan_job(run_dir, 40, tmp_path / "out", seed=7, backend=BACKEND, shard_size=SHARD)
     with pytest.raises(ray.exceptions.RayTaskError, match="injected failure"):
-        generation.generate_on_ray(job, workers=1, progress=False, max_retries=0)
+        generation.generate_on_ray(job, workers=1, progress=False, max_retries=0, shard_task=failing_once(marker))
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
 
 def test_conditional_run_fixed_class_and_cycled_classes(tmp_path):
-    run = generation.init_random_run(tmp_path / "run", GANConfig(**TINY, num_classes=3))
+    run = init_random_run(tmp_path / "run", GANConfig(**TINY, num_classes=3))
     fixed = generation.plan_job(run, 6, tmp_path / "mel", class_name="melanoma", backend=BACKEND)
     generation.generate_in_process(fixed)
     assert {r["class"] for r in read_manifest(tmp_path / "mel")} == {"melanoma"}
@@ -198,7 +211,7 @@ def test_run_without_checkpoint_and_unknown_class_are_exit_2(tmp_path, capsys):
     empty = create_run_dir(tmp_path / "empty", GANConfig(**TINY), BACKEND, {}, {})
     assert main(["generate", "--run", str(empty), "--count", "4", "--out", str(tmp_path / "o")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    conditional = generation.init_random_run(tmp_path / "cond", GANConfig(**TINY, num_classes=3))
+    conditional = init_random_run(tmp_path / "cond", GANConfig(**TINY, num_classes=3))
     assert main(["generate", "--run", str(conditional), "--count", "4", "--out", str(tmp_path / "o"), "--class", "wart"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown class 'wart'" in err

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.imageio import atomic_file, from_uint8, make_grid, save_grid, save_png, to_uint8
+from service.files import atomic_file
+from service.imageio import from_uint8, make_grid, save_grid, save_png, to_uint8
 
 
 def test_uint8_round_trip_is_exact():

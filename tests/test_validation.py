@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,7 +14,7 @@ import scipy.stats
 
 from service.errors import UserError
 from service.validation import memorization, metrics
-from service.validation.features import FEATURE_DIM, InceptionFeatures, random_net_features
+from service.validation.features import FEATURE_DIM, random_net_features
 
 
 def lesion_like_images(count: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -296,6 +295,37 @@ def test_mismatched_sizes_are_a_user_error(tmp_path, real_images):
         validate_sets(real_images, lesion_like_images(20, size=64), out_dir=tmp_path, progress=False)
     with pytest.raises(UserError, match="at least"):
         validate_sets(real_images[:8], real_images[8:30], out_dir=tmp_path, progress=False)
+
+
+def test_grouped_real_sets_split_the_reference_by_group(tmp_path):
+    """Each source image appears twice (a patch and its shifted twin): halves by image put
+    twins on both sides, and the reference audit then calls them copies; halves by group
+    keep twins together, and the reference is honest."""
+    from service.validation import validate_sets
+
+    sources = lesion_like_images(24, seed=30)
+    twins = np.roll(sources, 1, axis=2)
+    real = np.concatenate([sources, twins])
+    groups = np.concatenate([np.arange(24), np.arange(24)])
+    fake = lesion_like_images(20, seed=31)
+    by_image = validate_sets(real, fake, out_dir=tmp_path / "a", progress=False)
+    by_group = validate_sets(real, fake, out_dir=tmp_path / "b", progress=False, real_groups=groups)
+    assert by_image["real_vs_real"]["copies"] > 0 and by_image["reference_groups"] is None
+    assert by_group["real_vs_real"]["copies"] == 0 and by_group["reference_groups"] == 24
+    assert by_group["counts"]["reference_half"] == 24
+    assert "split by 24 groups" in (tmp_path / "b" / "report.html").read_text()
+
+
+def test_cli_takes_groups_and_the_image_size_from_an_npz(tmp_path, capsys):
+    from service.run import main
+
+    images = lesion_like_images(24, seed=20)
+    np.savez(tmp_path / "real.npz", x=images, image=np.arange(24) // 2)
+    fake = _write_npz(tmp_path / "fake.npz", lesion_like_images(12, seed=21))
+    out = tmp_path / "out"
+    assert main(["validate", "--real", str(tmp_path / "real.npz"), "--fake", fake, "--out", str(out)]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["reference_groups"] == 12 and result["image_size"] == [32, 32]
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -15,7 +15,7 @@ data, not an internal error. SIGINT/SIGTERM save a checkpoint and exit 0.
 from __future__ import annotations
 
 from service.commands.common import add_backend, add_data, add_progress, add_seed, add_training, show_progress
-from service.training import DEFAULT_DATA_COUNT, TrainingOutcome, run_training
+from service.training import DEFAULT_DATA_COUNT, outcome_lines, run_training
 
 
 def add_arguments(parser) -> None:
@@ -54,23 +54,5 @@ def run(args) -> int:
         data_count=args.data_count,
         progress=show_progress(args),
     )
-    print_outcome(outcome)
+    print("\n".join(outcome_lines(outcome)))
     return 0
-
-
-def print_outcome(outcome: TrainingOutcome) -> None:
-    result = outcome.result
-    what = {
-        "completed": "finished",
-        "time_budget": "stopped at the time budget",
-        "nothing_to_do": "already trained to the requested epochs; nothing to do",
-    }.get(result.status, f"stopped ({result.status.split(':', 1)[-1]})")
-    print(
-        f"{what}: step {result.step}, {result.epoch} epoch(s), {result.images_per_second:.1f} images/s, "
-        f"{result.rebalance_d} extra D and {result.rebalance_g} extra G steps"
-    )
-    if result.checkpoint is not None:
-        print(f"checkpoint: {result.checkpoint}")
-    if result.status != "completed" and result.status != "nothing_to_do":
-        print(f"resume with: python -m service.run train --resume {outcome.run_dir}")
-    print(f"run directory: {outcome.run_dir}")

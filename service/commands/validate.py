@@ -10,7 +10,6 @@ set's from the manifest.csv that `generate` writes beside its images (or a .npz'
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from backends.config import CLASS_NAMES
@@ -39,19 +38,18 @@ def _load(path, image_size: int, args, labels_csv=None):
     return load_images(path, image_size, labels_csv=labels_csv, crop=args.crop, progress=show_progress(args))
 
 
-def manifest_labels(dataset) -> "list[int] | None":
+def manifest_labels(dataset) -> "np.ndarray | None":
     """Class indices of a generated folder from its manifest.csv (file -> class name), if complete."""
+    from service.generation import MANIFEST_FILE, manifest_classes, read_manifest
+
     if not dataset.files:
         return None
-    manifest = Path(dataset.files[0]).parent / "manifest.csv"
-    if not manifest.is_file():
+    folder = Path(dataset.files[0]).parent
+    if not (folder / MANIFEST_FILE).is_file():
         return None
-    with open(manifest, newline="") as f:
-        by_file = {row.get("file", ""): row.get("class", "") for row in csv.DictReader(f)}
-    names = [by_file.get(Path(name).name, "") for name in dataset.files]
-    if not all(name in CLASS_NAMES for name in names):
-        return None  # unconditional run (empty class) or files without a row
-    return [CLASS_NAMES.index(name) for name in names]
+    by_file = {row.get("file", ""): row for row in read_manifest(folder)}
+    rows = [by_file.get(Path(name).name, {}) for name in dataset.files]
+    return manifest_classes(rows)
 
 
 def run(args) -> int:
@@ -91,6 +89,7 @@ def run(args) -> int:
         progress=show_progress(args),
         inception_weights=args.inception_weights,
         seed=args.seed,
+        real_groups=real.groups,
     )
     main, reference = result["real_vs_generated"], result["real_vs_real"]
     print(

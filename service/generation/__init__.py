@@ -1,0 +1,37 @@
+"""Generation at scale: N images from a run's checkpoint, sharded over Ray, resumable.
+
+Image i is a pure function of (checkpoint, seed, i, class): its noise comes from a
+counter-based generator keyed by (seed, i) (Philox with key = [seed, i]), and G runs in
+inference mode, so an image depends only on its own noise. The output is therefore
+byte-identical for any number of workers, and a killed job can be finished by running it again.
+
+Indices are cut into fixed shards (`shard_size`, recorded in the job file). A shard writes its
+PNG files atomically, then its manifest part, atomically, last: a part file marks the shard
+done. A re-run (or --resume) skips shards with a part, redoes the others (rewriting identical
+bytes), and merges the parts into manifest.csv in index order.
+
+Layout of the output folder:
+    OUT/img_000000000.png ...      one PNG per index (9 digits)
+    OUT/manifest.csv               index,file,class,seed,checkpoint_sha256 (index order)
+    OUT/.generation/job.json       what the job is; a re-run must match it
+    OUT/.generation/parts/shard_000000.csv   a shard's manifest rows = its done marker
+
+Class of image i on a conditional run: the class named by --class, or else classes cycle by
+index (i % num_classes: nevus, melanoma, seborrheic_keratosis, nevus, ...), a balanced set.
+
+`job` holds the job and the folder's contract; `runners` executes it.
+"""
+
+from service.generation.job import (
+    MANIFEST_FILE, PARTS_DIR, STATE_DIR, GenerationJob, image_file_name, manifest_classes, noise_for_indices,
+    plan_job, read_generated, read_manifest,
+)
+from service.generation.runners import (
+    GenerationResult, describe, generate_in_process, generate_on_ray, load_generator, run_shard_task,
+)
+
+__all__ = [
+    "MANIFEST_FILE", "PARTS_DIR", "STATE_DIR", "GenerationJob", "GenerationResult", "describe", "generate_in_process",
+    "generate_on_ray", "image_file_name", "load_generator", "manifest_classes", "noise_for_indices", "plan_job",
+    "read_generated", "read_manifest", "run_shard_task",
+]

@@ -1,0 +1,227 @@
+"""A generation job: what image i is, how its indices are cut into shards, and the output
+folder's contract (images, manifest.csv, the resume state in .generation/); see the package
+docstring. The runners (service.generation.runners) execute it in process or on Ray.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from backends.config import CLASS_NAMES, GANConfig
+from backends.noise import sample_noise
+from service.errors import UserError
+from service.files import TEMP_PREFIX, atomic_file, write_json
+
+MANIFEST_FILE = "manifest.csv"
+STATE_DIR = ".generation"
+JOB_FILE = "job.json"
+PARTS_DIR = "parts"
+MANIFEST_COLUMNS = ("index", "file", "class", "seed", "checkpoint_sha256")
+DEFAULT_SHARD_SIZE = 250
+DEFAULT_BATCH_SIZE = 50
+# Fields a re-run must share with the job already in OUT (they decide the bytes and the layout).
+_IDENTITY_FIELDS = ("checkpoint_sha256", "count", "seed", "class_name", "backend", "shard_size")
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    run_dir: str
+    checkpoint: str
+    checkpoint_sha256: str
+    count: int
+    seed: int
+    class_name: str | None  # fixed class, or None: cycle classes (conditional) / none
+    num_classes: int
+    backend: str
+    out_dir: str
+    batch_size: int = DEFAULT_BATCH_SIZE
+    shard_size: int = DEFAULT_SHARD_SIZE
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.count // self.shard_size)
+
+    def shard_range(self, shard: int) -> range:
+        start = shard * self.shard_size
+        return range(start, min(start + self.shard_size, self.count))
+
+    def identity(self) -> dict:
+        return {name: getattr(self, name) for name in _IDENTITY_FIELDS}
+
+
+# --- pure pieces: what image i is ---------------------------------------------------------
+
+
+def image_file_name(index: int) -> str:
+    return f"img_{index:09d}.png"
+
+
+def noise_for_indices(seed: int, indices, config: GANConfig) -> np.ndarray:
+    """(len(indices), latent_dim) noise; row k depends only on (seed, indices[k])."""
+    rows = [
+        sample_noise(np.random.Generator(np.random.Philox(key=[seed, int(i)])), 1, config)[0]
+        for i in indices
+    ]
+    return np.stack(rows) if rows else np.zeros((0, config.latent_dim), config.dtype)
+
+
+def class_index_for(index: int, job: GenerationJob) -> int | None:
+    if job.num_classes == 0:
+        return None
+    if job.class_name is not None:
+        return CLASS_NAMES.index(job.class_name)
+    return index % job.num_classes
+
+
+def check_class(class_name: str | None, config: GANConfig) -> None:
+    if class_name is None:
+        return
+    if config.num_classes == 0:
+        raise UserError(f"--class {class_name}: this run is unconditional (trained without classes)")
+    known = CLASS_NAMES[: config.num_classes]
+    if class_name not in known:
+        raise UserError(f"unknown class {class_name!r}; this run knows {', '.join(known)}")
+
+
+# --- the output folder ---------------------------------------------------------------------
+
+
+def _parts_dir(out_dir) -> Path:
+    return Path(out_dir) / STATE_DIR / PARTS_DIR
+
+
+def part_path(out_dir, shard: int) -> Path:
+    return _parts_dir(out_dir) / f"shard_{shard:06d}.csv"
+
+
+def plan_job(
+    run_dir,
+    count: int,
+    out_dir,
+    seed: int = 0,
+    class_name: str | None = None,
+    backend: str = "tf",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> GenerationJob:
+    """Check the inputs and pin the job to the run's latest checkpoint."""
+    from service.checkpoint import file_sha256, latest_checkpoint
+    from service.rundir import load_config
+
+    if count < 1:
+        raise UserError(f"--count must be a positive number of images, got {count}")
+    if not 0 <= seed < 2**64:
+        raise UserError(f"--seed must be in [0, 2^64), got {seed}")
+    if batch_size < 1 or shard_size < 1:
+        raise UserError("--batch-size and --shard-size must be positive")
+    if backend not in ("tf", "numpy"):
+        raise UserError(f"unknown backend {backend!r}; choose tf or numpy")
+    config, _ = load_config(run_dir)
+    check_class(class_name, config)
+    checkpoint = latest_checkpoint(run_dir)
+    return GenerationJob(
+        run_dir=str(Path(run_dir).resolve()),
+        checkpoint=str(checkpoint.resolve()),
+        checkpoint_sha256=file_sha256(checkpoint),
+        count=int(count),
+        seed=int(seed),
+        class_name=class_name,
+        num_classes=config.num_classes,
+        backend=backend,
+        out_dir=str(Path(out_dir).resolve()),
+        batch_size=int(batch_size),
+        shard_size=int(shard_size),
+    )
+
+
+def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
+    """Create OUT or check it holds this same job; clear torn temp files; return done shards."""
+    out_dir = Path(job.out_dir)
+    job_file = out_dir / STATE_DIR / JOB_FILE
+    if job_file.is_file():
+        try:
+            recorded = json.loads(job_file.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{job_file} is unreadable ({e}); remove it or choose another --out") from None
+        mine = job.identity()
+        differing = [k for k in mine if recorded.get(k) != mine[k]]
+        if differing:
+            raise UserError(
+                f"{out_dir} holds a different generation job ({', '.join(differing)} differ); "
+                "choose another --out or repeat the original options"
+            )
+    else:
+        if resume:
+            raise UserError(f"--resume: {out_dir} holds no generation job to resume")
+        if out_dir.exists() and any(out_dir.glob("img_*.png")):
+            raise UserError(f"{out_dir} already holds images from elsewhere; choose an empty --out")
+        try:
+            _parts_dir(out_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {out_dir}: {e.strerror or e}") from None
+        write_json(job_file, {**job.identity(), "run_dir": job.run_dir, "checkpoint": job.checkpoint})
+    _parts_dir(out_dir).mkdir(parents=True, exist_ok=True)
+    for torn in list(out_dir.glob(TEMP_PREFIX + "*")) + list(_parts_dir(out_dir).glob(TEMP_PREFIX + "*")):
+        torn.unlink(missing_ok=True)  # left by a killed writer; never a finished file
+    done = set()
+    for part in _parts_dir(out_dir).glob("shard_*.csv"):
+        shard = int(part.stem.split("_")[1])
+        if shard < job.num_shards:
+            done.add(shard)
+    return done
+
+
+def merge_manifest(job: GenerationJob) -> Path:
+    """Concatenate the shard parts, in shard (= index) order, into manifest.csv; check no gaps."""
+    out_dir = Path(job.out_dir)
+    final = out_dir / MANIFEST_FILE
+    expected = 0
+    with atomic_file(final) as manifest:
+        manifest.write((",".join(MANIFEST_COLUMNS) + "\n").encode())
+        for shard in range(job.num_shards):
+            part = part_path(out_dir, shard)
+            if not part.is_file():
+                raise RuntimeError(f"shard {shard} has no manifest part; the job is incomplete")
+            text = part.read_text()
+            for line in text.splitlines():
+                index_text, file_name = line.split(",", 2)[:2]
+                if int(index_text) != expected:
+                    raise RuntimeError(f"manifest part {part.name}: index {index_text}, expected {expected}")
+                if not (out_dir / file_name).is_file():
+                    raise RuntimeError(f"{file_name} is listed in {part.name} but missing; re-run to redo it")
+                expected += 1
+            manifest.write(text.encode())
+        if expected != job.count:
+            raise RuntimeError(f"manifest holds {expected} rows, expected {job.count}")
+    return final
+
+
+def read_manifest(out_dir) -> list[dict]:
+    """manifest.csv's rows (index order), as dicts of MANIFEST_COLUMNS."""
+    path = Path(out_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise UserError(f"{out_dir} has no {MANIFEST_FILE}; is it a folder `generate` wrote?")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def manifest_classes(rows: list[dict]) -> np.ndarray | None:
+    """Class indices of the rows, or None when any row has no class (an unconditional run)."""
+    names = [row.get("class", "") for row in rows]
+    if not all(name in CLASS_NAMES for name in names):
+        return None
+    return np.array([CLASS_NAMES.index(name) for name in names], dtype=np.int64)
+
+
+def read_generated(out_dir) -> tuple[np.ndarray, np.ndarray | None]:
+    """A finished job's images (uint8 NHWC, index order) and their classes, if conditional."""
+    from service.imageio import read_png
+
+    rows = read_manifest(out_dir)
+    images = np.stack([read_png(Path(out_dir) / row["file"]) for row in rows])
+    return images, manifest_classes(rows)

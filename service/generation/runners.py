@@ -1,0 +1,203 @@
+"""Runners of a generation job (service.generation.job): one loop in this process, or shards
+as Ray tasks on a local Ray or a cluster. Both write the same bytes.
+
+Each worker runs its framework with one thread (per CPU it is given): TensorFlow's float sums,
+and so now and then a pixel value, can depend on its thread count and, when multi-threaded, on
+the batch size; with one thread per worker neither varies. Workers on different kinds of
+device (CPU vs GPU) are not bit-compatible; a job should run on one kind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from service.errors import UserError
+from service.files import write_bytes
+from service.generation.job import (
+    CLASS_NAMES, GenerationJob, class_index_for, image_file_name, merge_manifest, noise_for_indices, part_path,
+    prepare_out_dir,
+)
+
+DEFAULT_TASK_RETRIES = 3
+
+
+@dataclass
+class GenerationResult:
+    out_dir: Path
+    count: int
+    shards_run: int
+    shards_skipped: int
+    seconds: float = 0.0
+    worker_peak_rss: dict = field(default_factory=dict)  # worker pid -> peak RSS bytes
+    driver_peak_rss: int = 0
+
+
+def write_shard(backend, job: GenerationJob, shard: int) -> int:
+    """Generate and write shard `shard`'s images, then its manifest part (last, atomically)."""
+    from service.imageio import save_png, to_uint8
+
+    out_dir = Path(job.out_dir)
+    indices = job.shard_range(shard)
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    for start in range(indices.start, indices.stop, job.batch_size):
+        batch = range(start, min(start + job.batch_size, indices.stop))
+        z = noise_for_indices(job.seed, batch, backend.config)
+        classes = [class_index_for(i, job) for i in batch]
+        labels = None if job.num_classes == 0 else np.asarray(classes, dtype=np.int64)
+        images = to_uint8(backend.generate(z, labels))
+        for i, image, cls in zip(batch, images, classes):
+            name = image_file_name(i)
+            save_png(out_dir / name, image)
+            writer.writerow([i, name, "" if cls is None else CLASS_NAMES[cls], job.seed, job.checkpoint_sha256])
+    write_bytes(part_path(out_dir, shard), rows.getvalue().encode())
+    return len(indices)
+
+
+def load_generator(run_dir, checkpoint, backend_name: str):
+    """A backend with the weights of one specific checkpoint (not 'the latest', which may move)."""
+    import backends
+    from service.checkpoint import load_checkpoint, weights_only
+    from service.rundir import load_config
+
+    config, _ = load_config(run_dir)
+    backend = backends.get(backend_name, config)
+    try:
+        backend.set_weights(weights_only(load_checkpoint(checkpoint)))
+    except ValueError as e:
+        raise UserError(f"checkpoint {checkpoint} does not match its run's config: {e}") from e
+    return backend
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process. Linux: VmHWM, because ru_maxrss carries over the
+    parent's peak across fork + exec (a driver started from a big process would look big)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+# The model is loaded once per worker process and reused by every shard it runs.
+_worker_generator: dict = {}
+
+
+def run_shard_task(job: GenerationJob, shard: int) -> tuple[int, int, int, int]:
+    """Body of a Ray task: (shard, images written, worker pid, worker peak RSS bytes)."""
+    key = (job.run_dir, job.checkpoint_sha256, job.backend)
+    if key not in _worker_generator:
+        _worker_generator.clear()
+        _worker_generator[key] = load_generator(job.run_dir, job.checkpoint, job.backend)
+    written = write_shard(_worker_generator[key], job, shard)
+    return shard, written, os.getpid(), _peak_rss_bytes()
+
+
+def generate_in_process(job: GenerationJob, resume: bool = False, progress: bool = False) -> GenerationResult:
+    """The same job in one process, one shard after another: the reference for the Ray path.
+
+    Byte-identical to the Ray output when this process runs the framework with one thread as
+    the workers do (the generate command sets DCGAN_TF_THREADS=1 for it; the numpy backend
+    does not depend on the thread count).
+    """
+    started = time.perf_counter()
+    done = prepare_out_dir(job, resume)
+    backend = load_generator(job.run_dir, job.checkpoint, job.backend)
+    todo = [s for s in range(job.num_shards) if s not in done]
+    with _progress(job, done, progress) as bar:
+        for shard in todo:
+            bar.update(write_shard(backend, job, shard))
+    merge_manifest(job)
+    return GenerationResult(
+        Path(job.out_dir), job.count, len(todo), len(done), time.perf_counter() - started,
+        {os.getpid(): _peak_rss_bytes()}, _peak_rss_bytes(),
+    )
+
+
+def _progress(job: GenerationJob, done: set[int], enabled: bool):
+    from tqdm import tqdm
+
+    already = sum(len(job.shard_range(s)) for s in done)
+    return tqdm(total=job.count, initial=already, unit="img", desc="generate", disable=not enabled, file=sys.stderr)
+
+
+def generate_on_ray(
+    job: GenerationJob,
+    workers: int | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    max_retries: int = DEFAULT_TASK_RETRIES,
+    shard_task: Callable = run_shard_task,
+) -> GenerationResult:
+    """Run the job's missing shards as Ray tasks, at most `workers` at a time.
+
+    The driver keeps only that window of task references (ray.wait), never a list of N of
+    anything, so its memory does not grow with the count. `shard_task(job, shard)` is the
+    task's body (run_shard_task; tests wrap it to inject failures).
+    """
+    import time
+
+    from service.ray_cluster import cluster_cpus, cluster_gpus, ray_session, thread_env
+
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    started = time.perf_counter()
+    done = prepare_out_dir(job, resume)
+    local_cpus = workers or os.cpu_count() or 1
+    with ray_session(address, num_cpus=None if (address or os.environ.get("RAY_ADDRESS")) else local_cpus) as ray:
+        workers = workers or cluster_cpus()
+        gpus = cluster_gpus()
+        task = ray.remote(shard_task).options(
+            num_cpus=1,
+            num_gpus=1 if gpus >= 1 else 0,
+            max_retries=max_retries,
+            retry_exceptions=True,
+            runtime_env={"env_vars": thread_env(1)},
+        )
+        # With GPUs, Ray's num_gpus=1 also caps concurrency at the GPU count.
+        max_in_flight = workers
+        job_ref = ray.put(job)
+        todo = (s for s in range(job.num_shards) if s not in done)
+        pending: dict = {}
+        peaks: dict[int, int] = {}
+        shards_run = 0
+        with _progress(job, done, progress) as bar:
+            while True:
+                while len(pending) < max_in_flight:
+                    shard = next(todo, None)
+                    if shard is None:
+                        break
+                    pending[task.remote(job_ref, shard)] = shard
+                if not pending:
+                    break
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    shard = pending.pop(ref)
+                    _, written, pid, peak = ray.get(ref)
+                    peaks[pid] = max(peaks.get(pid, 0), peak)
+                    shards_run += 1
+                    bar.update(written)
+    merge_manifest(job)
+    return GenerationResult(
+        Path(job.out_dir), job.count, shards_run, len(done), time.perf_counter() - started,
+        peaks, _peak_rss_bytes(),
+    )
+
+
+def describe(result: GenerationResult) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}

@@ -1,0 +1,155 @@
+"""The main job: train -> generate -> validate -> report, in one run directory.
+
+Layout: RUN/ as `train` writes it, plus RUN/generated/ (PNG files + manifest.csv, as
+`generate` writes them) and RUN/report/ (metrics.json, report.html, plots, as `validate`).
+Reference set for the metrics: on the embedded dataset, fresh images of the same generator
+(another seed, so disjoint from the training images); on user data, the training images
+themselves (the report says so; hold data out with `validate --real` for a strict test), with
+the real-vs-real reference split by group when the data names one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.errors import UserError
+
+DEFAULT_TIME_BUDGET = 480.0  # seconds of training when neither epochs nor a time budget is given
+DEFAULT_COUNT = 1000
+MIN_COUNT = 10
+REFERENCE_SEED_OFFSET = 1_000_003  # the embedded reference set: another seed, disjoint images
+STAGES = 4
+
+
+@dataclass
+class MainJob:
+    """What the main job runs; the training fields are run_training's."""
+
+    out: Path | None = None
+    data: str | None = None
+    labels: str | None = None
+    crop: str = "center"
+    strict: bool = False
+    backend: str = "tf"
+    preset: str = "default"
+    epochs: int | None = None
+    image_size: int | None = None
+    batch_size: int | None = None
+    time_budget: float | None = None
+    seed: int = 0
+    conditional: bool = False
+    count: int = DEFAULT_COUNT
+    workers: int = 0
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.count < MIN_COUNT:
+            raise UserError(f"--count must be at least {MIN_COUNT} images to validate, got {self.count}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {self.workers}")
+
+
+def stage(number: int, text: str) -> None:
+    print(f"[{number}/{STAGES}] {text}", file=sys.stderr, flush=True)
+
+
+def run_main_job(job: MainJob) -> dict:
+    """Every stage in order; returns {"run_dir", "generated", "report", "results", "seconds"}."""
+    from service.generation import generate_in_process, generate_on_ray, plan_job, read_generated
+    from service.training import outcome_lines, run_training
+    from service.validation import validate_sets
+
+    job.check()
+    started = time.perf_counter()
+    out = job.out or Path("runs") / time.strftime("main-%Y%m%d-%H%M%S")
+    time_budget = job.time_budget
+    if job.epochs is None and time_budget is None:
+        time_budget = DEFAULT_TIME_BUDGET
+
+    stage(1, f"training ({job.backend} backend, preset {job.preset}" + (f", {time_budget:.0f} s budget" if time_budget else "") + ")")
+    outcome = run_training(
+        out=out, data=job.data, labels=job.labels, crop=job.crop, strict=job.strict, backend=job.backend,
+        preset=job.preset, epochs=job.epochs, image_size=job.image_size, batch_size=job.batch_size,
+        time_budget=time_budget, seed=job.seed, conditional=job.conditional, progress=job.progress,
+    )
+    print("\n".join(outcome_lines(outcome)), flush=True)
+    run_dir, config = outcome.run_dir, outcome.config
+
+    stage(2, f"generating {job.count} images")
+    generated_dir = run_dir / "generated"
+    generation = plan_job(run_dir, job.count, generated_dir, seed=job.seed, backend=job.backend)
+    if job.workers == 0:
+        # In the training process TF keeps its training thread count, so a pixel may differ by
+        # one level from `generate`'s one-thread workers (see service.generation).
+        generate_in_process(generation, progress=job.progress)
+    else:
+        generate_on_ray(generation, workers=job.workers, progress=job.progress)
+    fake, fake_labels = read_generated(generated_dir)
+
+    stage(3, "loading the real reference set")
+    real, train = reference_sets(job, config.image_size)
+
+    stage(4, "validating and writing the report")
+    report_dir = run_dir / "report"
+    results = validate_sets(
+        real.images, fake, train=train.images, out_dir=report_dir,
+        real_labels=real.labels if fake_labels is not None else None, fake_labels=fake_labels,
+        class_names=real.class_names, run_dir=run_dir, progress=job.progress, seed=job.seed,
+        real_groups=real.groups,
+    )
+    return {"run_dir": run_dir, "generated": generated_dir, "report": report_dir / "report.html",
+            "results": results, "seconds": time.perf_counter() - started}
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # uint8 NHWC
+    labels: np.ndarray | None
+    class_names: tuple[str, ...]
+    groups: np.ndarray | None
+
+
+def reference_sets(job: MainJob, image_size: int) -> tuple[ImageSet, ImageSet]:
+    """(real reference, training set) as uint8, per the module docstring."""
+    from service import data
+    from service.imageio import to_uint8
+    from service.training import DEFAULT_DATA_COUNT
+
+    if job.data is None:
+        train = data.default_dataset(image_size, count=DEFAULT_DATA_COUNT, progress=job.progress)
+        real = data.default_dataset(
+            image_size, count=max(job.count, 500), seed=job.seed + REFERENCE_SEED_OFFSET, progress=job.progress
+        )
+    else:
+        train = data.load_images(job.data, image_size, labels_csv=job.labels, crop=job.crop,
+                                 strict=job.strict, progress=job.progress)
+        real = train
+
+    def as_set(dataset) -> ImageSet:
+        return ImageSet(to_uint8(dataset.images), dataset.labels, tuple(dataset.class_names), dataset.groups)
+
+    return as_set(real), as_set(train)
+
+
+def summary_lines(outcome: dict) -> list[str]:
+    """What the command prints at the end: the two SWD numbers a user reads first, and where
+    everything is."""
+    lines = []
+    try:
+        generated = outcome["results"]["real_vs_generated"]["swd_mean"]
+        reference = outcome["results"]["real_vs_real"]["swd_mean"]
+        lines.append(f"SWD x1e3: real vs generated {generated:.1f}, real vs real {reference:.1f} (lower is closer)")
+    except (KeyError, TypeError):
+        pass
+    lines += [
+        f"done in {outcome['seconds']:.0f} s",
+        f"run directory: {outcome['run_dir']}",
+        f"generated images: {outcome['generated']}",
+        f"report: {outcome['report']}",
+    ]
+    return lines

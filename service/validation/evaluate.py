@@ -1,0 +1,326 @@
+"""`validate_sets`: every metric, map and panel for a real and a generated set (the metrics
+pass); `service.validation.report` then lays the result out as report.html.
+
+Writes into out_dir:
+    metrics.json             all numbers (real vs generated, real vs real reference, per class)
+    report.html              self-contained page; relative links to the PNGs below
+    real_samples.png, generated_samples.png        64 random images of each set
+    loss_curve.png           when run_dir has a metrics.jsonl (or a loss_curve.png)
+    pca_thumbnails.png, pca_scatter.png, tsne_thumbnails.png, tsne_scatter.png
+    memorization_pairs.png, memorization_ratios.png
+
+The reference: the real set is shuffled (seed) and cut into two disjoint halves of equal size,
+and each metric is computed between them exactly as between real and generated. It is the
+value a generator indistinguishable from the real data would score, at half the sample size
+(so for the size-biased numbers, SWD and FD, it sits a little above the ideal full-size value).
+When the real images carry groups (source image or patient), the halves split by group: two
+patches of one image, one in each half, would make the reference look better than any
+generator can be.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from service.errors import UserError
+from service.files import write_json
+from service.imageio import save_grid, to_uint8
+from service.validation import maps, memorization, metrics
+from service.validation.report import write_report
+from service.validation.features import FEATURE_SPACE, InceptionFeatures, random_net_features
+
+MIN_REAL_IMAGES = 2 * (metrics.DENSITY_COVERAGE_K + 1)  # two halves, each enough for 5-NN
+MIN_FAKE_IMAGES = metrics.DENSITY_COVERAGE_K + 1
+MIN_TRAIN_IMAGES = 2
+SAMPLE_GRID_IMAGES = 64
+PER_CLASS_MAX_IMAGES = 500  # per class and set: per-class values cost at most ~half the main ones
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _as_uint8(name: str, images) -> np.ndarray:
+    if images is None:
+        raise UserError(f"{name} set is missing")
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise UserError(f"{name} images must be NHWC with 1 or 3 channels, got shape {images.shape}")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    if images.dtype != np.uint8:
+        images = to_uint8(images)  # float images in [-1, 1], the project's convention
+    return images
+
+
+def check_sets(real: np.ndarray, fake: np.ndarray, train: np.ndarray | None) -> None:
+    """One-line UserError for sets that cannot be compared."""
+    sizes = {"real": real, "generated": fake, **({"training": train} if train is not None else {})}
+    shapes = {name: images.shape[1:3] for name, images in sizes.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {h}x{w}" for name, (h, w) in shapes.items())
+        raise UserError(f"image sizes differ ({listed}); load them at one --image-size")
+    height, width = real.shape[1:3]
+    if min(height, width) < metrics.SWD_MIN_RESOLUTION:
+        raise UserError(f"images of {height}x{width} are too small; validation needs at least {metrics.SWD_MIN_RESOLUTION}x{metrics.SWD_MIN_RESOLUTION}")
+    for name, images, minimum in (("real", real, MIN_REAL_IMAGES), ("generated", fake, MIN_FAKE_IMAGES), ("training", train, MIN_TRAIN_IMAGES)):
+        if images is not None and len(images) < minimum:
+            raise UserError(f"the {name} set has {len(images)} images; the k-NN metrics need at least {minimum}")
+
+
+def _check_labels(name: str, labels, count: int):
+    if labels is None:
+        return None
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.shape != (count,):
+        raise UserError(f"{name} labels: {labels.shape[0] if labels.ndim else 0} labels for {count} images")
+    return labels
+
+
+# ----------------------------------------------------------------------------- computing
+
+
+def _set_metrics(real_u8, fake_u8, real_features, fake_features, seed: int) -> dict:
+    swd = metrics.swd(real_u8, fake_u8, seed=seed)
+    values = metrics.feature_metrics(real_features, fake_features, seed=seed)
+    return {"swd_mean": swd["mean"], "swd_levels": swd["levels"], **values}
+
+
+def _halves(count: int, seed: int, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of equal size. With groups, each group goes whole to one side (the
+    groups in random order, each to the side with fewer images so far), then the larger side
+    is cut at random to the smaller one's size."""
+    rng = np.random.default_rng([seed, 2])
+    if groups is None:
+        order = rng.permutation(count)
+        half = count // 2
+        return np.sort(order[:half]), np.sort(order[half : 2 * half])
+    names = np.unique(groups)
+    sides: list[list[np.ndarray]] = [[], []]
+    filled = [0, 0]
+    for name in rng.permutation(names):
+        members = np.flatnonzero(groups == name)
+        side = int(filled[1] < filled[0])
+        sides[side].append(members)
+        filled[side] += len(members)
+    a, b = (np.concatenate(side) if side else np.zeros(0, np.int64) for side in sides)
+    size = min(len(a), len(b))
+    return np.sort(rng.choice(a, size, replace=False)), np.sort(rng.choice(b, size, replace=False))
+
+
+def _per_class(real, fake, real_features, fake_features, real_labels, fake_labels, class_names, seed, real_groups=None) -> dict:
+    """Every metric within each class; a class's sets are capped at PER_CLASS_MAX_IMAGES each."""
+    rng = np.random.default_rng([seed, 4])
+    results = {}
+    for cls in sorted(set(real_labels.tolist()) | set(fake_labels.tolist())):
+        name = class_names[cls] if class_names is not None and 0 <= cls < len(class_names) else str(cls)
+        in_real, in_fake = np.flatnonzero(real_labels == cls), np.flatnonzero(fake_labels == cls)
+        entry = {"real": int(len(in_real)), "generated": int(len(in_fake))}
+        if len(in_real) < MIN_REAL_IMAGES or len(in_fake) < MIN_FAKE_IMAGES:
+            entry["skipped"] = f"needs at least {MIN_REAL_IMAGES} real and {MIN_FAKE_IMAGES} generated images"
+            results[name] = entry
+            continue
+        if len(in_real) > PER_CLASS_MAX_IMAGES:
+            in_real = np.sort(rng.choice(in_real, PER_CLASS_MAX_IMAGES, replace=False))
+        if len(in_fake) > PER_CLASS_MAX_IMAGES:
+            in_fake = np.sort(rng.choice(in_fake, PER_CLASS_MAX_IMAGES, replace=False))
+        entry["used"] = {"real": int(len(in_real)), "generated": int(len(in_fake))}
+        entry["real_vs_generated"] = _set_metrics(real[in_real], fake[in_fake], real_features[in_real], fake_features[in_fake], seed)
+        half_a, half_b = _halves(len(in_real), seed, None if real_groups is None else real_groups[in_real])
+        a, b = in_real[half_a], in_real[half_b]
+        entry["real_vs_real"] = _set_metrics(real[a], real[b], real_features[a], real_features[b], seed)
+        results[name] = entry
+    return results
+
+
+def validate_sets(
+    real,
+    fake,
+    train=None,
+    out_dir=None,
+    real_labels=None,
+    fake_labels=None,
+    class_names=None,
+    run_dir=None,
+    progress: bool = True,
+    inception_weights=None,
+    seed: int = 0,
+    real_groups=None,
+) -> dict:
+    """Compare `fake` with `real` (and audit it against `train`, default: `real`); write the report.
+
+    Images: uint8 NHWC, or float NHWC in [-1, 1]. Labels: int class indices into `class_names`.
+    real_groups: the source image or patient of each real image, or None; the real-vs-real
+    reference then splits by group. Returns the dict written to out_dir/metrics.json.
+    """
+    if out_dir is None:
+        raise UserError("validate_sets needs an out_dir")
+    # One OpenMP thread for scikit-learn's k-NN and t-SNE: their many short parallel regions
+    # spin and contend on shared cores (measured 10-50x slower under load); BLAS keeps its threads.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups)
+
+
+def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups) -> dict:
+    started = time.perf_counter()
+    real = _as_uint8("real", real)
+    fake = _as_uint8("generated", fake)
+    train = None if train is None else _as_uint8("training", train)
+    check_sets(real, fake, train)
+    real_labels = _check_labels("real", real_labels, len(real))
+    fake_labels = _check_labels("generated", fake_labels, len(fake))
+    real_groups = _check_labels("real group", real_groups, len(real))
+    if real_groups is not None and len(np.unique(real_groups)) < 2:
+        raise UserError("the real images all belong to one group; a real-vs-real reference needs two or more")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {out_dir}: {e.strerror}") from None
+    inception = InceptionFeatures(inception_weights) if inception_weights else None  # fail before the long steps
+
+    audit_train = train if train is not None else real
+    half_a, half_b = _halves(len(real), seed, real_groups)
+    if min(len(half_a), len(half_b)) < metrics.DENSITY_COVERAGE_K + 1:
+        raise UserError(f"splitting the real images by group leaves halves of {len(half_a)} images; "
+                        f"the reference needs at least {metrics.DENSITY_COVERAGE_K + 1} on each side")
+    timings: dict[str, float] = {}
+    steps = ["features", "swd + feature metrics", "reference (real halves)", "memorization audit", "maps", "report"]
+    if real_labels is not None and fake_labels is not None:
+        steps.insert(3, "per-class metrics")
+    if inception is not None:
+        steps.insert(-1, "inception")
+    bar = tqdm(total=len(steps), desc="validate", disable=not progress, unit="step")
+
+    def step(name):
+        bar.set_postfix_str(name)
+        timings[name] = time.perf_counter()
+
+    def done(name):
+        timings[name] = round(time.perf_counter() - timings[name], 2)
+        bar.update(1)
+
+    step("features")
+    real_features = random_net_features(real, progress=progress, desc="features: real")
+    fake_features = random_net_features(fake, progress=progress, desc="features: generated")
+    done("features")
+
+    step("swd + feature metrics")
+    main = _set_metrics(real, fake, real_features, fake_features, seed)
+    done("swd + feature metrics")
+
+    step("reference (real halves)")
+    reference = _set_metrics(real[half_a], real[half_b], real_features[half_a], real_features[half_b], seed)
+    done("reference (real halves)")
+
+    per_class = None
+    if real_labels is not None and fake_labels is not None:
+        step("per-class metrics")
+        per_class = _per_class(real, fake, real_features, fake_features, real_labels, fake_labels, class_names, seed, real_groups)
+        done("per-class metrics")
+
+    step("memorization audit")
+    audit = memorization.memorization_audit(audit_train, fake)
+    reference_audit = memorization.memorization_audit(real[half_a], real[half_b])
+    main.update(copy_share=audit["copy_share"], copies=audit["copies"], median_copy_ratio=audit["median_ratio"])
+    reference.update(copy_share=reference_audit["copy_share"], copies=reference_audit["copies"], median_copy_ratio=reference_audit["median_ratio"])
+    closest_pairs = memorization.save_pairs_panel(out_dir / "memorization_pairs.png", audit, fake, audit_train)
+    memorization.save_ratio_histogram(out_dir / "memorization_ratios.png", audit["ratio"], reference_audit["ratio"])
+    done("memorization audit")
+
+    inception_result = None
+    if inception is not None:
+        step("inception")
+        inception_real = inception(real, progress=progress, desc="inception: real")
+        inception_fake = inception(fake, progress=progress, desc="inception: generated")
+        for target, (a, b) in ((main, (inception_real, inception_fake)), (reference, (inception_real[half_a], inception_real[half_b]))):
+            kid = metrics.kernel_distance(a, b, seed=seed)
+            target.update(inception_fd=metrics.frechet_distance(a, b), inception_kid=kid["mean"], inception_kid_std=kid["std"])
+        inception_result = {"weights": os.fspath(inception_weights)}
+        done("inception")
+
+    step("maps")
+    map_info = maps.save_maps(out_dir, real_features, fake_features, real, fake, seed=seed)
+    done("maps")
+
+    step("report")
+    figures = _write_figures(out_dir, real, fake, run_dir, seed)
+    result = {
+        "counts": {"real": len(real), "generated": len(fake), "training": len(audit_train), "reference_half": len(half_a)},
+        "image_size": [int(real.shape[1]), int(real.shape[2])],
+        "reference_groups": None if real_groups is None else int(len(np.unique(real_groups))),
+        "seed": seed,
+        "real_vs_generated": main,
+        "real_vs_real": reference,
+        "per_class": per_class,
+        "memorization": {
+            "space": memorization.AUDIT_SPACE,
+            "against": "training set" if train is not None else "real set (no training set given)",
+            "closest_pairs": closest_pairs,
+        },
+        "feature_space": FEATURE_SPACE,
+        "inception": inception_result,
+        "maps": map_info,
+        "settings": {
+            "swd": {"patch": metrics.SWD_PATCH_SIZE, "patches_per_image": metrics.SWD_PATCHES_PER_IMAGE, "directions": f"{metrics.SWD_DIRECTION_REPEATS}x{metrics.SWD_DIRECTIONS_PER_REPEAT}", "levels_down_to": metrics.SWD_MIN_RESOLUTION, "scale": metrics.SWD_SCALE},
+            "kid": {"subsets": metrics.KID_SUBSETS, "max_subset_size": metrics.KID_MAX_SUBSET_SIZE, "kernel": "(x.y/d + 1)^3"},
+            "precision_recall_k": metrics.PRECISION_RECALL_K,
+            "density_coverage_k": metrics.DENSITY_COVERAGE_K,
+            "per_class_max_images": PER_CLASS_MAX_IMAGES,
+            "sample_grid_images": SAMPLE_GRID_IMAGES,
+        },
+        "files": figures,
+        "timings_s": timings,
+    }
+    done("report")
+    bar.close()
+    result["timings_s"]["total"] = round(time.perf_counter() - started, 2)
+    result = _jsonable(result)
+    write_json(out_dir / "metrics.json", result)
+    write_report(out_dir, result)
+    return result
+
+
+def _write_figures(out_dir: Path, real, fake, run_dir, seed: int) -> dict:
+    """Sample grids and the loss curve; returns {role: file name} of what exists."""
+    rng = np.random.default_rng([seed, 3])
+    files = {}
+    for role, images, name in (("real_samples", real, "real_samples.png"), ("generated_samples", fake, "generated_samples.png")):
+        pick = np.sort(rng.choice(len(images), min(SAMPLE_GRID_IMAGES, len(images)), replace=False))
+        save_grid(out_dir / name, images[pick], columns=8)
+        files[role] = name
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        loss_png = out_dir / "loss_curve.png"
+        if (run_dir / "metrics.jsonl").is_file():
+            from service.plots import plot_loss_curve
+
+            if plot_loss_curve(run_dir / "metrics.jsonl", loss_png) is not None:
+                files["loss_curve"] = loss_png.name
+        if "loss_curve" not in files and (run_dir / "loss_curve.png").is_file():
+            shutil.copyfile(run_dir / "loss_curve.png", loss_png)
+            files["loss_curve"] = loss_png.name
+    for name in ("pca_thumbnails.png", "pca_scatter.png", "tsne_thumbnails.png", "tsne_scatter.png", "memorization_pairs.png", "memorization_ratios.png"):
+        files[name.removesuffix(".png")] = name
+    return files
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        value = float(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # JSON has no inf/NaN
+    return value
