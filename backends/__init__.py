@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backends.base import Backend
-from backends.config import CLASS_NAMES, GANConfig
+from backends.config import GANConfig
 
 BACKENDS = ("numpy", "tf")
 
@@ -20,4 +20,4 @@ def get(name: str, config: GANConfig) -> Backend:
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
-__all__ = ["Backend", "BACKENDS", "CLASS_NAMES", "GANConfig", "get"]
+__all__ = ["Backend", "BACKENDS", "GANConfig", "get"]

@@ -11,8 +11,6 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-CLASS_NAMES = ("nevus", "melanoma", "seborrheic_keratosis")
-
 SUPPORTED_IMAGE_SIZES = (32, 64, 128, 256)
 
 
@@ -29,7 +27,7 @@ class GANConfig:
     max_width: int = 1024  # cap on any layer's filters; the thesis's widest layer is 1024
     kernel_size: int = 4
     channels: int = 3
-    num_classes: int = 0  # 0: unconditional; 3: conditional on the ISIC 2017 classes
+    num_classes: int = 0  # 0: unconditional; else conditional on this many classes (ISIC 2017: 3)
     dropout: float = 0.2  # discriminator dropout rate; 0 turns it off
     leaky_slope: float = 0.2
     pack: int = 1  # PacGAN: D judges groups of this many images stacked along channels; 1: off

@@ -56,6 +56,10 @@ from dataclasses import dataclass, field
 from backends.config import GANConfig
 
 NETS = ("generator", "discriminator")
+# Batch normalisation as Keras's defaults, which the thesis's model used: moving averages with
+# momentum 0.99, epsilon 1e-3 under the root; batch statistics (biased variance) in training.
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-3
 EMA_NET = "generator_ema"  # the averaged generator's weights: G's layer names under this prefix
 
 
@@ -74,13 +78,27 @@ def _filters(cfg: GANConfig, level: int) -> int:
     return min(cfg.width * 2**level, cfg.max_width)
 
 
+def _bn_args(channels: int) -> dict:
+    return {"channels": channels, "momentum": BN_MOMENTUM, "epsilon": BN_EPSILON}
+
+
+def fuses_with_next(layers: list[Layer], index: int) -> bool:
+    """Whether layer `index` is a 2x nearest upsampling straight into a stride-1 'same' conv:
+    both backends compute that pair as one fused layer (the same function, with fewer
+    multiply-adds; see backends/tf/models.py UpSampleConv2D and core.UpSampleConv2D)."""
+    if layers[index].kind != "upsample" or layers[index].args["factor"] != 2 or index + 1 >= len(layers):
+        return False
+    after = layers[index + 1]
+    return after.kind == "conv" and after.args["stride"] == 1 and after.args["padding"] == "same"
+
+
 def generator_spec(cfg: GANConfig) -> list[Layer]:
     n = cfg.num_upsamplings
     s = cfg.base_size
     c0 = _filters(cfg, n - 1)
     layers = [
         Layer("dense", "dense_0", {"units": c0 * s * s, "in": cfg.latent_dim + cfg.num_classes}),
-        Layer("bn", "bn_0", {"channels": c0 * s * s}),
+        Layer("bn", "bn_0", _bn_args(c0 * s * s)),
         Layer("relu", "relu_0"),
         Layer("reshape", "reshape_0", {"shape": (s, s, c0)}),
     ]
@@ -99,7 +117,7 @@ def generator_spec(cfg: GANConfig) -> list[Layer]:
         if last:
             layers.append(Layer("tanh", f"tanh_{i}"))
         else:
-            layers.append(Layer("bn", f"bn_{i}", {"channels": cout}))
+            layers.append(Layer("bn", f"bn_{i}", _bn_args(cout)))
             layers.append(Layer("relu", f"relu_{i}"))
         cin = cout
     return layers

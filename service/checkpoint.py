@@ -26,7 +26,7 @@ import numpy as np
 
 from service.errors import UserError
 from service.files import atomic_file
-from service.rundir import CHECKPOINT_DIR, load_config
+from service.rundir import CHECKPOINT_DIR
 
 CHECKSUM_KEY = "meta/sha256"
 _NAME = re.compile(r"^ckpt-(\d{9,})\.npz$")
@@ -165,17 +165,3 @@ def backend_rng_state(arrays: dict[str, np.ndarray], backend_name: str) -> dict[
     """This backend's own RNG arrays, full names "rng/<backend>/..."; other backends' are left out."""
     prefix = f"rng/{backend_name}/"
     return {n: v for n, v in arrays.items() if n.startswith(prefix)}
-
-
-def restore_backend(run_dir, backend_name: str):
-    """(backend, config, arrays): a backend built from RUN/config.json with the latest valid weights."""
-    import backends
-
-    config, _ = load_config(run_dir)
-    _, arrays = load_latest_valid(run_dir)
-    backend = backends.get(backend_name, config)
-    try:
-        backend.set_weights(weights_only(arrays))
-    except ValueError as e:
-        raise UserError(f"checkpoint in {run_dir} does not match its config: {e}") from e
-    return backend, config, arrays

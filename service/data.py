@@ -42,16 +42,16 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
 
-from backends.config import CLASS_NAMES, SUPPORTED_IMAGE_SIZES
+from backends.config import SUPPORTED_IMAGE_SIZES
 from service.errors import UserError
 from service.files import atomic_file
 from service.imageio import from_uint8
 
+CLASS_NAMES = ("nevus", "melanoma", "seborrheic_keratosis")  # ISIC 2017, in the ground truth's terms
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SUPERPIXEL_SUFFIX = "_superpixels.png"
 LABEL_COLUMNS = ("image_id", "melanoma", "seborrheic_keratosis")
@@ -190,15 +190,6 @@ def _stratified_holdout(labels, count: int, fraction: float, rng: np.random.Gene
         take = min(max(int(round(fraction * count)), 1), count - 1)
         held_out = np.sort(rng.permutation(count)[:take])
     return held_out
-
-
-def iterate_batches(count: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Index arrays covering one shuffled epoch; the last, partial batch is included."""
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, got {batch_size}")
-    order = rng.permutation(count)
-    for start in range(0, count, batch_size):
-        yield order[start : start + batch_size]
 
 
 def check_image_size(image_size: int) -> None:

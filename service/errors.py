@@ -3,8 +3,3 @@
 
 class UserError(Exception):
     """Bad input or usage: the message is shown to the user as is, on one line."""
-
-
-class NotImplementedYet(UserError):
-    def __init__(self, what: str):
-        super().__init__(f"{what}: not implemented yet")

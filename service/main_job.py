@@ -60,7 +60,7 @@ def stage(number: int, text: str) -> None:
 
 def run_main_job(job: MainJob) -> dict:
     """Every stage in order; returns {"run_dir", "generated", "report", "results", "seconds"}."""
-    from service.generation import generate_in_process, generate_on_ray, plan_job, read_generated
+    from service.generation import class_indices, generate_in_process, generate_on_ray, plan_job, read_generated
     from service.training import outcome_lines, run_training
     from service.validation import validate_sets
 
@@ -89,13 +89,14 @@ def run_main_job(job: MainJob) -> dict:
         generate_in_process(generation, progress=job.progress)
     else:
         generate_on_ray(generation, workers=job.workers, progress=job.progress)
-    fake, fake_labels = read_generated(generated_dir)
+    fake, fake_names = read_generated(generated_dir)
 
     stage(3, "loading the real reference set")
     real, train = reference_sets(job, config.image_size)
 
     stage(4, "validating and writing the report")
     report_dir = run_dir / "report"
+    fake_labels = class_indices(fake_names, real.class_names) if real.labels is not None else None
     results = validate_sets(
         real.images, fake, train=train.images, out_dir=report_dir,
         real_labels=real.labels if fake_labels is not None else None, fake_labels=fake_labels,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from service.errors import UserError
@@ -32,6 +33,13 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="show the frameworks' own start-up logs (TensorFlow's; also LESIONGAN_TF_LOGS=1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m service.run",
@@ -39,16 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
         "synthetic sets. With no command: train -> generate -> validate -> report.",
     )
     importlib.import_module(MAIN_JOB).add_arguments(parser)
+    _add_verbose(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module).add_arguments(p)
+        _add_verbose(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "verbose", False):
+            os.environ["LESIONGAN_TF_LOGS"] = "1"  # read when the tf backend first loads
         module = COMMANDS[args.command][0] if args.command else MAIN_JOB
         return int(importlib.import_module(module).run(args) or 0)
     except UserError as e:

@@ -43,8 +43,8 @@ from service.files import write_text
 from service.rundir import LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_DIR
 
 SAMPLE_GRID_SIZE = 64  # images in each epoch's fixed-noise sample grid (8 x 8)
-_TRAINER_SEED_STREAM = 1  # SeedSequence([seed, stream]) keeps the trainer's streams apart
-_SAMPLE_NOISE_STREAM = 2
+# SeedSequence([seed, stream]) keeps the trainer's streams apart; config.json records them
+SEED_STREAMS = {"trainer_stream": 1, "sample_noise_stream": 2}
 
 
 class TrainingDiverged(UserError):
@@ -104,12 +104,12 @@ def lr_scale(progress: float, decay_from: float) -> float:
 
 
 def trainer_rng(seed: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), _TRAINER_SEED_STREAM])))
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), SEED_STREAMS["trainer_stream"]])))
 
 
 def fixed_sample_noise(config, count: int = SAMPLE_GRID_SIZE) -> np.ndarray:
     """The noise behind every epoch's sample grid: the same z each epoch, so grids are comparable."""
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(config.seed), _SAMPLE_NOISE_STREAM])))
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(config.seed), SEED_STREAMS["sample_noise_stream"]])))
     return sample_noise(rng, count, config)
 
 
@@ -162,6 +162,16 @@ class TrainResult:
     images_per_second: float
     rebalance_d: int  # extra D steps over the whole run
     rebalance_g: int
+
+
+def check_plan(epochs: int | None, time_budget: float | None) -> None:
+    """A training plan the Trainer can run: epochs, a time budget, or both."""
+    if epochs is None and time_budget is None:
+        raise UserError("give a number of epochs or a time budget")
+    if epochs is not None and epochs < 0:
+        raise UserError(f"--epochs must be >= 0, got {epochs}")
+    if time_budget is not None and not time_budget > 0:
+        raise UserError(f"--time-budget must be > 0 seconds, got {time_budget}")
 
 
 EpochHook = Callable[[int, Backend, Path, dict], object]
@@ -226,12 +236,7 @@ class Trainer:
                 f"the dataset has {len(images)} images, fewer than one batch of {self.batch_size}; "
                 "set a smaller batch size (--batch-size)"
             )
-        if epochs is None and time_budget is None:
-            raise UserError("give a number of epochs or a time budget")
-        if epochs is not None and epochs < 0:
-            raise UserError(f"epochs must be >= 0, got {epochs}")
-        if time_budget is not None and not time_budget > 0:
-            raise UserError(f"time budget must be > 0 seconds, got {time_budget}")
+        check_plan(epochs, time_budget)
         self.epochs = epochs
         self.time_budget = time_budget
         self.checkpoint_every = int(checkpoint_every or 0)

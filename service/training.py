@@ -84,12 +84,14 @@ def run_training(
     import backends
     from service import checkpoint as ckpt
     from service import rundir
-    from service.trainer import Trainer
+    from service.trainer import SEED_STREAMS, Trainer, check_plan
 
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
     if checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
+    if time_budget is not None:
+        check_plan(epochs, time_budget)  # before loading data or a framework
     if resume is not None:
         explicit = {
             "--out": out, "--preset": preset, "--image-size": image_size, "--batch-size": batch_size,
@@ -152,7 +154,7 @@ def run_training(
             "class_names": list(dataset.class_names),
             "fingerprint": dataset_fingerprint_of(dataset),
         }
-        seeds = {"config": config.seed, "trainer_stream": [config.seed, 1], "sample_noise_stream": [config.seed, 2]}
+        seeds = {"config": config.seed, **{name: [config.seed, stream] for name, stream in SEED_STREAMS.items()}}
         run_dir = rundir.create_run_dir(out, config, backend_name, data_info, seeds, training={"epochs": epochs})
 
     try:
@@ -208,7 +210,7 @@ def _load_dataset(source, labels, crop, strict, image_size, data_count, progress
     from service import data as data_module
 
     if source is None or source == DEFAULT_SOURCE:
-        return data_module.default_dataset(image_size, count=data_count)
+        return data_module.default_dataset(image_size, count=data_count, progress=progress)
     return data_module.load_images(source, image_size, labels_csv=labels, crop=crop, strict=strict, progress=progress)
 
 

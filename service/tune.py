@@ -65,18 +65,7 @@ class TuneSettings:
             raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
 
 
-def backend_supports_diffaugment(backend_name: str, base: GANConfig) -> bool:
-    """Whether the backend builds a model with DiffAugment on (the check is the build itself)."""
-    import backends
-
-    try:
-        backends.get(backend_name, base.replace(diffaugment=DIFFAUGMENT_ON))
-    except (ConfigError, NotImplementedError, ValueError):
-        return False
-    return True
-
-
-def search_space(settings: TuneSettings, diffaugment: bool) -> dict:
+def search_space(settings: TuneSettings) -> dict:
     from ray import tune
 
     return {
@@ -87,7 +76,7 @@ def search_space(settings: TuneSettings, diffaugment: bool) -> dict:
         "margin": tune.uniform(0.05, 1.0),
         "width": tune.choice(list(settings.widths)),
         "batch_size": tune.choice(list(settings.batch_sizes)),
-        "diffaugment": tune.choice(["", DIFFAUGMENT_ON]) if diffaugment else "",
+        "diffaugment": tune.choice(["", DIFFAUGMENT_ON]),
     }
 
 
@@ -201,7 +190,6 @@ def run_tune(settings: TuneSettings, dataset) -> dict:
     local_cpus = None if (settings.address or os.environ.get("RAY_ADDRESS")) else os.cpu_count()
 
     with ray_session(settings.address, num_cpus=local_cpus):
-        diffaugment = backend_supports_diffaugment(settings.backend, base_config)
         trainable = tune.with_resources(
             tune.with_parameters(
                 run_trial, base=base, backend_name=settings.backend, epochs=settings.epochs,
@@ -215,7 +203,7 @@ def run_tune(settings: TuneSettings, dataset) -> dict:
         )
         tuner = tune.Tuner(
             trainable,
-            param_space=search_space(settings, diffaugment),
+            param_space=search_space(settings),
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode="min", num_samples=settings.trials, scheduler=scheduler,
                 time_budget_s=settings.time_budget,
@@ -230,10 +218,10 @@ def run_tune(settings: TuneSettings, dataset) -> dict:
             ),
         )
         results = tuner.fit()
-    return summarise(results, out_dir, base, diffaugment)
+    return summarise(results, out_dir, base)
 
 
-def summarise(results, out_dir: Path, base: dict, diffaugment: bool) -> dict:
+def summarise(results, out_dir: Path, base: dict) -> dict:
     """trials.csv (every trial) and best_config.json (the trial with the lowest SWD seen)."""
     rows = []
     for result in results:
@@ -274,7 +262,6 @@ def summarise(results, out_dir: Path, base: dict, diffaugment: bool) -> dict:
         "best_config": out_dir / "best_config.json",
         "best_swd": min(r["best_swd"] for r in scored),
         "best_checkpoint": None if best_checkpoint is None else best_checkpoint.path,
-        "diffaugment_searched": diffaugment,
     }
 
 

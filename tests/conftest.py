@@ -1,24 +1,22 @@
-"""Shared fixtures: one `backend_name` fixture parametrized over the installed backends."""
+"""Shared fixtures: one `backend_name` fixture parametrized over both backends.
+
+Both backends are required dependencies: a backend that fails to import fails the tests that
+use it (an error naming the import), never a skip.
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-BACKEND_MODULES = {"numpy": "numba", "tf": "tensorflow"}
+from backends import BACKENDS  # noqa: E402
 
 
-@pytest.fixture(params=sorted(BACKEND_MODULES), ids=lambda name: f"backend={name}")
+@pytest.fixture(params=sorted(BACKENDS), ids=lambda name: f"backend={name}")
 def backend_name(request):
-    name = request.param
-    if importlib.util.find_spec(BACKEND_MODULES[name]) is None:
-        pytest.skip(f"{BACKEND_MODULES[name]} is not installed")
-    try:
-        importlib.import_module(f"backends.{name}")
-    except ImportError as e:  # the backend has not landed yet
-        pytest.skip(f"backend {name} not available: {e}")
-    return name
+    importlib.import_module(f"backends.{request.param}")
+    return request.param

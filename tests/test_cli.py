@@ -15,3 +15,50 @@ def test_help_lists_every_command():
     assert out.returncode == 0
     for name in ("train", "generate", "validate", "tune", "sample-data"):
         assert name in out.stdout
+
+
+def run_cli(*args, env_extra=None, cwd=None):
+    """`python -m service.run ARGS` in a fresh process, with TensorFlow's log settings unset
+    (as a user's shell has them), so what the user would see is what the test sees."""
+    import os
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LESIONGAN_TF_LOGS")}
+    env.update(env_extra or {})
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "service.run", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd or repo, timeout=600)
+
+
+def test_bad_input_is_one_line_with_no_framework_noise(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "rank.npz", train_images=np.zeros((2, 32, 32, 3, 1), np.uint8))
+    np.savez(tmp_path / "none.npz", pictures=np.zeros((2, 32, 32, 3), np.uint8))
+    cases = [
+        (["train", "--data", str(tmp_path / "rank.npz"), "--out", str(tmp_path / "a"), "--backend", "tf"], "must be (N, H, W)"),
+        (["train", "--data", str(tmp_path / "none.npz"), "--out", str(tmp_path / "b"), "--backend", "tf"], "no image array"),
+        (["train", "--out", str(tmp_path / "c"), "--time-budget", "-3", "--backend", "tf"], "--time-budget must be > 0"),
+    ]
+    for args, message in cases:
+        done = run_cli(*args)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+
+
+def test_a_tf_run_keeps_tensorflow_start_up_logs_out_unless_verbose(tmp_path):
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "tiny.npz", train_images=images)
+    common = ["--data", str(tmp_path / "tiny.npz"), "--backend", "tf", "--epochs", "1", "--batch-size", "4", "--no-progress"]
+    quiet = run_cli("train", "--out", str(tmp_path / "quiet"), *common)
+    assert quiet.returncode == 0, quiet.stderr[-500:]
+    assert quiet.stderr == "", quiet.stderr
+
+
+def test_verbose_asks_for_the_framework_logs(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LESIONGAN_TF_LOGS", raising=False)
+    assert main(["train", "--out", str(tmp_path / "r"), "--time-budget", "-1", "--verbose"]) == 2
+    import os
+
+    assert os.environ["LESIONGAN_TF_LOGS"] == "1"

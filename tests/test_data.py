@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from backends.config import CLASS_NAMES
+from service.data import CLASS_NAMES
 from service import data
-from service.data import default_dataset, iterate_batches, load_images, split
+from service.data import default_dataset, load_images, split
 from service.errors import UserError
 from service.imageio import to_uint8
 from service.run import main
@@ -387,15 +387,6 @@ def test_npz_with_x_and_a_source_image_array_loads_groups(tmp_path):
     np.savez(tmp_path / "bad.npz", x=images, image=np.zeros(5, np.int16))
     with pytest.raises(UserError, match="image must hold one integer group per image"):
         load_images(tmp_path / "bad.npz", 32)
-
-
-def test_iterate_batches_covers_an_epoch_once():
-    batches = list(iterate_batches(10, 4, np.random.default_rng(0)))
-    assert [len(b) for b in batches] == [4, 4, 2]
-    assert sorted(np.concatenate(batches).tolist()) == list(range(10))
-    again = list(iterate_batches(10, 4, np.random.default_rng(0)))
-    assert all((a == b).all() for a, b in zip(batches, again))
-    assert not np.array_equal(np.concatenate(batches), np.arange(10))
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402
 
 from backends.config import GANConfig  # noqa: E402
 from service import generation  # noqa: E402
@@ -95,7 +95,6 @@ def test_ray_output_is_byte_identical_to_in_process(ray_cluster, run_dir, refere
 
 
 def test_tf_backend_on_ray_matches_in_process(ray_cluster, run_dir, tmp_path):
-    pytest.importorskip("tensorflow")
     jobs = {
         place: generation.plan_job(run_dir, 40, tmp_path / place, seed=7, backend="tf", batch_size=8, shard_size=SHARD)
         for place in ("local", "ray")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("backends.tf")  # before TensorFlow itself: it sets TF start-up options
+import backends.tf  # noqa: E402,F401  (before TensorFlow itself: it sets TF start-up options)
 
 from backends import spec  # noqa: E402
 from backends.config import GANConfig  # noqa: E402

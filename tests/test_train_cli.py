@@ -18,8 +18,6 @@ from service import checkpoint as ckpt
 from service.rundir import METRICS_FILE
 from service.run import main
 
-pytest.importorskip("backends.numpy")
-
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"width": 4, "max_width": 16, "latent_dim": 8, "batch_size": 4, "max_rebalance_steps": 2}
 

@@ -332,10 +332,6 @@ def test_grid_labels_give_whole_rows_per_class():
 
 @pytest.fixture
 def make_backend():
-    try:
-        import backends.numpy  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"numpy backend not available: {e}")
     import backends
 
     return lambda config: backends.get("numpy", config)

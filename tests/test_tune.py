@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402
 
 from backends.config import GANConfig  # noqa: E402
 from service.run import main  # noqa: E402
@@ -80,23 +80,8 @@ def test_bad_input_is_exit_2_with_one_line(tmp_path, capsys, extra, message):
     assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
-def test_diffaugment_is_searched_only_where_the_backend_builds_it(monkeypatch):
-    import backends
-    from backends.config import ConfigError
-    from service.tune import DIFFAUGMENT_ON, TuneSettings, backend_supports_diffaugment, search_space
-
-    base = GANConfig(image_size=32, width=8, max_width=32)
-    asked = []
-
-    def refusing(name, config):
-        asked.append(config.diffaugment)
-        raise ConfigError("diffaugment is not available in this backend")
-
-    monkeypatch.setattr(backends, "get", refusing)
-    assert backend_supports_diffaugment("tf", base) is False and asked == [DIFFAUGMENT_ON]
-    monkeypatch.setattr(backends, "get", lambda name, config: object())
-    assert backend_supports_diffaugment("tf", base) is True
+def test_the_search_tries_training_with_and_without_diffaugment():
+    from service.tune import DIFFAUGMENT_ON, TuneSettings, search_space
 
     settings = TuneSettings(trials=1, time_budget=1, out_dir=None)
-    assert search_space(settings, diffaugment=False)["diffaugment"] == ""
-    assert set(search_space(settings, diffaugment=True)["diffaugment"].categories) == {"", DIFFAUGMENT_ON}
+    assert set(search_space(settings)["diffaugment"].categories) == {"", DIFFAUGMENT_ON}

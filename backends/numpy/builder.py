@@ -8,17 +8,6 @@ import core
 from backends import spec
 from backends.config import GANConfig
 
-BN_MOMENTUM, BN_EPSILON = 0.99, 1e-3  # Keras defaults, as the spec fixes
-
-
-def _fusable(layers: list[spec.Layer], index: int) -> bool:
-    """Nearest upsampling straight into a stride-1 'same' conv: built as one fused layer."""
-    if index + 1 >= len(layers):
-        return False
-    after = layers[index + 1]
-    return after.kind == "conv" and after.args.get("stride", 1) == 1 and after.args.get("padding", "same") == "same"
-
-
 def build_network(
     config: GANConfig, net: str, init_rng: np.random.Generator, dropout_rng: np.random.Generator,
     prefix: str | None = None,
@@ -32,7 +21,7 @@ def build_network(
     while index < len(layers_spec):
         layer = layers_spec[index]
         a = layer.args
-        if layer.kind == "upsample" and _fusable(layers_spec, index):
+        if spec.fuses_with_next(layers_spec, index):
             conv = layers_spec[index + 1]
             c = conv.args
             built.append(
@@ -52,7 +41,7 @@ def build_network(
         elif layer.kind == "upsample":
             built.append(core.UpSampling2D(layer.name, a["factor"]))
         elif layer.kind == "bn":
-            built.append(core.BatchNormalization(layer.name, a["channels"], BN_MOMENTUM, BN_EPSILON, dtype))
+            built.append(core.BatchNormalization(layer.name, a["channels"], a["momentum"], a["epsilon"], dtype))
         elif layer.kind == "relu":
             built.append(core.ReLU(layer.name))
         elif layer.kind == "leaky_relu":

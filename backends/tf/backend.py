@@ -15,7 +15,6 @@ import numpy as np
 
 from backends.tf import runtime  # sets TF's start-up options and thread pools before TF starts
 
-import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from backends import spec  # noqa: E402
@@ -71,10 +70,8 @@ class TFBackend(Backend):
         self.trainable = {
             net: [self.weights[n] for n in spec.trainable_names(config, net)] for net in spec.NETS
         }
-        self.optimizers = {
-            "generator": self._adam(config.lr_g, "generator"),
-            "discriminator": self._adam(config.lr_d, "discriminator"),
-        }
+        # Adam's state as plain variables named by the spec; the update is TF's own ApplyAdam
+        # kernel (see _apply_adam), so no optimizer object and none of its private slots.
         self.optimizer_state = self._optimizer_state_variables()
         # set_learning_rate_scale's factor: float64, so a float64 run's rates are not rounded
         self.learning_rate_scale = tf.Variable(1.0, dtype=tf.float64, trainable=False, name="lr_scale")
@@ -89,39 +86,29 @@ class TFBackend(Backend):
         self._compile_steps()
 
     # --- construction ---
-    def _adam(self, learning_rate: float, net: str) -> keras.optimizers.Adam:
-        c = self.config
-        optimizer = keras.optimizers.Adam(
-            learning_rate=learning_rate, beta_1=c.beta_1, beta_2=c.beta_2, epsilon=c.epsilon, name=f"adam_{net}"
-        )
-        optimizer.build(self.trainable[net])  # slots exist before any trace
-        return optimizer
-
     def _apply_adam(self, net: str, grads) -> None:
-        """One Adam update of `net` on the Keras optimizer's own slots and step counter.
-
-        Keras 3's Adam formula (alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t);
-        m += (g - m)(1 - beta_1); v += (g^2 - v)(1 - beta_2); w -= alpha m / (sqrt(v) + eps))
-        is exactly TensorFlow's ApplyAdam kernel, so each variable takes one fused kernel
-        instead of a dozen ops (faster to run and several times faster to trace).
+        """One Adam update of `net`, Keras 3's formula (alpha = lr * sqrt(1 - beta_2^t) /
+        (1 - beta_1^t); m += (g - m)(1 - beta_1); v += (g^2 - v)(1 - beta_2);
+        w -= alpha m / (sqrt(v) + eps)), which is exactly TensorFlow's ApplyAdam kernel: one
+        fused kernel per variable instead of a dozen ops (faster to run and to trace).
         """
-        optimizer = self.optimizers[net]
+        c = self.config
         variables = self.trainable[net]
         dtype = variables[0].dtype
-        step = tf.cast(optimizer.iterations + 1, dtype)
-        beta_1, beta_2 = tf.constant(optimizer.beta_1, dtype), tf.constant(optimizer.beta_2, dtype)
+        iterations = self.optimizer_state[f"opt/{net}/iterations"]
+        step = tf.cast(iterations + 1, dtype)
+        beta_1, beta_2 = tf.constant(c.beta_1, dtype), tf.constant(c.beta_2, dtype)
         beta_1_power, beta_2_power = tf.pow(beta_1, step), tf.pow(beta_2, step)
-        # The configured rate in the variables' dtype (Keras keeps it as a float32 variable, which
-        # would round it in float64 runs), times the schedule's current factor.
-        rate = self.config.lr_g if net == "generator" else self.config.lr_d
+        epsilon = tf.constant(c.epsilon, dtype)
+        # the configured rate in the variables' dtype (a float64 run's rate is not rounded to
+        # float32), times the schedule's current factor
+        rate = c.lr_g if net == "generator" else c.lr_d
         learning_rate = tf.cast(tf.constant(rate, tf.float64) * self.learning_rate_scale, dtype)
-        epsilon = tf.constant(optimizer.epsilon, dtype)
-        for variable, grad in zip(variables, grads):
-            index = optimizer._get_variable_index(variable)
+        for name, variable, grad in zip(spec.trainable_names(c, net), variables, grads):
             tf.raw_ops.ResourceApplyAdam(
                 var=variable.handle,
-                m=optimizer._momentums[index].handle,
-                v=optimizer._velocities[index].handle,
+                m=self.optimizer_state[f"opt/{net}/m/{name}"].handle,
+                v=self.optimizer_state[f"opt/{net}/v/{name}"].handle,
                 beta1_power=beta_1_power,
                 beta2_power=beta_2_power,
                 lr=learning_rate,
@@ -130,7 +117,7 @@ class TFBackend(Backend):
                 epsilon=epsilon,
                 grad=tf.cast(grad, dtype),
             )
-        optimizer.iterations.assign_add(1)
+        iterations.assign_add(1)
 
     def _apply_generator(self, grads, batch) -> None:
         """G's Adam update, then the averaged generator's step toward G (spec.ema_beta; the
@@ -140,7 +127,7 @@ class TFBackend(Backend):
             return
         c = self.config
         batch = tf.cast(batch, tf.float64)
-        images_seen = tf.cast(self.optimizers["generator"].iterations - 1, tf.float64) * batch
+        images_seen = tf.cast(self.optimizer_state["opt/generator/iterations"] - 1, tf.float64) * batch
         half_life = tf.constant(c.ema_kimg * 1000.0, tf.float64)
         if c.ema_rampup > 0:
             half_life = tf.minimum(half_life, images_seen * c.ema_rampup)
@@ -149,14 +136,16 @@ class TFBackend(Backend):
             average.assign_add(tf.cast(1.0 - beta, average.dtype) * (variable - average))
 
     def _optimizer_state_variables(self) -> dict:
+        """"opt/<net>/m|v/<weight>" (zeros like the weight) and "opt/<net>/iterations"."""
         state = {}
         for net in spec.NETS:
-            optimizer = self.optimizers[net]
             for name in spec.trainable_names(self.config, net):
-                index = optimizer._get_variable_index(self.weights[name])
-                state[f"opt/{net}/m/{name}"] = optimizer._momentums[index]
-                state[f"opt/{net}/v/{name}"] = optimizer._velocities[index]
-            state[f"opt/{net}/iterations"] = optimizer.iterations
+                weight = self.weights[name]
+                for slot in ("m", "v"):
+                    state[f"opt/{net}/{slot}/{name}"] = tf.Variable(
+                        tf.zeros(weight.shape, weight.dtype), trainable=False, name=f"{slot}_{name.replace('/', '_')}"
+                    )
+            state[f"opt/{net}/iterations"] = tf.Variable(0, dtype=tf.int64, trainable=False, name=f"iterations_{net}")
         return state
 
     def _signature(self, *parts: str) -> list:

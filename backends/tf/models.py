@@ -13,9 +13,6 @@ import tensorflow as tf
 from backends import spec
 from backends.config import GANConfig
 
-BN_MOMENTUM = 0.99
-BN_EPSILON = 1e-3
-
 # Layers whose output leaves the network stay in full precision under mixed precision:
 # G's images and D's logits feed the loss and the caller.
 FULL_PRECISION_OUTPUTS = {("generator", "tanh"), ("discriminator", "dense")}
@@ -167,14 +164,6 @@ class UpSampleConv2D(keras.layers.Layer):
         return (batch, None if height is None else 2 * height, None if width is None else 2 * width, self.filters)
 
 
-def _fusable(layers: list[spec.Layer], index: int) -> bool:
-    """A 2x upsampling straight into a stride-1 'same' conv: built as one UpSampleConv2D."""
-    if layers[index].kind != "upsample" or layers[index].args["factor"] != 2 or index + 1 >= len(layers):
-        return False
-    after = layers[index + 1]
-    return after.kind == "conv" and after.args["stride"] == 1 and after.args["padding"] == "same"
-
-
 def dtype_policy(config: GANConfig) -> str:
     if config.dtype == "float64":
         return "float64"
@@ -206,7 +195,7 @@ def _keras_layer(layer: spec.Layer, net: str, config: GANConfig, seed: int, poli
             **common,
         )
     if layer.kind == "bn":
-        return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, **common)
+        return keras.layers.BatchNormalization(momentum=a["momentum"], epsilon=a["epsilon"], **common)
     if layer.kind == "relu":
         return keras.layers.ReLU(**common)
     if layer.kind == "leaky_relu":
@@ -240,7 +229,7 @@ def build_network(config: GANConfig, net: str, name: str | None = None) -> keras
         if skip_next:
             skip_next = False
             continue
-        if fuse and _fusable(spec_layers, index):
+        if fuse and spec.fuses_with_next(spec_layers, index):
             conv = spec_layers[index + 1]
             layers.append(
                 UpSampleConv2D(
@@ -257,17 +246,6 @@ def build_network(config: GANConfig, net: str, name: str | None = None) -> keras
     return keras.Sequential(layers, name=name or net)
 
 
-_PARAM_ATTRIBUTES = {
-    "kernel": "kernel",
-    "bias": "bias",
-    "gamma": "gamma",
-    "beta": "beta",
-    "moving_mean": "moving_mean",
-    "moving_variance": "moving_variance",
-    "sn_u": "sn_u",
-}
-
-
 def weight_variables(config: GANConfig, net: str, model: keras.Sequential) -> dict:
     """Shared weight name -> Keras variable, in spec order; shapes checked against the spec."""
     variables = {}
@@ -275,7 +253,7 @@ def weight_variables(config: GANConfig, net: str, model: keras.Sequential) -> di
         params = spec.layer_param_shapes(layer)
         keras_layer = model.get_layer(layer.name) if params else None
         for param, shape in params.items():
-            variable = getattr(keras_layer, _PARAM_ATTRIBUTES[param])
+            variable = getattr(keras_layer, param)  # Keras names its variables' attributes as the spec does
             if tuple(variable.shape) != tuple(shape):
                 raise AssertionError(f"{net}/{layer.name}/{param}: Keras shape {variable.shape}, spec {shape}")
             variables[f"{net}/{layer.name}/{param}"] = variable

@@ -10,11 +10,15 @@ from __future__ import annotations
 import math
 import os
 import sys
+import tempfile
 import warnings
 
 # TensorFlow's C++ start-up chatter (no CUDA driver, oneDNN notices, "oneDNN supports DT_INT32
 # only on platforms with AVX-512") is not for users of a CLI; real failures still raise in Python.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# LESIONGAN_TF_LOGS=1 (the CLI's --verbose) keeps all of it.
+SHOW_TF_LOGS = os.environ.get("LESIONGAN_TF_LOGS", "") not in ("", "0")
+if not SHOW_TF_LOGS:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # oneDNN kernels: TensorFlow turns them on by default only on CPUs with AVX-512-class features,
 # yet on AVX2 CPUs they run the conv gradients 2-10x faster than the default kernels (measured
 # here: Conv2DBackpropFilter 64x64x32->3 at 0.8 vs 8.6 GFLOP/s per core). Only effective when
@@ -24,7 +28,34 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 _ONEDNN_TOO_LATE = "tensorflow" in sys.modules and "TF_ENABLE_ONEDNN_OPTS" not in os.environ
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-import tensorflow as tf  # noqa: E402
+
+
+def _import_tensorflow():
+    """Import TensorFlow with the process's stderr (file descriptor 2) held aside unless
+    SHOW_TF_LOGS: its absl log lines at load time ignore TF_CPP_MIN_LOG_LEVEL. What it wrote
+    is shown if the import fails."""
+    if SHOW_TF_LOGS:
+        import tensorflow
+
+        return tensorflow
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tensorflow
+
+
+tf = _import_tensorflow()
 
 
 def available_cores() -> int:

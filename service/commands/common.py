@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from backends import BACKENDS
 from backends.config import SUPPORTED_IMAGE_SIZES
 from backends.presets import PRESETS
+from service.data import CROP_MODES
+from service.training import DEFAULT_BACKEND
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("tf", "numpy"), default="tf", help="compute backend (default: tf)")
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help=f"compute backend (default: {DEFAULT_BACKEND})")
 
 
 def add_seed(p: argparse.ArgumentParser) -> None:
@@ -26,8 +29,12 @@ def add_data(p: argparse.ArgumentParser, required: bool = False) -> None:
         "(default: the embedded stand-in dataset)",
     )
     p.add_argument("--labels", metavar="CSV", help="ground-truth CSV (image_id,melanoma,seborrheic_keratosis)")
-    p.add_argument("--crop", choices=("center", "squash"), default="center", help="fit images by center-crop (default) or squash")
+    add_crop(p)
     p.add_argument("--strict", action="store_true", help="stop on the first unreadable image instead of skipping it")
+
+
+def add_crop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crop", choices=CROP_MODES, default=CROP_MODES[0], help="fit images by center-crop (default) or squash")
 
 
 def add_image_size(p: argparse.ArgumentParser, what: str = "image side in pixels") -> None:
@@ -57,13 +64,3 @@ def add_progress(p: argparse.ArgumentParser) -> None:
 def show_progress(args) -> bool:
     """--progress / --no-progress as given, else on exactly when stderr is a terminal."""
     return sys.stderr.isatty() if args.progress is None else bool(args.progress)
-
-
-def not_implemented(what: str):
-    """For a command whose issue has not landed: exit 2, never a fake result."""
-    from service.errors import NotImplementedYet
-
-    def run(args):
-        raise NotImplementedYet(what)
-
-    return run

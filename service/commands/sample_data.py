@@ -6,7 +6,7 @@ sizes, superpixel PNGs, ground-truth CSV) lets users and tests exercise the real
 
 from __future__ import annotations
 
-from backends.config import CLASS_NAMES
+from service.data import CLASS_NAMES
 from service.commands.common import add_progress, add_seed, show_progress
 from service.errors import UserError
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backends.config import CLASS_NAMES
-from service.commands.common import add_image_size, add_progress, add_seed, show_progress
+from service.commands.common import add_crop, add_image_size, add_progress, add_seed, show_progress
 from service.training import DEFAULT_IMAGE_SIZE
 from service.errors import UserError
 
@@ -25,7 +24,7 @@ def add_arguments(p):
     p.add_argument("--out", metavar="DIR", required=True, help="output folder for metrics.json, report.html and figures")
     add_image_size(p, "compare at this side in pixels")
     p.add_argument("--labels", metavar="CSV", help="ground-truth CSV of the real (and training) images, for per-class values")
-    p.add_argument("--crop", choices=("center", "squash"), default="center", help="fit images by center-crop (default) or squash")
+    add_crop(p)
     p.add_argument("--run", metavar="RUN_DIR", help="a training run directory: its loss curve goes into the report")
     p.add_argument("--inception-weights", metavar="PATH", help="Keras InceptionV3 weights (.h5/.keras): adds standard FID/KID")
     add_seed(p)
@@ -38,8 +37,8 @@ def _load(path, image_size: int, args, labels_csv=None):
     return load_images(path, image_size, labels_csv=labels_csv, crop=args.crop, progress=show_progress(args))
 
 
-def manifest_labels(dataset) -> "np.ndarray | None":
-    """Class indices of a generated folder from its manifest.csv (file -> class name), if complete."""
+def generated_class_names(dataset) -> list[str] | None:
+    """Class names of a generated folder's images from its manifest.csv, if all are named."""
     from service.generation import MANIFEST_FILE, manifest_classes, read_manifest
 
     if not dataset.files:
@@ -48,8 +47,7 @@ def manifest_labels(dataset) -> "np.ndarray | None":
     if not (folder / MANIFEST_FILE).is_file():
         return None
     by_file = {row.get("file", ""): row for row in read_manifest(folder)}
-    rows = [by_file.get(Path(name).name, {}) for name in dataset.files]
-    return manifest_classes(rows)
+    return manifest_classes([by_file.get(Path(name).name, {}) for name in dataset.files])
 
 
 def run(args) -> int:
@@ -65,18 +63,15 @@ def run(args) -> int:
     fake = _load(args.fake, image_size, args)
     train = _load(args.train, image_size, args, args.labels) if args.train else None
 
-    fake_labels = fake.labels
-    fake_class_names = fake.class_names
-    if fake_labels is None:
-        fake_labels = manifest_labels(fake)
-        fake_class_names = CLASS_NAMES
+    from service.generation import class_indices
+
+    # generated classes as the real set's class indices; no per-class values if they do not match
+    if fake.labels is not None:
+        fake_names = [fake.class_names[i] for i in fake.labels]
+    else:
+        fake_names = generated_class_names(fake)
     real_labels, class_names = real.labels, real.class_names
-    if real_labels is not None and fake_labels is not None and tuple(class_names) != tuple(fake_class_names):
-        # match generated classes to the real set's names; drop per-class values if they cannot be matched
-        if set(fake_class_names[i] for i in set(fake_labels)) <= set(class_names):
-            fake_labels = [list(class_names).index(fake_class_names[i]) for i in fake_labels]
-        else:
-            fake_labels = None
+    fake_labels = class_indices(fake_names, class_names) if real_labels is not None else None
     result = validate_sets(
         real.images,
         fake.images,

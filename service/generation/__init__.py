@@ -23,7 +23,7 @@ index (i % num_classes: nevus, melanoma, seborrheic_keratosis, nevus, ...), a ba
 """
 
 from service.generation.job import (
-    MANIFEST_FILE, PARTS_DIR, STATE_DIR, GenerationJob, image_file_name, manifest_classes, noise_for_indices,
+    MANIFEST_FILE, PARTS_DIR, STATE_DIR, GenerationJob, class_indices, image_file_name, manifest_classes, noise_for_indices,
     plan_job, read_generated, read_manifest,
 )
 from service.generation.runners import (
@@ -31,7 +31,7 @@ from service.generation.runners import (
 )
 
 __all__ = [
-    "MANIFEST_FILE", "PARTS_DIR", "STATE_DIR", "GenerationJob", "GenerationResult", "describe", "generate_in_process",
+    "MANIFEST_FILE", "PARTS_DIR", "STATE_DIR", "GenerationJob", "GenerationResult", "class_indices", "describe", "generate_in_process",
     "generate_on_ray", "image_file_name", "load_generator", "manifest_classes", "noise_for_indices", "plan_job",
     "read_generated", "read_manifest", "run_shard_task",
 ]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.config import CLASS_NAMES, GANConfig
+from backends import BACKENDS
+from backends.config import GANConfig
 from backends.noise import sample_noise
 from service.errors import UserError
 from service.files import TEMP_PREFIX, atomic_file, write_json
@@ -36,7 +37,7 @@ class GenerationJob:
     count: int
     seed: int
     class_name: str | None  # fixed class, or None: cycle classes (conditional) / none
-    num_classes: int
+    class_names: tuple[str, ...]  # the run's classes, in label order; () for an unconditional run
     backend: str
     out_dir: str
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -71,21 +72,33 @@ def noise_for_indices(seed: int, indices, config: GANConfig) -> np.ndarray:
 
 
 def class_index_for(index: int, job: GenerationJob) -> int | None:
-    if job.num_classes == 0:
+    if not job.class_names:
         return None
     if job.class_name is not None:
-        return CLASS_NAMES.index(job.class_name)
-    return index % job.num_classes
+        return job.class_names.index(job.class_name)
+    return index % len(job.class_names)
 
 
-def check_class(class_name: str | None, config: GANConfig) -> None:
+def run_class_names(config: GANConfig, full_config: dict) -> tuple[str, ...]:
+    """A conditional run's class names in label order: those of the data it was trained on
+    (config.json data.class_names), else the ISIC 2017 names; () when unconditional."""
+    if config.num_classes == 0:
+        return ()
+    from service.data import CLASS_NAMES
+
+    names = tuple(full_config.get("data", {}).get("class_names") or ())
+    if len(names) < config.num_classes:
+        names = CLASS_NAMES if config.num_classes <= len(CLASS_NAMES) else tuple(f"class_{i}" for i in range(config.num_classes))
+    return names[: config.num_classes]
+
+
+def check_class(class_name: str | None, class_names: tuple[str, ...]) -> None:
     if class_name is None:
         return
-    if config.num_classes == 0:
+    if not class_names:
         raise UserError(f"--class {class_name}: this run is unconditional (trained without classes)")
-    known = CLASS_NAMES[: config.num_classes]
-    if class_name not in known:
-        raise UserError(f"unknown class {class_name!r}; this run knows {', '.join(known)}")
+    if class_name not in class_names:
+        raise UserError(f"unknown class {class_name!r}; this run knows {', '.join(class_names)}")
 
 
 # --- the output folder ---------------------------------------------------------------------
@@ -119,10 +132,11 @@ def plan_job(
         raise UserError(f"--seed must be in [0, 2^64), got {seed}")
     if batch_size < 1 or shard_size < 1:
         raise UserError("--batch-size and --shard-size must be positive")
-    if backend not in ("tf", "numpy"):
-        raise UserError(f"unknown backend {backend!r}; choose tf or numpy")
-    config, _ = load_config(run_dir)
-    check_class(class_name, config)
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    config, full = load_config(run_dir)
+    class_names = run_class_names(config, full)
+    check_class(class_name, class_names)
     checkpoint = latest_checkpoint(run_dir)
     return GenerationJob(
         run_dir=str(Path(run_dir).resolve()),
@@ -131,7 +145,7 @@ def plan_job(
         count=int(count),
         seed=int(seed),
         class_name=class_name,
-        num_classes=config.num_classes,
+        class_names=class_names,
         backend=backend,
         out_dir=str(Path(out_dir).resolve()),
         batch_size=int(batch_size),
@@ -210,16 +224,22 @@ def read_manifest(out_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def manifest_classes(rows: list[dict]) -> np.ndarray | None:
-    """Class indices of the rows, or None when any row has no class (an unconditional run)."""
+def manifest_classes(rows: list[dict]) -> list[str] | None:
+    """The class name of each row, or None when a row has none (an unconditional run)."""
     names = [row.get("class", "") for row in rows]
-    if not all(name in CLASS_NAMES for name in names):
+    return names if all(names) else None
+
+
+def class_indices(names: list[str] | None, class_names) -> np.ndarray | None:
+    """Generated images' class names as indices into another set's `class_names` (a real
+    set's, for per-class metrics); None when there are none or one is not among them."""
+    if names is None or not class_names or not set(names) <= set(class_names):
         return None
-    return np.array([CLASS_NAMES.index(name) for name in names], dtype=np.int64)
+    return np.array([list(class_names).index(name) for name in names], dtype=np.int64)
 
 
-def read_generated(out_dir) -> tuple[np.ndarray, np.ndarray | None]:
-    """A finished job's images (uint8 NHWC, index order) and their classes, if conditional."""
+def read_generated(out_dir) -> tuple[np.ndarray, list[str] | None]:
+    """A finished job's images (uint8 NHWC, index order) and their class names, if conditional."""
     from service.imageio import read_png
 
     rows = read_manifest(out_dir)

@@ -24,7 +24,7 @@ import numpy as np
 from service.errors import UserError
 from service.files import write_bytes
 from service.generation.job import (
-    CLASS_NAMES, GenerationJob, class_index_for, image_file_name, merge_manifest, noise_for_indices, part_path,
+    GenerationJob, class_index_for, image_file_name, merge_manifest, noise_for_indices, part_path,
     prepare_out_dir,
 )
 
@@ -54,12 +54,12 @@ def write_shard(backend, job: GenerationJob, shard: int) -> int:
         batch = range(start, min(start + job.batch_size, indices.stop))
         z = noise_for_indices(job.seed, batch, backend.config)
         classes = [class_index_for(i, job) for i in batch]
-        labels = None if job.num_classes == 0 else np.asarray(classes, dtype=np.int64)
+        labels = None if not job.class_names else np.asarray(classes, dtype=np.int64)
         images = to_uint8(backend.generate(z, labels))
         for i, image, cls in zip(batch, images, classes):
             name = image_file_name(i)
             save_png(out_dir / name, image)
-            writer.writerow([i, name, "" if cls is None else CLASS_NAMES[cls], job.seed, job.checkpoint_sha256])
+            writer.writerow([i, name, "" if cls is None else job.class_names[cls], job.seed, job.checkpoint_sha256])
     write_bytes(part_path(out_dir, shard), rows.getvalue().encode())
     return len(indices)
 
