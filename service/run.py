@@ -22,6 +22,7 @@ COMMANDS = {
     "validate": ("service.commands.validate", "compare real and generated images; writes a report"),
     "tune": ("service.commands.tune", "hyperparameter trials on Ray Tune"),
     "sample-data": ("service.commands.sample_data", "write the embedded stand-in dataset in ISIC 2017 layout"),
+    "export": ("service.commands.export", "write a run's generator as a standard Keras 3 model"),
 }
 MAIN_JOB = "service.commands.main_job"
 

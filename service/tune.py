@@ -53,6 +53,7 @@ class TuneSettings:
     seed: int = 0
     address: str | None = None
     base: dict = field(default_factory=dict)  # GANConfig fields shared by every trial
+    progress: bool = False  # a bar of trial epochs on stderr instead of Ray Tune's status tables
 
     def check(self) -> None:
         if self.trials < 1:
@@ -143,6 +144,37 @@ def run_trial(params: dict, base: dict, backend_name: str, epochs: int, cpus: fl
         shutil.rmtree(run_dir.parent, ignore_errors=True)
 
 
+def progress_callback(settings: TuneSettings):
+    """A Ray Tune callback that draws one bar on stderr: epochs reported, out of trials x
+    epochs at most (ASHA stops some trials sooner, so the bar may end short of 100%)."""
+    from ray import tune
+    from tqdm import tqdm
+
+    class TrialProgress(tune.Callback):
+        # Ray pickles its run config, callbacks included: the bar (which holds stderr) is made
+        # in setup, on the driver, when the search starts.
+        def setup(self, **info):
+            self.bar = tqdm(total=settings.trials * settings.epochs, desc="tune", unit="epoch", file=sys.stderr)
+            self.best = None
+            self.finished = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if METRIC in result:
+                self.best = result[METRIC] if self.best is None else min(self.best, result[METRIC])
+            self.bar.set_postfix_str(f"{self.finished}/{settings.trials} trials done, best SWD {self.best:.1f}"
+                                     if self.best is not None else f"{self.finished}/{settings.trials} trials done",
+                                     refresh=False)
+            self.bar.update(1)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.finished += 1
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return TrialProgress()
+
+
 def load_dataset(data: str | None, image_size: int, labels_csv=None, crop: str = "center",
                  max_images: int | None = None, seed: int = 0):
     from service.data import default_dataset, load_images
@@ -210,7 +242,8 @@ def run_tune(settings: TuneSettings, dataset) -> dict:
                 search_alg=BasicVariantGenerator(random_state=settings.seed),
             ),
             run_config=tune.RunConfig(
-                storage_path=str(out_dir), name=EXPERIMENT_NAME, verbose=1,
+                storage_path=str(out_dir), name=EXPERIMENT_NAME, verbose=0 if settings.progress else 1,
+                callbacks=[progress_callback(settings)] if settings.progress else None,
                 failure_config=tune.FailureConfig(max_failures=1),
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="min"

@@ -30,9 +30,10 @@ def ray_cluster():
 
 def test_two_tiny_trials_give_a_best_config_that_train_accepts(ray_cluster, tmp_path, capsys):
     out = tmp_path / "tune"
-    assert main(["tune", "--trials", "2", "--time-budget", "100", "--out", str(out), *TINY_TUNE]) == 0
-    printed = capsys.readouterr().out
-    assert "best SWD" in printed
+    assert main(["tune", "--trials", "2", "--time-budget", "100", "--out", str(out), *TINY_TUNE, "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert "best SWD" in captured.out
+    assert "tune:" in captured.err and "trials done" in captured.err  # the progress bar
 
     with open(out / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backends.presets import PRESETS
-from service.commands.common import add_backend, add_data, add_image_size, add_seed
+from service.commands.common import add_backend, add_data, add_image_size, add_progress, add_seed, show_progress
 from service.errors import UserError
 
 
@@ -37,6 +37,7 @@ def add_arguments(p):
     p.add_argument("--max-images", type=int, metavar="N", help="use at most N images (default: all; the stand-in dataset: 2000)")
     p.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION", help="share of images held out for SWD (default: 0.2)")
     add_seed(p)
+    add_progress(p)
 
 
 def run(args) -> int:
@@ -48,14 +49,11 @@ def run(args) -> int:
     from service.training import default_image_size
 
     image_size = args.image_size or default_image_size(args.data)
-    base = preset_config(
-        args.preset, image_size=image_size, num_classes=3 if args.conditional else 0, seed=args.seed
-    )
     settings = TuneSettings(
         trials=args.trials, time_budget=args.time_budget, out_dir=Path(args.out), backend=args.backend,
         epochs=args.epochs, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         widths=_int_list(args.widths), batch_sizes=_int_list(args.batch_sizes),
-        holdout_fraction=args.holdout, seed=args.seed, address=args.address, base=base.to_dict(),
+        holdout_fraction=args.holdout, seed=args.seed, address=args.address, progress=show_progress(args),
     )
     settings.check()  # before loading data
     if args.address:
@@ -66,5 +64,7 @@ def run(args) -> int:
                            max_images=args.max_images, seed=args.seed)
     if args.conditional and dataset.labels is None:
         raise UserError("--conditional needs class labels, and this dataset has none")
+    num_classes = (len(dataset.class_names) or int(dataset.labels.max()) + 1) if args.conditional else 0
+    settings.base = preset_config(args.preset, image_size=image_size, num_classes=num_classes, seed=args.seed).to_dict()
     print_summary(run_tune(settings, dataset))
     return 0

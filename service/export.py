@@ -1,0 +1,70 @@
+"""A run's generator as a standard Keras 3 model, for use in one's own Keras code.
+
+The model holds only Keras's own layers (Dense, BatchNormalization, ReLU, Reshape,
+UpSampling2D, Conv2D, tanh; the training backends' fused upsample-convolution is written out
+as its two layers), so `keras.saving.load_model(path)` needs nothing of this project. Its
+weights are the run's latest checkpoint's averaged generator where the run has one, else G's,
+from a run trained on either backend (the checkpoint names are the same).
+
+    unconditional:  model(z) -> images          z: (N, latent_dim) float32
+    conditional:    model([z, label]) -> images label: (N,) int class index
+images: (N, size, size, 3) float32 in [-1, 1], as `generate` makes them before PNG encoding
+(the same noise and label give the same image, to float tolerance).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.errors import UserError
+
+FORMATS = ("keras", "savedmodel")
+
+
+def build_generator_model(run_dir):
+    """(keras model, config, checkpoint path) of `run_dir`'s latest checkpoint."""
+    from backends import spec
+    from backends.tf.models import build_network, weight_variables
+    from service.checkpoint import latest_checkpoint, load_checkpoint, weights_only
+    from service.rundir import load_config
+
+    import keras
+
+    config, _ = load_config(run_dir)
+    checkpoint = latest_checkpoint(run_dir)
+    weights = weights_only(load_checkpoint(checkpoint))
+    plain = config.replace(dtype="float32", mixed_precision=False, extra={**config.extra, "fuse_upsample_conv": False})
+    generator = build_network(plain, "generator")
+    averaged = config.ema_kimg > 0
+    for name, variable in weight_variables(plain, "generator", generator).items():
+        variable.assign(weights[spec.ema_name(name) if averaged else name])
+    if config.num_classes == 0:
+        return generator, config, checkpoint
+    z = keras.Input(shape=(config.latent_dim,), name="z")
+    label = keras.Input(shape=(), dtype="int32", name="label")
+    one_hot = keras.layers.CategoryEncoding(num_tokens=config.num_classes, output_mode="one_hot", name="label_one_hot")(label)
+    images = generator(keras.layers.Concatenate(name="z_and_label")([z, one_hot]))
+    return keras.Model([z, label], images, name="conditional_generator"), config, checkpoint
+
+
+def export_generator(run_dir, out, fmt: str = "keras") -> dict:
+    """Write the model to `out` (a .keras file, or a SavedModel folder); returns what was written."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    if fmt == "keras" and out.suffix != ".keras":
+        raise UserError(f"--out {out}: a Keras model file must end in .keras")
+    if out.exists():
+        raise UserError(f"--out {out} already exists; choose a new path")
+    model, config, checkpoint = build_generator_model(run_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "keras":
+        model.save(out)
+    else:
+        model.export(str(out), format="tf_saved_model", verbose=False)
+    return {
+        "path": str(out), "format": fmt, "checkpoint": str(checkpoint),
+        "weights": "averaged generator" if config.ema_kimg > 0 else "generator",
+        "inputs": "[z, label]" if config.num_classes else "z", "latent_dim": config.latent_dim,
+        "noise": config.noise, "image_size": config.image_size,
+    }
