@@ -43,7 +43,7 @@ import numpy as np
 
 HOLDOUT_SEED = 2017  # the fixed draw of held-out groups
 PCA_COMPONENTS = 64
-METRICS = ("swd", "fd", "pca_fd", "precision", "recall", "density", "coverage", "copies")
+METRICS = ("swd", "fd", "pca_fd", "precision", "recall", "density", "coverage", "mean_hp", "copies")
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -116,6 +116,7 @@ class Scorer:
         pixels = protocol.train_uint8.reshape(len(protocol.train_uint8), -1).astype(np.float32) / 255.0
         self.pca = PCA(n_components=min(PCA_COMPONENTS, *pixels.shape), random_state=0).fit(pixels)
         self.reference_pca = self._pca(protocol.reference)
+        self.reference_mean_hp = mean_image_highpass(protocol.reference)
 
     def _pca(self, images: np.ndarray) -> np.ndarray:
         return self.pca.transform(images.reshape(len(images), -1).astype(np.float32) / 255.0)
@@ -134,16 +135,27 @@ class Scorer:
             "pca_fd": frechet_distance(self.reference_pca, self._pca(images)),
             **precision_recall(self.reference_features, features),
             **density_coverage(self.reference_features, features),
+            # marks at fixed places survive averaging over images; real images average to a
+            # smooth field: high-pass energy of the mean image, over the reference's
+            "mean_hp": mean_image_highpass(images) / self.reference_mean_hp,
             # a floor set is training images: the audit would flag every one of them
             "copies": audit_summary(memorization_audit(self.protocol.train_uint8, images))["copies"] if audit else None,
         }
+
+
+def mean_image_highpass(images: np.ndarray) -> float:
+    """Energy (mean square) of the Laplacian of the set's mean image, per pixel and channel."""
+    import cv2
+
+    mean = images.astype(np.float64).mean(axis=0)
+    return float(np.mean(cv2.Laplacian(mean, cv2.CV_64F) ** 2))
 
 
 def format_scores(scores: dict) -> str:
     levels = ", ".join(f"{v:.1f}" for v in scores["swd_levels"].values())
     return (f"SWD {scores['swd']:6.1f} ({levels})  FD {scores['fd']:7.3f}  pcaFD {scores['pca_fd']:6.2f}  "
             f"P {scores['precision']:.2f} R {scores['recall']:.2f} D {scores['density']:.2f} "
-            f"C {scores['coverage']:.2f}" + ("" if scores["copies"] is None else f"  copies {scores['copies']}"))
+            f"C {scores['coverage']:.2f}  meanHP {scores['mean_hp']:.2f}" + ("" if scores["copies"] is None else f"  copies {scores['copies']}"))
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -167,7 +179,8 @@ def format_summary(name: str, summary: dict, count: int) -> str:
 
     levels = "  ".join(f"L{k[4:]} {cell(k)}" for k in summary if k.startswith("swd_"))
     return (f"{name:40s} n={count}  SWD {cell('swd')}  {levels}  FD {cell('fd', 3)}  pcaFD {cell('pca_fd', 2)}  "
-            f"P {cell('precision', 2)}  R {cell('recall', 2)}  C {cell('coverage', 2)}  D {cell('density', 2)}"
+            f"P {cell('precision', 2)}  R {cell('recall', 2)}  C {cell('coverage', 2)}  D {cell('density', 2)}  "
+            f"meanHP {cell('mean_hp', 2)}"
             + (f"  copies {cell('copies', 0)}" if "copies" in summary else ""))
 
 

@@ -101,7 +101,7 @@ def run_main_job(job: MainJob) -> dict:
         real.images, fake, train=train.images, out_dir=report_dir,
         real_labels=real.labels if fake_labels is not None else None, fake_labels=fake_labels,
         class_names=real.class_names, run_dir=run_dir, progress=job.progress, seed=job.seed,
-        real_groups=real.groups,
+        real_groups=real.groups, train_groups=train.groups,
     )
     return {"run_dir": run_dir, "generated": generated_dir, "report": report_dir / "report.html",
             "results": results, "seconds": time.perf_counter() - started}

@@ -220,6 +220,50 @@ def test_audit_flags_copies_and_not_novel_images():
     assert held_out["copies"] == 0 and 0.7 < held_out["median_ratio"] < 1.6
 
 
+def shifted(images, dy: int, dx: int):
+    """Images moved by (dy, dx) pixels, the uncovered edge repeated (not wrapped around)."""
+    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    return np.stack([cv2.warpAffine(image, matrix, image.shape[1::-1], borderMode=cv2.BORDER_REPLICATE) for image in images])
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_audit_flags_turned_mirrored_shifted_noisy_and_recoloured_copies(size):
+    """A lesion has no canonical orientation: a training image mirrored, turned, moved by a few
+    pixels, lightly noised or slightly recoloured is still a copy; novel images are not."""
+    train = lesion_like_images(150, size=size, seed=20)
+    rng = np.random.default_rng(1)
+    picked = rng.choice(150, 10, replace=False)
+    source = train[picked]
+    step = size // 32 * 3  # 3 px at 32x32, 6 px at 64x64: the audit's reach at its 32x32 scale
+    transformed = {
+        "mirrored": source[:, :, ::-1],
+        "turned 90": np.rot90(source, 1, axes=(1, 2)),
+        "turned 180 and mirrored": np.rot90(source, 2, axes=(1, 2))[:, ::-1],
+        "shifted": shifted(source, step, -step),
+        "noised": np.clip(source + rng.normal(0, 4, source.shape), 0, 255).astype(np.uint8),
+        "recoloured": brighten(source, np.array([5, -3, 2])),
+    }
+    for name, copies in transformed.items():
+        audit = memorization.memorization_audit(train, np.ascontiguousarray(copies))
+        assert audit["copies"] == len(copies), (name, audit["ratio"])
+        np.testing.assert_array_equal(audit["nearest_train"], picked, err_msg=name)
+    novel = memorization.memorization_audit(train, lesion_like_images(60, size=size, seed=21))
+    assert novel["copies"] == 0 and 0.7 < novel["median_ratio"] < 1.6
+
+
+def test_audit_gap_skips_the_copy_s_own_group():
+    """Overlapping patches of one source image are not other images: with groups, a training
+    image's gap is measured to other sources, so copies of it still stand out."""
+    sources = lesion_like_images(40, seed=22)
+    train = np.concatenate([sources, shifted(sources, 1, 1)])  # each source twice, one pixel apart
+    groups = np.concatenate([np.arange(40), np.arange(40)])
+    fake = sources[:8]
+    without = memorization.memorization_audit(train, fake)
+    grouped = memorization.memorization_audit(train, fake, groups)
+    assert grouped["copies"] == 8
+    assert np.all(grouped["train_gap"] > without["train_gap"])
+
+
 def test_audit_handles_duplicated_training_images():
     train = lesion_like_images(30, seed=13)
     train = np.concatenate([train, train[:1]])  # image 0 twice: its nearest-neighbour gap is 0

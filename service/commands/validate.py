@@ -85,6 +85,7 @@ def run(args) -> int:
         inception_weights=args.inception_weights,
         seed=args.seed,
         real_groups=real.groups,
+        train_groups=None if train is None else train.groups,
     )
     main, reference = result["real_vs_generated"], result["real_vs_real"]
     print(

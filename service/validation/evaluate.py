@@ -153,22 +153,24 @@ def validate_sets(
     inception_weights=None,
     seed: int = 0,
     real_groups=None,
+    train_groups=None,
 ) -> dict:
     """Compare `fake` with `real` (and audit it against `train`, default: `real`); write the report.
 
     Images: uint8 NHWC, or float NHWC in [-1, 1]. Labels: int class indices into `class_names`.
-    real_groups: the source image or patient of each real image, or None; the real-vs-real
-    reference then splits by group. Returns the dict written to out_dir/metrics.json.
+    real_groups, train_groups: the source image or patient of each real (training) image, or
+    None; the real-vs-real reference then splits by group, and the memorization audit does not
+    count an overlapping patch of the same source as another training image. Returns the dict written to out_dir/metrics.json.
     """
     if out_dir is None:
         raise UserError("validate_sets needs an out_dir")
     # One OpenMP thread for scikit-learn's k-NN and t-SNE: their many short parallel regions
     # spin and contend on shared cores (measured 10-50x slower under load); BLAS keeps its threads.
     with threadpool_limits(limits=1, user_api="openmp"):
-        return _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups)
+        return _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups, train_groups)
 
 
-def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups) -> dict:
+def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups, train_groups) -> dict:
     started = time.perf_counter()
     real = _as_uint8("real", real)
     fake = _as_uint8("generated", fake)
@@ -177,6 +179,7 @@ def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_n
     real_labels = _check_labels("real", real_labels, len(real))
     fake_labels = _check_labels("generated", fake_labels, len(fake))
     real_groups = _check_labels("real group", real_groups, len(real))
+    train_groups = _check_labels("training group", train_groups, len(train)) if train is not None else real_groups
     if real_groups is not None and len(np.unique(real_groups)) < 2:
         raise UserError("the real images all belong to one group; a real-vs-real reference needs two or more")
     out_dir = Path(out_dir)
@@ -227,8 +230,10 @@ def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_n
         done("per-class metrics")
 
     step("memorization audit")
-    audit = memorization.memorization_audit(audit_train, fake)
-    reference_audit = memorization.memorization_audit(real[half_a], real[half_b])
+    audit = memorization.memorization_audit(audit_train, fake, train_groups)
+    reference_audit = memorization.memorization_audit(
+        real[half_a], real[half_b], None if real_groups is None else real_groups[half_a]
+    )
     main.update(copy_share=audit["copy_share"], copies=audit["copies"], median_copy_ratio=audit["median_ratio"])
     reference.update(copy_share=reference_audit["copy_share"], copies=reference_audit["copies"], median_copy_ratio=reference_audit["median_ratio"])
     closest_pairs = memorization.save_pairs_panel(out_dir / "memorization_pairs.png", audit, fake, audit_train)

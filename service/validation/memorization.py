@@ -1,68 +1,196 @@
-"""Memorization audit: does any generated image copy a training image?
+"""Memorization audit: does any generated image copy a training image, as it is or turned,
+mirrored or shifted?
 
-Space: pixels. Every image is resized to 32x32 (INTER_AREA), scaled to [0, 1] and compared by
-RMS difference. A copy is a copy pixel for pixel, so the check is done where a copy is
-unambiguous, not in a feature space that also maps different images close together; 32x32
-keeps the lesion's shape and colour and ignores noise a generator adds at full size.
+A lesion image has no canonical orientation, so a mirrored, rotated or slightly shifted
+training image is still that patient's lesion. The audit therefore compares each generated
+image with each training image under the best alignment: the 8 flips and rotations by 90
+degrees, and shifts of up to MAX_SHIFT pixels each way.
 
-For a generated image g with nearest training image t:
+Space: pixels. Every image is resized to 32x32 (INTER_AREA), scaled to [0, 1] and blurred
+lightly (Gaussian, sigma AUDIT_BLUR px), so light noise a generator adds does not hide a copy.
+Two images are compared over the central (32 - 2 MAX_SHIFT)^2 window of one against the same
+window of the other shifted by (dy, dx), each window less its own mean per channel (so a small
+uniform colour change does not hide a copy either); the distance is the RMS difference, and
+the aligned distance is the least over the 8 x 49 alignments.
+
+Finding the nearest training image under alignment, for every generated image: candidates
+first, the CANDIDATES nearest of all 8 turned versions of the training images by a coarse
+descriptor (the 4x4 average of the image blurred further, less its mean colour: little changed
+by a shift of a few pixels), then the exact aligned distance to each candidate.
+
+For a generated image g with aligned-nearest training image t:
     ratio(g) = d(g, t) / d(t, nearest other training image of t)
-A novel sample sits about as far from the training set as training images sit from each
-other (ratio ~ 1); a copy sits much closer (ratio -> 0). Likely copies: ratio < 0.5, i.e.
-g is closer to t than half the gap between t and its own nearest neighbour.
+the gap below measured the same way, with "other" meaning another source image or patient when
+the training images carry groups (patches of one image overlap; they are not other images). A
+novel sample sits about as far from the training set as training images sit from each other
+(ratio ~ 1); a copy sits much closer (ratio -> 0). Likely copies: ratio < 0.5.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
 from service.validation.features import resize_images
 
 AUDIT_SIZE = 32
+AUDIT_BLUR = 1.0
+MAX_SHIFT = 3
+WINDOW = AUDIT_SIZE - 2 * MAX_SHIFT
+DESCRIPTOR_SIZE = 4
+DESCRIPTOR_BLUR = 1.5  # on top of AUDIT_BLUR: a shift of a few pixels barely moves the descriptor
+CANDIDATES = 16
+TURNS = 8  # the dihedral group of the square: 4 rotations, each mirrored or not
+OFFSETS = [(dy, dx) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1) for dx in range(-MAX_SHIFT, MAX_SHIFT + 1)]
 COPY_RATIO_THRESHOLD = 0.5
 PANEL_PAIRS = 16
-GAP_NEIGHBOURS = 8
-SAME_IMAGE_DISTANCE = 1e-6  # RMS; one grey level on one pixel of 32x32x3 is 7e-5
+SAME_IMAGE_DISTANCE = 1e-6  # RMS; one grey level on one pixel of 26x26x3 is 9e-5
+QUERY_BATCH = 32
 AUDIT_SPACE = {
-    "description": "pixels resized to 32x32 (INTER_AREA), RGB in [0, 1], RMS difference",
+    "description": f"pixels resized to {AUDIT_SIZE}x{AUDIT_SIZE} (INTER_AREA), RGB in [0, 1], Gaussian blur "
+    f"sigma {AUDIT_BLUR}; RMS difference of the central {WINDOW}x{WINDOW} windows, each less its mean "
+    f"colour, under the best of the 8 flips/rotations and shifts up to {MAX_SHIFT} px",
     "copy_ratio_threshold": COPY_RATIO_THRESHOLD,
+    "max_shift_px": MAX_SHIFT,
+    "turns": TURNS,
 }
 
 
-def audit_vectors(images_uint8: np.ndarray) -> np.ndarray:
-    small = resize_images(np.asarray(images_uint8), AUDIT_SIZE).astype(np.float64) / 255.0
-    # dividing by sqrt(dim) makes Euclidean distance the RMS pixel difference
-    return small.reshape(len(small), -1) / np.sqrt(small[0].size)
+def turn(images: np.ndarray, k: int) -> np.ndarray:
+    """Turn k of 8 of NHWC images: rotation by 90 * (k // 2) degrees, then mirrored if k is odd."""
+    turned = np.rot90(images, k // 2, axes=(1, 2))
+    return turned[:, :, ::-1] if k % 2 else turned
 
 
-def memorization_audit(train_uint8: np.ndarray, fake_uint8: np.ndarray) -> dict:
-    """Per generated image: nearest training image, its distance, and the copy ratio.
+def prepare(images_uint8: np.ndarray) -> np.ndarray:
+    """(N, 32, 32, 3) float32 in [0, 1], resized and lightly blurred: the audit's pixels."""
+    small = resize_images(np.asarray(images_uint8), AUDIT_SIZE).astype(np.float32) / np.float32(255.0)
+    return np.stack([cv2.GaussianBlur(image, (0, 0), AUDIT_BLUR) for image in small]).reshape(small.shape)
 
-    Returns arrays ("nearest_train", "distance", "train_gap", "ratio") and a summary
-    ("copy_share", "copies", "median_ratio", "threshold").
+
+def _descriptors(prepared: np.ndarray) -> np.ndarray:
+    """(N, 4, 4, C): the candidate-finding descriptor, not yet flattened."""
+    blurred = np.stack([cv2.GaussianBlur(image, (0, 0), DESCRIPTOR_BLUR) for image in prepared]).reshape(prepared.shape)
+    small = resize_images(blurred, DESCRIPTOR_SIZE)
+    return small - small.mean(axis=(1, 2), keepdims=True)
+
+
+def _shifted_windows(prepared: np.ndarray) -> np.ndarray:
+    """(N, SHIFTS, C*W*W): each image's window at every shift, channel-major, row-major over the
+    shifts (dy, dx) as OFFSETS lists them."""
+    view = np.lib.stride_tricks.sliding_window_view(prepared, (WINDOW, WINDOW), axis=(1, 2))  # N, 7, 7, C, W, W
+    return view.reshape(len(prepared), len(OFFSETS), -1)
+
+
+def _turn_orders(channels: int) -> np.ndarray:
+    """(TURNS, C*W*W): turn k of a flattened central window is window[orders[k]]. The window is
+    centred and square, so turning the image turns the window; blur and area resizing commute
+    with turns, so turned images need not be prepared again."""
+    index = np.arange(channels * WINDOW * WINDOW).reshape(channels, WINDOW, WINDOW).transpose(1, 2, 0)[None]
+    return np.stack([turn(index, k)[0].transpose(2, 0, 1).reshape(-1) for k in range(TURNS)])
+
+
+class AlignedIndex:
+    """The training images and all 8 turns of each, ready for aligned nearest-neighbour queries.
+
+    Candidate c stands for turn c // count of training image c % count. The central windows of
+    every turn, less their mean colour, are kept: 8 x 2028 float32 per training image (130 MB
+    for 2,000 images). A query is compared with its candidates at all shifts by one product of
+    its shifted windows with their windows.
     """
-    train = audit_vectors(train_uint8)
-    fake = audit_vectors(fake_uint8)
-    index = NearestNeighbors(algorithm="brute").fit(train)
-    # each training image's own gap: its nearest training image at a positive distance, so an
-    # image stored twice is measured against its nearest *different* neighbour
-    neighbours = min(len(train) - 1, GAP_NEIGHBOURS)
-    train_distances, _ = index.kneighbors(n_neighbors=neighbours)  # no X: a point is not its own neighbour
-    positive = train_distances > SAME_IMAGE_DISTANCE
-    train_gap = np.where(positive.any(axis=1), train_distances[np.arange(len(train)), positive.argmax(axis=1)], 0.0)
-    distance, nearest = index.kneighbors(fake, n_neighbors=1)
-    distance, nearest = distance[:, 0], nearest[:, 0]
-    gap = train_gap[nearest]
-    # gap 0 only when an image is stored GAP_NEIGHBOURS times or more: then only an exact copy is a copy
-    ratio = np.where(gap > 0, distance / np.where(gap > 0, gap, 1.0), np.where(distance > SAME_IMAGE_DISTANCE, np.inf, 0.0))
+
+    def __init__(self, train_prepared: np.ndarray, groups: np.ndarray | None = None):
+        self.count = len(train_prepared)
+        self.groups = None if groups is None else np.asarray(groups)
+        window = train_prepared[:, MAX_SHIFT : MAX_SHIFT + WINDOW, MAX_SHIFT : MAX_SHIFT + WINDOW].transpose(0, 3, 1, 2)
+        window = (window - window.mean(axis=(2, 3), keepdims=True)).reshape(self.count, -1)
+        self.windows = np.concatenate([window[:, order] for order in _turn_orders(train_prepared.shape[3])])
+        self.window_norms = np.tile(np.einsum("ij,ij->i", window, window), TURNS)
+        descriptors = _descriptors(train_prepared)
+        turned = np.concatenate([turn(descriptors, k) for k in range(TURNS)])
+        self.descriptors = turned.reshape(len(turned), -1)
+        self.descriptor_norms = np.einsum("ij,ij->i", self.descriptors, self.descriptors)
+        largest_group = 1 if groups is None else int(np.unique(groups, return_counts=True)[1].max())
+        self.exclusion_margin = TURNS * largest_group
+
+    def candidates(self, descriptors: np.ndarray, fetch: int) -> np.ndarray:
+        """(B, fetch) candidates nearest to each descriptor, nearest first (brute force: one
+        product with every turned training descriptor)."""
+        squared = self.descriptor_norms[None, :] - 2.0 * descriptors @ self.descriptors.T
+        if fetch < squared.shape[1]:
+            nearest = np.argpartition(squared, fetch - 1, axis=1)[:, :fetch]
+        else:
+            nearest = np.tile(np.arange(squared.shape[1]), (len(squared), 1))
+        order = np.argsort(np.take_along_axis(squared, nearest, 1), axis=1, kind="stable")
+        return np.take_along_axis(nearest, order, 1)
+
+    def nearest(self, queries_prepared: np.ndarray, exclude_self: bool = False) -> dict:
+        """For each query: aligned distance to its nearest training image, that image's index,
+        and the turn and shift of the training image that align it. exclude_self: the queries
+        are the training images themselves (in order), and each skips itself and its group."""
+        results = {"distance": [], "nearest": [], "turn": [], "shift": []}
+        fetch = min(TURNS * self.count, CANDIDATES + (self.exclusion_margin if exclude_self else 0))
+        size = self.windows.shape[1]
+        with threadpool_limits(limits=1, user_api="blas"):  # many small products: threads only contend
+            for start in range(0, len(queries_prepared), QUERY_BATCH):
+                batch = queries_prepared[start : start + QUERY_BATCH]
+                rows = np.arange(len(batch))
+                found = self.candidates(_descriptors(batch).reshape(len(batch), -1), fetch)
+                usable = np.ones(found.shape, bool)
+                if exclude_self:
+                    owners = found % self.count
+                    usable = owners != (start + rows)[:, None]
+                    if self.groups is not None:
+                        usable &= self.groups[owners] != self.groups[start : start + len(batch)][:, None]
+                order = np.argsort(~usable, axis=1, kind="stable")[:, :CANDIDATES]  # the first usable ones
+                found, usable = np.take_along_axis(found, order, 1), np.take_along_axis(usable, order, 1)
+                windows = _shifted_windows(batch)  # B, SHIFTS, C*W*W
+                # |window less its channel means|^2 from sums; the cross term needs no centring of
+                # the query, the training windows being centred already
+                sums = windows.reshape(len(batch), len(OFFSETS), batch.shape[3], -1).sum(axis=-1)
+                norms = np.einsum("bsd,bsd->bs", windows, windows) - np.sum(sums * sums, axis=-1) / (WINDOW * WINDOW)
+                cross = np.matmul(windows, self.windows[found].transpose(0, 2, 1))  # B, SHIFTS, K
+                squared = (norms[:, :, None] + self.window_norms[found][:, None, :] - 2.0 * cross) / size
+                squared[~np.broadcast_to(usable[:, None, :], squared.shape)] = np.inf
+                if exclude_self:  # a training image stored twice: the gap is to the nearest *different* one
+                    squared[squared <= SAME_IMAGE_DISTANCE**2] = np.inf
+                flat = squared.reshape(len(batch), -1)
+                best = np.argmin(flat, axis=1)
+                shift, candidate = np.unravel_index(best, squared.shape[1:])
+                chosen = found[rows, candidate]
+                results["distance"].append(np.sqrt(np.maximum(flat[rows, best], 0.0)))
+                results["nearest"].append(chosen % self.count)
+                results["turn"].append(chosen // self.count)
+                results["shift"].append(np.asarray(OFFSETS)[shift])
+        return {key: np.concatenate(value) for key, value in results.items()}
+
+
+def memorization_audit(train_uint8: np.ndarray, fake_uint8: np.ndarray, train_groups=None) -> dict:
+    """Per generated image: aligned-nearest training image, its distance, turn and shift, the
+    training image's own gap and the copy ratio (see the module docstring).
+
+    Returns arrays ("nearest_train", "distance", "train_gap", "ratio", "turn", "shift") and a
+    summary ("copy_share", "copies", "median_ratio", "threshold").
+    """
+    train = prepare(train_uint8)
+    index = AlignedIndex(train, train_groups)
+    found = index.nearest(prepare(fake_uint8))
+    gaps = index.nearest(train, exclude_self=True)["distance"]
+    nearest, distance = found["nearest"], found["distance"]
+    gap = gaps[nearest]
+    # no other image to measure a gap against (one training image, one group, or copies of one
+    # image only): only an exact copy is a copy
+    usable = np.isfinite(gap)
+    ratio = np.where(usable, distance / np.where(usable, gap, 1.0), np.where(distance > SAME_IMAGE_DISTANCE, np.inf, 0.0))
     copies = ratio < COPY_RATIO_THRESHOLD
     return {
         "nearest_train": nearest,
         "distance": distance,
         "train_gap": gap,
         "ratio": ratio,
+        "turn": found["turn"],
+        "shift": found["shift"],
         "copy_share": float(np.mean(copies)),
         "copies": int(np.sum(copies)),
         "median_ratio": float(np.median(ratio)),
@@ -93,13 +221,16 @@ def save_pairs_panel(path, audit: dict, fake_uint8: np.ndarray, train_uint8: np.
     for slot, fake_index in enumerate(order):
         train_index = int(audit["nearest_train"][fake_index])
         ratio = float(audit["ratio"][fake_index])
+        turned = int(audit["turn"][fake_index])
+        aligned = aligned_view(train_uint8[train_index], turned, audit["shift"][fake_index], fake_uint8.shape[1])
         row, column = divmod(slot, per_row)
         top = row * (tile + caption) + caption
         left = gap + column * (pair_width + 3 * gap)
-        for offset, image in ((0, fake_uint8[fake_index]), (tile + gap, train_uint8[train_index])):
+        for offset, image in ((0, fake_uint8[fake_index]), (tile + gap, aligned)):
             canvas[top : top + tile, left + offset : left + offset + tile] = cv2.resize(image, (tile, tile), interpolation=interpolation)
         captions.append((left + pair_width / 2, top - 4, f"gen {fake_index} | train {train_index}: ratio {ratio:.2f}", ratio < COPY_RATIO_THRESHOLD))
-        listing.append({"generated": int(fake_index), "train": train_index, "ratio": ratio})
+        listing.append({"generated": int(fake_index), "train": train_index, "ratio": ratio, "turn": turned,
+                        "shift_px": [int(v) for v in audit["shift"][fake_index]]})
 
     dpi, title_inches = 100, 0.4
     width, height = canvas.shape[1] / dpi, canvas.shape[0] / dpi
@@ -111,11 +242,23 @@ def save_pairs_panel(path, audit: dict, fake_uint8: np.ndarray, train_uint8: np.
     for x, y, text, flagged in captions:
         axis.text(x, y, text, ha="center", va="bottom", fontsize=8, color="tab:red" if flagged else "black")
     figure.suptitle(
-        f"{len(order)} closest pairs: generated (left) | nearest training image (right); red: ratio < {COPY_RATIO_THRESHOLD}",
+        f"{len(order)} closest pairs: generated (left) | nearest training image, turned and shifted to align (right); "
+        f"red: ratio < {COPY_RATIO_THRESHOLD}",
         fontsize=10, y=1 - 0.08 / (height + title_inches),
     )
     figure.savefig(path)
     return listing
+
+
+def aligned_view(train_image: np.ndarray, turned: int, shift, side: int) -> np.ndarray:
+    """A training image as the audit aligned it to a generated one of `side` pixels: turned,
+    then shifted (the audit's shift, scaled to that size; edges repeated)."""
+    image = turn(train_image[None], turned)[0]
+    scale = side / AUDIT_SIZE
+    dy, dx = (float(v) * scale for v in shift)
+    moved = cv2.warpAffine(np.ascontiguousarray(image), np.float32([[1, 0, dx], [0, 1, dy]]), (image.shape[1], image.shape[0]),
+                           borderMode=cv2.BORDER_REPLICATE)
+    return moved.reshape(image.shape)
 
 
 def save_ratio_histogram(path, fake_ratio: np.ndarray, reference_ratio: np.ndarray) -> None:
