@@ -6,6 +6,8 @@ Formats `load_images` accepts:
   `image_id,melanoma,seborrheic_keratosis` (both 0 = nevus). The CSV is given, or found
   automatically when it is the only `*GroundTruth*.csv` in the folder or else in its parent.
 - Any folder of JPEG/PNG/BMP images, searched recursively, in sorted order (no labels).
+- WebDataset-style tar shards (as `generate --format tar` writes them): a `.tar` file, or a
+  folder of them; the image members in order (no labels).
 - A DermaMNIST-style `.npz`: `train_images` uint8 (N, H, W[, 3]) and optionally `train_labels`
   (the train split; `images` / `labels` and `x` / `y` are accepted too). Class names come from
   a `class_names` entry, else the three ISIC names for up to 3 classes, else DermaMNIST's seven.
@@ -114,9 +116,14 @@ def load_images(
     if not path.exists():
         raise UserError(f"data path not found: {path}")
     if path.is_file():
+        if path.suffix.lower() == ".tar":
+            return _load_tars([path], image_size, crop, progress)
         if path.suffix.lower() != ".npz":
-            raise UserError(f"{path} is a file but not a .npz array file; give a folder of images or a .npz")
+            raise UserError(f"{path} is a file but not a .npz array file or .tar shard; give a folder of images, a .npz or a .tar")
         return _load_npz(path, image_size, crop)
+    shards = sorted(path.glob("*.tar"))
+    if shards and not _list_image_files(path):
+        return _load_tars(shards, image_size, crop, progress)
     return _load_folder(path, image_size, labels_csv, crop, strict, cache_dir, progress)
 
 
@@ -284,6 +291,62 @@ def fit_square(image: np.ndarray, image_size: int, crop: str) -> np.ndarray:
     if image.shape[:2] == (image_size, image_size):
         return np.ascontiguousarray(image)
     return cv2.resize(image, (image_size, image_size), interpolation=interpolation)
+
+
+# ----------------------------------------------------------------------------- tar shards
+
+
+def tar_images(path: Path):
+    """(member name, bytes) of a tar's image members, in order; UserError if it is cut short or
+    damaged (one line naming it)."""
+    import tarfile
+
+    try:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                if member.isfile() and member.name.lower().endswith(IMAGE_EXTENSIONS):
+                    yield member.name, archive.extractfile(member).read()
+    except (OSError, tarfile.TarError) as e:
+        raise UserError(f"{path}: cut short or damaged tar shard ({' '.join(str(e).split())})") from None
+
+
+def _load_tars(shards: list[Path], image_size: int, crop: str, progress: bool) -> Dataset:
+    from tqdm import tqdm
+
+    images, files = [], []
+    for shard in tqdm(shards, desc="reading tar shards", unit="shard", disable=not progress, file=sys.stderr):
+        for name, data in tar_images(shard):
+            image = decode_image(data, image_size, crop)
+            if image is None:
+                raise UserError(f"{shard}: member {name} is not a decodable image")
+            images.append(image)
+            files.append(f"{shard}:{name}")
+    if not images:
+        raise UserError(f"no images in {len(shards)} tar shard(s), e.g. {shards[0]}")
+    return Dataset(images=from_uint8(np.stack(images)), labels=None, class_names=(), files=files,
+                   source=f"{len(images)} images from {len(shards)} tar shard(s) in {shards[0].parent}")
+
+
+def load_generated_images(folder, files: list[str]) -> np.ndarray:
+    """uint8 NHWC images of a generation folder, as its manifest lists them: NAME.png, or
+    SHARD.tar:KEY.png (a member of a tar shard)."""
+    from service.imageio import read_png
+
+    folder = Path(folder)
+    members: dict[str, dict[str, bytes]] = {}
+    images = []
+    for name in files:
+        shard, sep, member = name.partition(":")
+        if not sep:
+            images.append(read_png(folder / name))
+            continue
+        if shard not in members:
+            members[shard] = dict(tar_images(folder / shard))
+        if member not in members[shard]:
+            raise UserError(f"{folder / shard} has no member {member}, which the manifest lists")
+        data = np.frombuffer(members[shard][member], np.uint8)
+        images.append(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+    return np.stack(images)
 
 
 # ----------------------------------------------------------------------------- folders

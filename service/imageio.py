@@ -55,17 +55,22 @@ def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> n
     return grid
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write a uint8 RGB (or grayscale) image as PNG, atomically (temp file + os.replace)."""
+def encode_png(image: np.ndarray) -> bytes:
+    """A uint8 RGB (or grayscale) image as PNG bytes."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"save_png expects uint8, got {image.dtype}")
+        raise ValueError(f"PNG encoding expects uint8, got {image.dtype}")
     if image.ndim == 3 and image.shape[-1] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise ValueError(f"could not encode an image of shape {image.shape} as PNG")
-    write_bytes(path, encoded.tobytes())
+    return encoded.tobytes()
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a uint8 RGB (or grayscale) image as PNG, atomically (temp file + os.replace)."""
+    write_bytes(path, encode_png(image))
 
 
 def read_png(path: str | os.PathLike) -> np.ndarray:

@@ -6,12 +6,13 @@ import os
 import sys
 
 from service.commands.common import add_backend, add_progress, show_progress
+from service.generation.job import OUTPUT_FORMATS
 
 
 def add_arguments(p):
     p.add_argument("--run", metavar="RUN", required=True, help="run directory (config.json + checkpoints/)")
     p.add_argument("--count", type=int, required=True, metavar="N", help="number of images")
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder (PNG files + manifest.csv)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder (PNG files or tar shards, and manifest.csv)")
     p.add_argument("--workers", type=int, metavar="K", help="Ray tasks at a time (default: the CPUs of the machine or cluster); 0: no Ray, one in-process loop")
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="class to generate on a conditional run (default: cycle the classes by index)")
@@ -21,6 +22,9 @@ def add_arguments(p):
     p.add_argument("--shard-size", type=int, default=250, metavar="S", help="images per Ray task and per resume unit (default: 250)")
     p.add_argument("--resume", action="store_true", help="finish the job already in --out (re-running the same command does the same)")
     p.add_argument("--in-process", action="store_true", help="no Ray: one loop in this process (same bytes; = --workers 0)")
+    p.add_argument("--format", dest="output_format", choices=OUTPUT_FORMATS, default=OUTPUT_FORMATS[0],
+                   help="png: one PNG file per image (default); tar: one WebDataset tar shard per --shard-size "
+                        "images, members INDEX.png and INDEX.json")
     add_progress(p)
 
 
@@ -29,7 +33,7 @@ def run(args) -> int:
 
     job = plan_job(
         args.run, args.count, args.out, seed=args.seed, class_name=args.class_name,
-        backend=args.backend, batch_size=args.batch_size, shard_size=args.shard_size,
+        backend=args.backend, batch_size=args.batch_size, shard_size=args.shard_size, output_format=args.output_format,
     )
     if args.in_process or args.workers == 0:
         # One framework thread, as in each Ray worker: TF's float sums (and so a few pixel

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,8 @@ MANIFEST_COLUMNS = ("index", "file", "class", "seed", "checkpoint_sha256")
 DEFAULT_SHARD_SIZE = 250
 DEFAULT_BATCH_SIZE = 50
 # Fields a re-run must share with the job already in OUT (they decide the bytes and the layout).
-_IDENTITY_FIELDS = ("checkpoint_sha256", "count", "seed", "class_name", "backend", "shard_size")
+_IDENTITY_FIELDS = ("checkpoint_sha256", "count", "seed", "class_name", "backend", "shard_size", "output_format")
+OUTPUT_FORMATS = ("png", "tar")  # a PNG file per image, or a WebDataset tar shard per shard
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class GenerationJob:
     out_dir: str
     batch_size: int = DEFAULT_BATCH_SIZE
     shard_size: int = DEFAULT_SHARD_SIZE
+    output_format: str = "png"
 
     @property
     def num_shards(self) -> int:
@@ -60,6 +64,22 @@ class GenerationJob:
 
 def image_file_name(index: int) -> str:
     return f"img_{index:09d}.png"
+
+
+def tar_shard_name(shard: int) -> str:
+    return f"shard-{shard:06d}.tar"
+
+
+def tar_member_key(index: int) -> str:
+    """A sample's key in a tar shard: its members are KEY.png and KEY.json (WebDataset style)."""
+    return f"{index:09d}"
+
+
+def manifest_file(job: "GenerationJob", index: int) -> str:
+    """The manifest's `file` of image `index`: its PNG, or SHARD.tar:KEY.png inside its shard."""
+    if job.output_format == "tar":
+        return f"{tar_shard_name(index // job.shard_size)}:{tar_member_key(index)}.png"
+    return image_file_name(index)
 
 
 def noise_for_indices(seed: int, indices, config: GANConfig) -> np.ndarray:
@@ -121,6 +141,7 @@ def plan_job(
     backend: str = "tf",
     batch_size: int = DEFAULT_BATCH_SIZE,
     shard_size: int = DEFAULT_SHARD_SIZE,
+    output_format: str = "png",
 ) -> GenerationJob:
     """Check the inputs and pin the job to the run's latest checkpoint."""
     from service.checkpoint import file_sha256, latest_checkpoint
@@ -132,6 +153,8 @@ def plan_job(
         raise UserError(f"--seed must be in [0, 2^64), got {seed}")
     if batch_size < 1 or shard_size < 1:
         raise UserError("--batch-size and --shard-size must be positive")
+    if output_format not in OUTPUT_FORMATS:
+        raise UserError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     config, full = load_config(run_dir)
@@ -150,6 +173,7 @@ def plan_job(
         out_dir=str(Path(out_dir).resolve()),
         batch_size=int(batch_size),
         shard_size=int(shard_size),
+        output_format=output_format,
     )
 
 
@@ -163,6 +187,7 @@ def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
         except json.JSONDecodeError as e:
             raise UserError(f"{job_file} is unreadable ({e}); remove it or choose another --out") from None
         mine = job.identity()
+        recorded.setdefault("output_format", "png")  # jobs written before tar output existed
         differing = [k for k in mine if recorded.get(k) != mine[k]]
         if differing:
             raise UserError(
@@ -172,7 +197,7 @@ def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
     else:
         if resume:
             raise UserError(f"--resume: {out_dir} holds no generation job to resume")
-        if out_dir.exists() and any(out_dir.glob("img_*.png")):
+        if out_dir.exists() and (any(out_dir.glob("img_*.png")) or any(out_dir.glob("shard-*.tar"))):
             raise UserError(f"{out_dir} already holds images from elsewhere; choose an empty --out")
         try:
             _parts_dir(out_dir).mkdir(parents=True, exist_ok=True)
@@ -182,12 +207,36 @@ def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
     _parts_dir(out_dir).mkdir(parents=True, exist_ok=True)
     for torn in list(out_dir.glob(TEMP_PREFIX + "*")) + list(_parts_dir(out_dir).glob(TEMP_PREFIX + "*")):
         torn.unlink(missing_ok=True)  # left by a killed writer; never a finished file
-    done = set()
+    done, damaged = set(), []
     for part in _parts_dir(out_dir).glob("shard_*.csv"):
         shard = int(part.stem.split("_")[1])
-        if shard < job.num_shards:
+        if shard >= job.num_shards:
+            continue
+        if shard_outputs_intact(job, shard):
             done.add(shard)
+        else:  # its images went missing or its tar was cut short: the shard is done again
+            part.unlink()
+            damaged.append(shard)
+    if damaged:
+        print(f"warning: {len(damaged)} finished shard(s) in {out_dir} lost or damaged their output "
+              f"(first: shard {min(damaged)}); they are generated again", file=sys.stderr)
     return done
+
+
+def shard_outputs_intact(job: GenerationJob, shard: int) -> bool:
+    """Whether a finished shard's files are all there: its PNG files, or its tar shard whole
+    (every member's header and data readable)."""
+    out_dir = Path(job.out_dir)
+    indices = job.shard_range(shard)
+    if job.output_format == "png":
+        return all((out_dir / image_file_name(i)).is_file() for i in indices)
+    try:
+        with tarfile.open(out_dir / tar_shard_name(shard)) as archive:
+            names = [member.name for member in archive]  # reads every header: a cut-short tar fails here
+    except (OSError, tarfile.TarError):
+        return False
+    expected = {f"{tar_member_key(i)}.{ext}" for i in indices for ext in ("png", "json")}
+    return set(names) == expected
 
 
 def merge_manifest(job: GenerationJob) -> Path:
@@ -206,7 +255,7 @@ def merge_manifest(job: GenerationJob) -> Path:
                 index_text, file_name = line.split(",", 2)[:2]
                 if int(index_text) != expected:
                     raise RuntimeError(f"manifest part {part.name}: index {index_text}, expected {expected}")
-                if not (out_dir / file_name).is_file():
+                if not (out_dir / file_name.split(":", 1)[0]).is_file():  # SHARD.tar:KEY.png names its shard
                     raise RuntimeError(f"{file_name} is listed in {part.name} but missing; re-run to redo it")
                 expected += 1
             manifest.write(text.encode())
@@ -240,8 +289,7 @@ def class_indices(names: list[str] | None, class_names) -> np.ndarray | None:
 
 def read_generated(out_dir) -> tuple[np.ndarray, list[str] | None]:
     """A finished job's images (uint8 NHWC, index order) and their class names, if conditional."""
-    from service.imageio import read_png
+    from service.data import load_generated_images
 
     rows = read_manifest(out_dir)
-    images = np.stack([read_png(Path(out_dir) / row["file"]) for row in rows])
-    return images, manifest_classes(rows)
+    return load_generated_images(out_dir, [row["file"] for row in rows]), manifest_classes(rows)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import tarfile
 import resource
 import sys
 import time
@@ -24,8 +26,8 @@ import numpy as np
 from service.errors import UserError
 from service.files import write_bytes
 from service.generation.job import (
-    GenerationJob, class_index_for, image_file_name, merge_manifest, noise_for_indices, part_path,
-    prepare_out_dir,
+    GenerationJob, class_index_for, image_file_name, manifest_file, merge_manifest, noise_for_indices, part_path,
+    prepare_out_dir, tar_member_key, tar_shard_name,
 )
 
 DEFAULT_TASK_RETRIES = 3
@@ -43,13 +45,15 @@ class GenerationResult:
 
 
 def write_shard(backend, job: GenerationJob, shard: int) -> int:
-    """Generate and write shard `shard`'s images, then its manifest part (last, atomically)."""
-    from service.imageio import save_png, to_uint8
+    """Generate and write shard `shard`'s images (PNG files, or one tar shard), then its
+    manifest part (last, atomically: it marks the shard done)."""
+    from service.imageio import encode_png, to_uint8
 
     out_dir = Path(job.out_dir)
     indices = job.shard_range(shard)
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
+    encoded = []
     for start in range(indices.start, indices.stop, job.batch_size):
         batch = range(start, min(start + job.batch_size, indices.stop))
         z = noise_for_indices(job.seed, batch, backend.config)
@@ -57,11 +61,32 @@ def write_shard(backend, job: GenerationJob, shard: int) -> int:
         labels = None if not job.class_names else np.asarray(classes, dtype=np.int64)
         images = to_uint8(backend.generate(z, labels))
         for i, image, cls in zip(batch, images, classes):
-            name = image_file_name(i)
-            save_png(out_dir / name, image)
-            writer.writerow([i, name, "" if cls is None else job.class_names[cls], job.seed, job.checkpoint_sha256])
+            class_name = "" if cls is None else job.class_names[cls]
+            png = encode_png(image)
+            if job.output_format == "tar":
+                encoded.append((i, png, class_name))
+            else:
+                write_bytes(out_dir / image_file_name(i), png)
+            writer.writerow([i, manifest_file(job, i), class_name, job.seed, job.checkpoint_sha256])
+    if job.output_format == "tar":
+        write_bytes(out_dir / tar_shard_name(shard), tar_shard_bytes(job, encoded))
     write_bytes(part_path(out_dir, shard), rows.getvalue().encode())
     return len(indices)
+
+
+def tar_shard_bytes(job: GenerationJob, samples: list[tuple[int, bytes, str]]) -> bytes:
+    """A WebDataset-style tar: KEY.png then KEY.json per sample, in index order. Headers carry
+    no time or owner, so a shard is the same bytes whoever writes it, whenever."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for index, png, class_name in samples:
+            meta = {"index": index, "class": class_name or None, "seed": job.seed,
+                    "checkpoint_sha256": job.checkpoint_sha256}
+            for suffix, data in (("png", png), ("json", json.dumps(meta, sort_keys=True).encode())):
+                member = tarfile.TarInfo(f"{tar_member_key(index)}.{suffix}")
+                member.size, member.mode, member.mtime = len(data), 0o644, 0
+                archive.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def load_generator(run_dir, checkpoint, backend_name: str):
