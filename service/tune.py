@@ -103,7 +103,11 @@ def _trial_checkpoint_dir(run_dir: Path, checkpoint: Path) -> str:
 
 def run_trial(params: dict, base: dict, backend_name: str, epochs: int, cpus: float,
               train_images, train_labels, heldout_uint8, swd_images: int) -> None:
-    """One Tune trial: train, and after every epoch report SWD(held-out, generated) + checkpoint."""
+    """One Tune trial: train, and after every epoch report SWD(held-out, generated) + checkpoint.
+
+    A trial Tune starts again (its worker or node lost, or the search resumed) continues from
+    its last checkpoint: weights, optimizer, counters and random streams, as `train --resume`.
+    """
     from service.ray_cluster import thread_env
 
     os.environ.update(thread_env(cpus))  # before the framework starts its thread pools
@@ -114,6 +118,8 @@ def run_trial(params: dict, base: dict, backend_name: str, epochs: int, cpus: fl
     from service.rundir import create_run_dir
     from service.trainer import Trainer, fixed_sample_noise
     from service.validation.metrics import swd
+
+    from service import checkpoint as ckpt
 
     config = trial_config(base, params)
     backend = backends.get(backend_name, config)
@@ -134,12 +140,18 @@ def run_trial(params: dict, base: dict, backend_name: str, epochs: int, cpus: fl
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    trainer = Trainer(
+        backend, train_images, train_labels if config.num_classes else None,
+        run_dir=run_dir, epochs=epochs, progress=False, on_epoch_end=on_epoch_end,
+        sample_grid=False, handle_signals=False, keep=1,
+    )
+    previous = ray.tune.get_checkpoint()
+    if previous is not None:  # a retried trial: continue exactly where its last report left it
+        with previous.as_directory() as folder:
+            _, arrays = ckpt.load_latest_valid(folder)
+        trainer.restore(arrays)
     try:
-        Trainer(
-            backend, train_images, train_labels if config.num_classes else None,
-            run_dir=run_dir, epochs=epochs, progress=False, on_epoch_end=on_epoch_end,
-            sample_grid=False, handle_signals=False, keep=1,
-        ).run()
+        trainer.run()
     finally:
         shutil.rmtree(run_dir.parent, ignore_errors=True)
 
@@ -188,11 +200,12 @@ def load_dataset(data: str | None, image_size: int, labels_csv=None, crop: str =
     return default_dataset(image_size, count=max_images or 2000, seed=seed)
 
 
-def run_tune(settings: TuneSettings, dataset) -> dict:
-    """Run the search; write trials.csv and best_config.json; return a summary."""
+def run_tune(settings: TuneSettings, dataset, resume: bool = False, trial=run_trial) -> dict:
+    """Run the search (or, with `resume`, continue the one in settings.out_dir whose driver
+    stopped: finished trials are kept, unfinished and errored ones go on from their last
+    checkpoints); write trials.csv and best_config.json; return a summary. `trial` is the
+    trainable's body (run_trial; tests wrap it to inject faults)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     from service.data import split
     from service.imageio import to_uint8
@@ -208,6 +221,10 @@ def run_tune(settings: TuneSettings, dataset) -> dict:
             base_config.replace(batch_size=int(batch_size))
         except ConfigError as e:
             raise UserError(f"--batch-sizes: {e}") from None
+    out_dir = settings.out_dir.resolve()
+    experiment = out_dir / EXPERIMENT_NAME
+    if not resume and experiment.exists():
+        raise UserError(f"{out_dir} already holds a search; continue it with --resume {settings.out_dir}, or choose another --out")
     train_set, heldout = split(dataset, settings.holdout_fraction, settings.seed)
     if len(train_set) < max(settings.batch_sizes):
         raise UserError(
@@ -216,7 +233,6 @@ def run_tune(settings: TuneSettings, dataset) -> dict:
         )
     heldout_uint8 = to_uint8(heldout.images)
     swd_images = min(settings.swd_images, len(heldout))
-    out_dir = settings.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     base = base_config.to_dict()
     local_cpus = None if (settings.address or os.environ.get("RAY_ADDRESS")) else os.cpu_count()
@@ -224,34 +240,43 @@ def run_tune(settings: TuneSettings, dataset) -> dict:
     with ray_session(settings.address, num_cpus=local_cpus):
         trainable = tune.with_resources(
             tune.with_parameters(
-                run_trial, base=base, backend_name=settings.backend, epochs=settings.epochs,
+                trial, base=base, backend_name=settings.backend, epochs=settings.epochs,
                 cpus=settings.cpus_per_trial, train_images=train_set.images,
                 train_labels=train_set.labels, heldout_uint8=heldout_uint8, swd_images=swd_images,
             ),
             {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
         )
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration", max_t=settings.epochs, grace_period=1, reduction_factor=2
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=search_space(settings),
-            tune_config=tune.TuneConfig(
-                metric=METRIC, mode="min", num_samples=settings.trials, scheduler=scheduler,
-                time_budget_s=settings.time_budget,
-                search_alg=BasicVariantGenerator(random_state=settings.seed),
-            ),
-            run_config=tune.RunConfig(
-                storage_path=str(out_dir), name=EXPERIMENT_NAME, verbose=0 if settings.progress else 1,
-                callbacks=[progress_callback(settings)] if settings.progress else None,
-                failure_config=tune.FailureConfig(max_failures=1),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="min"
-                ),
-            ),
-        )
+        if resume:
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space=search_space(settings), tune_config=_tune_config(settings),
+                               run_config=_run_config(settings, out_dir))
         results = tuner.fit()
     return summarise(results, out_dir, base)
+
+
+def _tune_config(settings: TuneSettings):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.epochs, grace_period=1, reduction_factor=2)
+    return tune.TuneConfig(
+        metric=METRIC, mode="min", num_samples=settings.trials, scheduler=scheduler,
+        time_budget_s=settings.time_budget, search_alg=BasicVariantGenerator(random_state=settings.seed),
+    )
+
+
+def _run_config(settings: TuneSettings, out_dir: Path):
+    from ray import tune
+
+    return tune.RunConfig(
+        storage_path=str(out_dir), name=EXPERIMENT_NAME, verbose=0 if settings.progress else 1,
+        callbacks=[progress_callback(settings)] if settings.progress else None,
+        # a trial whose worker or node is lost is started again, from its last checkpoint
+        failure_config=tune.FailureConfig(max_failures=3),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC, checkpoint_score_order="min"),
+    )
 
 
 def summarise(results, out_dir: Path, base: dict) -> dict:

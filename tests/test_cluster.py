@@ -111,3 +111,58 @@ def test_a_worker_node_lost_mid_job_still_gives_every_image_once(cluster, run_an
     assert digests(out) == reference
     rows = (out / "manifest.csv").read_text().splitlines()[1:]
     assert [int(row.split(",")[0]) for row in rows] == list(range(COUNT))
+
+
+def gated_trial(started_dir: Path, go: Path):
+    """A Tune trial that marks that it started, waits for `go`, then is the real trial."""
+
+    def trial(params, **kwargs):
+        from service.tune import run_trial
+
+        (started_dir / f"{os.getpid()}").touch()
+        deadline = time.monotonic() + 300
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return run_trial(params, **kwargs)
+
+    return trial
+
+
+def test_a_node_lost_mid_search_still_finishes_every_trial(cluster, tmp_path):
+    """Two trials, one on each node; the worker node is removed without warning and a
+    replacement added: its trial is started again there, and both finish."""
+    from service.tune import TuneSettings, load_dataset, run_tune
+
+    head, worker = cluster
+    started, go = tmp_path / "started", tmp_path / "go"
+    started.mkdir()
+    settings = TuneSettings(trials=2, time_budget=600, out_dir=tmp_path / "search", backend=BACKEND, epochs=2,
+                            widths=(8,), batch_sizes=(16,), seed=3, address=head.address)
+    settings.base = GANConfig(image_size=32, width=8, max_width=16, latent_dim=16, batch_size=16).to_dict()
+    dataset = load_dataset(None, 32, max_images=80, seed=3)
+    outcome = {}
+
+    def drive():
+        try:
+            outcome["summary"] = run_tune(settings, dataset, trial=gated_trial(started, go))
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = e
+
+    import threading
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(started.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(list(started.iterdir())) == 2  # a trial on each node
+        head.remove_node(worker, allow_graceful=False)
+        head.add_node(num_cpus=1)
+    finally:
+        go.touch()
+        driver.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+    rows = outcome["summary"]["rows"]
+    assert len(rows) == 2 and all(r["status"] == "reported" and r["epochs"] == 2 for r in rows)
+    assert len(list(started.iterdir())) == 3  # the lost trial started once more

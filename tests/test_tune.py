@@ -86,3 +86,121 @@ def test_the_search_tries_training_with_and_without_diffaugment():
 
     settings = TuneSettings(trials=1, time_budget=1, out_dir=None)
     assert set(search_space(settings)["diffaugment"].categories) == {"", DIFFAUGMENT_ON}
+
+
+def tiny_search(tmp_path, name, trials=1):
+    from service.tune import TuneSettings, load_dataset
+
+    settings = TuneSettings(trials=trials, time_budget=600, out_dir=tmp_path / name, backend=BACKEND, epochs=2,
+                            widths=(8,), batch_sizes=(16,), seed=3)
+    settings.base = GANConfig(image_size=32, width=8, max_width=16, latent_dim=16, batch_size=16).to_dict()
+    return settings, load_dataset(None, 32, max_images=80, seed=3)
+
+
+def killed_once_mid_epoch(marker, kill_at_step: int):
+    """A trial body that, the first time (while `marker` exists), SIGKILLs its own worker in the
+    middle of training step `kill_at_step`; then it is the real trial. Defined in a function so
+    Ray ships it by value."""
+
+    def trial(params, **kwargs):
+        import os
+        import signal
+
+        from service import trainer as trainer_module
+        from service.tune import run_trial
+
+        if marker.exists():
+            marker.unlink()
+            rebalance, calls = trainer_module.rebalance, [0]
+
+            def dying(*args, **options):
+                calls[0] += 1
+                if calls[0] == kill_at_step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return rebalance(*args, **options)
+
+            trainer_module.rebalance = dying
+        return run_trial(params, **kwargs)
+
+    return trial
+
+
+def test_a_trial_killed_mid_epoch_continues_from_its_checkpoint(ray_cluster, tmp_path):
+    """64 training images in batches of 16: 4 steps an epoch. Killed in step 6 (epoch 2), the
+    trial starts again from its epoch-1 checkpoint and ends exactly as an uninterrupted one."""
+    from service.tune import run_tune
+
+    settings, dataset = tiny_search(tmp_path, "plain")
+    plain = run_tune(settings, dataset)
+    marker = tmp_path / "kill-once"
+    marker.touch()
+    settings, dataset = tiny_search(tmp_path, "killed")
+    killed = run_tune(settings, dataset, trial=killed_once_mid_epoch(marker, kill_at_step=6))
+    assert not marker.exists(), "the trial was never killed"
+    (plain_row,), (killed_row,) = plain["rows"], killed["rows"]
+    assert plain_row["epochs"] == killed_row["epochs"] == 2  # epoch 1 reported once, not again
+    assert killed_row["last_swd"] == plain_row["last_swd"] and killed_row["best_swd"] == plain_row["best_swd"]
+
+
+def trial_states(out) -> dict[str, str]:
+    """trial id -> status, from Ray Tune's experiment state file(s) under OUT/tune."""
+    states = {}
+    for path in sorted((out / "tune").glob("experiment_state*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # being written
+        for trial, _ in data.get("trial_data", []):
+            trial = json.loads(trial)
+            states[trial["trial_id"]] = trial["status"]
+    return states
+
+
+def test_a_search_whose_driver_was_killed_resumes_without_repeating_finished_trials(ray_cluster, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out = tmp_path / "search"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "service.run", "tune", "--trials", "3", "--time-budget", "600", "--out", str(out),
+         *TINY_TUNE, "--no-progress"],
+        cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while "TERMINATED" not in trial_states(out).values() and time.monotonic() < deadline:
+            assert driver.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.2)
+        finished = {t for t, status in trial_states(out).items() if status == "TERMINATED"}
+        assert finished and len(finished) < 3
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait()
+    reports = {t: _reports(out, t) for t in finished}
+
+    assert main(["tune", "--resume", str(out), "--no-progress"]) == 0
+    with open(out / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(r["status"] == "reported" for r in rows)
+    assert {t: _reports(out, t) for t in finished} == reports  # finished trials did not run again
+    assert set(trial_states(out).values()) == {"TERMINATED"}
+
+
+def _reports(out, trial_id: str) -> int:
+    (folder,) = [p for p in (out / "tune").iterdir() if p.is_dir() and trial_id in p.name]
+    return len((folder / "result.json").read_text().splitlines())
+
+
+def test_resume_refuses_a_folder_without_a_search_and_new_options(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["tune", "--resume", str(tmp_path / "empty")]) == 2
+    assert "no search to resume" in capsys.readouterr().err
+    assert main(["tune", "--resume", str(tmp_path / "empty"), "--trials", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "drop --trials" in err

@@ -24,7 +24,9 @@ def add_arguments(p):
     p.add_argument("--trials", type=int, default=8, metavar="N", help="number of trials (default: 8)")
     p.add_argument("--time-budget", type=float, default=1800.0, metavar="SECONDS", help="wall-clock bound on the whole search (default: 1800)")
     p.add_argument("--epochs", type=int, default=10, help="epochs per trial at most; ASHA stops weak trials sooner (default: 10)")
-    p.add_argument("--out", metavar="DIR", required=True, help="output folder: trials.csv, best_config.json, tune/")
+    p.add_argument("--out", metavar="DIR", help="output folder: trials.csv, best_config.json, search.json, tune/")
+    p.add_argument("--resume", metavar="DIR", help="continue the search in DIR whose driver stopped (killed, lost, "
+                   "out of time): finished trials are kept, the others go on from their last checkpoints")
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     add_backend(p)
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="base recipe for the fields not searched (default: default)")
@@ -38,16 +40,29 @@ def add_arguments(p):
     p.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION", help="share of images held out for SWD (default: 0.2)")
     add_seed(p)
     add_progress(p)
+    DEFAULTS.update({name: p.get_default(name) for name in SEARCH_OPTIONS + ("out",)})
+
+
+SEARCH_FILE = "search.json"  # what a search was asked, so --resume can rebuild it
+SEARCH_OPTIONS = ("data", "labels", "crop", "trials", "time_budget", "epochs", "backend", "preset", "image_size",
+                  "conditional", "cpus_per_trial", "gpus_per_trial", "widths", "batch_sizes", "max_images",
+                  "holdout", "seed")
 
 
 def run(args) -> int:
     from backends.presets import preset_config
+    from service.files import write_json
+    from service.rundir import dataset_fingerprint
+    from service.training import default_image_size
     from service.tune import TuneSettings, load_dataset, print_summary, run_tune
 
+    resume = args.resume is not None
+    if resume:
+        args = _resumed_arguments(args)
+    elif args.out is None:
+        raise UserError("give --out DIR for a new search, or --resume DIR")
     if args.max_images is not None and args.max_images < 2:
         raise UserError(f"--max-images must be >= 2, got {args.max_images}")
-    from service.training import default_image_size
-
     image_size = args.image_size or default_image_size(args.data)
     settings = TuneSettings(
         trials=args.trials, time_budget=args.time_budget, out_dir=Path(args.out), backend=args.backend,
@@ -64,7 +79,40 @@ def run(args) -> int:
                            max_images=args.max_images, seed=args.seed)
     if args.conditional and dataset.labels is None:
         raise UserError("--conditional needs class labels, and this dataset has none")
+    fingerprint = dataset_fingerprint(dataset.images, dataset.labels)
+    record = Path(args.out) / SEARCH_FILE
+    if resume and args.fingerprint != fingerprint:
+        raise UserError(f"cannot resume {args.out}: the data differs from the data the search started on")
+    if not resume:
+        if (Path(args.out) / "tune").exists():
+            raise UserError(f"{args.out} already holds a search; continue it with --resume {args.out}, or choose another --out")
+        write_json(record, {**{name: getattr(args, name) for name in SEARCH_OPTIONS}, "fingerprint": fingerprint})
     num_classes = (len(dataset.class_names) or int(dataset.labels.max()) + 1) if args.conditional else 0
     settings.base = preset_config(args.preset, image_size=image_size, num_classes=num_classes, seed=args.seed).to_dict()
-    print_summary(run_tune(settings, dataset))
+    print_summary(run_tune(settings, dataset, resume=resume))
     return 0
+
+
+def _resumed_arguments(args):
+    """The options of the search in --resume DIR (its search.json); only --address and
+    --progress may be given again."""
+    import argparse
+    import json
+
+    folder = Path(args.resume)
+    given = [f"--{name.replace('_', '-')}" for name in SEARCH_OPTIONS + ("out",)
+             if getattr(args, name) is not None and getattr(args, name) != DEFAULTS.get(name)]
+    if given:
+        raise UserError(f"--resume takes the search's options from {folder / SEARCH_FILE}; drop {', '.join(given)}")
+    try:
+        stored = json.loads((folder / SEARCH_FILE).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--resume {folder}: no search to resume there (no {SEARCH_FILE})") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--resume {folder}: {SEARCH_FILE} is unreadable ({e})") from None
+    if not (folder / "tune").is_dir():
+        raise UserError(f"--resume {folder}: the search never started there (no tune/ folder)")
+    return argparse.Namespace(**{**vars(args), **stored, "out": str(folder)})
+
+
+DEFAULTS: dict = {}  # filled from the parser in add_arguments: an option at its default was not given
