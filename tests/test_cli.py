@@ -62,3 +62,18 @@ def test_verbose_asks_for_the_framework_logs(tmp_path, monkeypatch, capsys):
     import os
 
     assert os.environ["LESIONGAN_TF_LOGS"] == "1"
+
+
+def test_the_gpu_check_says_in_one_line_that_there_is_no_gpu_and_exits_0(tmp_path):
+    """The CPU path of bench/gpu_check.py (this machine has no GPU; a device check runs it)."""
+    import json
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU, whatever the machine has
+    done = subprocess.run([sys.executable, str(repo / "bench" / "gpu_check.py"), "--out", str(tmp_path / "gpu.json")],
+                          capture_output=True, text=True, env=env, cwd=repo, timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.count("\n") == 1 and "no GPU" in done.stdout
+    assert json.loads((tmp_path / "gpu.json").read_text()) == {"gpu": None}

@@ -52,6 +52,7 @@ class TFBackend(Backend):
             warnings.warn("mixed_precision: this machine has no native bfloat16 (GPU, AVX512-BF16 or AMX); "
                           "TensorFlow emulates it, expect it slower than float32", stacklevel=2)
         self.float_dtype = tf.float64 if config.dtype == "float64" else tf.float32
+        self.device_kind = "gpu" if runtime.has_gpu() else "cpu"
         self.conditional = config.num_classes > 0
         self.jit_compile = bool(config.extra.get("jit_compile", default_jit_compile()))
         self.generator = build_network(config, "generator")

@@ -24,7 +24,9 @@ MANIFEST_FILE = "manifest.csv"
 STATE_DIR = ".generation"
 JOB_FILE = "job.json"
 PARTS_DIR = "parts"
-MANIFEST_COLUMNS = ("index", "file", "class", "seed", "checkpoint_sha256")
+# device: the kind of device that computed the image ("cpu" or "gpu"): bytes are identical
+# for any number of workers on one kind of device, not across kinds
+MANIFEST_COLUMNS = ("index", "file", "class", "seed", "checkpoint_sha256", "device")
 DEFAULT_SHARD_SIZE = 250
 DEFAULT_BATCH_SIZE = 50
 # Fields a re-run must share with the job already in OUT (they decide the bytes and the layout).

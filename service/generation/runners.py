@@ -67,21 +67,21 @@ def write_shard(backend, job: GenerationJob, shard: int) -> int:
                 encoded.append((i, png, class_name))
             else:
                 write_bytes(out_dir / image_file_name(i), png)
-            writer.writerow([i, manifest_file(job, i), class_name, job.seed, job.checkpoint_sha256])
+            writer.writerow([i, manifest_file(job, i), class_name, job.seed, job.checkpoint_sha256, backend.device_kind])
     if job.output_format == "tar":
-        write_bytes(out_dir / tar_shard_name(shard), tar_shard_bytes(job, encoded))
+        write_bytes(out_dir / tar_shard_name(shard), tar_shard_bytes(job, encoded, backend.device_kind))
     write_bytes(part_path(out_dir, shard), rows.getvalue().encode())
     return len(indices)
 
 
-def tar_shard_bytes(job: GenerationJob, samples: list[tuple[int, bytes, str]]) -> bytes:
+def tar_shard_bytes(job: GenerationJob, samples: list[tuple[int, bytes, str]], device: str) -> bytes:
     """A WebDataset-style tar: KEY.png then KEY.json per sample, in index order. Headers carry
     no time or owner, so a shard is the same bytes whoever writes it, whenever."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
         for index, png, class_name in samples:
             meta = {"index": index, "class": class_name or None, "seed": job.seed,
-                    "checkpoint_sha256": job.checkpoint_sha256}
+                    "checkpoint_sha256": job.checkpoint_sha256, "device": device}
             for suffix, data in (("png", png), ("json", json.dumps(meta, sort_keys=True).encode())):
                 member = tarfile.TarInfo(f"{tar_member_key(index)}.{suffix}")
                 member.size, member.mode, member.mtime = len(data), 0o644, 0
@@ -194,8 +194,8 @@ def generate_on_ray(
             retry_exceptions=True,
             runtime_env={"env_vars": thread_env(1)},
         )
-        # With GPUs, Ray's num_gpus=1 also caps concurrency at the GPU count.
-        max_in_flight = workers
+        # one task per GPU where there are GPUs (each task takes a whole one)
+        max_in_flight = min(workers, int(gpus)) if gpus >= 1 else workers
         job_ref = ray.put(job)
         todo = (s for s in range(job.num_shards) if s not in done)
         pending: dict = {}
