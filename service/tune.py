@@ -338,6 +338,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(summary: dict, stream=sys.stdout) -> None:
+def print_summary(summary: dict, stream=None) -> None:
+    stream = stream or sys.stdout  # looked up per call: whoever holds sys.stdout now gets the summary
     print(format_table(summary["rows"]), file=stream)
     print(f"best SWD {summary['best_swd']:.4g}; config: {summary['best_config']}; table: {summary['table']}", file=stream)
