@@ -164,5 +164,8 @@ def test_a_node_lost_mid_search_still_finishes_every_trial(cluster, tmp_path):
         driver.join(timeout=600)
     assert "error" not in outcome, outcome.get("error")
     rows = outcome["summary"]["rows"]
-    assert len(rows) == 2 and all(r["status"] == "reported" and r["epochs"] == 2 for r in rows)
+    # Both trials report; ASHA may stop the worse one after its first epoch, depending on which
+    # reaches that rung first, so a trial has 1 or 2 epochs.
+    assert len(rows) == 2 and all(r["status"] == "reported" and 1 <= r["epochs"] <= 2 for r in rows)
+    assert max(r["epochs"] for r in rows) == 2  # the first to reach a rung is never stopped there
     assert len(list(started.iterdir())) == 3  # the lost trial started once more
