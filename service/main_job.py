@@ -46,16 +46,25 @@ class MainJob:
     count: int = DEFAULT_COUNT
     workers: int = 0
     progress: bool = True
+    utility: bool = False  # a last stage: does the synthetic set help a classifier? (service.utility)
+    utility_test: str | None = None  # its held-out real test set on user data
+    utility_settings: object = None  # a service.utility.UtilitySettings; None: its defaults
 
     def check(self) -> None:
+        if self.utility and not self.conditional:
+            raise UserError("--utility needs --conditional: the classifier arms need generated images of each class")
+        if self.utility and self.data is not None and self.utility_test is None:
+            raise UserError("--utility on your data needs --utility-test PATH: labelled real images held out from --data")
+        if self.utility_test is not None and not self.utility:
+            raise UserError("--utility-test is only used with --utility")
         if self.count < MIN_COUNT:
             raise UserError(f"--count must be at least {MIN_COUNT} images to validate, got {self.count}")
         if self.workers < 0:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
 
 
-def stage(number: int, text: str) -> None:
-    print(f"[{number}/{STAGES}] {text}", file=sys.stderr, flush=True)
+def stage(number: int, text: str, stages: int = STAGES) -> None:
+    print(f"[{number}/{stages}] {text}", file=sys.stderr, flush=True)
 
 
 def run_main_job(job: MainJob) -> dict:
@@ -66,12 +75,13 @@ def run_main_job(job: MainJob) -> dict:
 
     job.check()
     started = time.perf_counter()
+    stages = STAGES + job.utility
     out = job.out or Path("runs") / time.strftime("main-%Y%m%d-%H%M%S")
     time_budget = job.time_budget
     if job.epochs is None and time_budget is None:
         time_budget = DEFAULT_TIME_BUDGET
 
-    stage(1, f"training ({job.backend} backend, preset {job.preset}" + (f", {time_budget:.0f} s budget" if time_budget else "") + ")")
+    stage(1, f"training ({job.backend} backend, preset {job.preset}" + (f", {time_budget:.0f} s budget" if time_budget else "") + ")", stages)
     outcome = run_training(
         out=out, data=job.data, labels=job.labels, crop=job.crop, strict=job.strict, backend=job.backend,
         preset=job.preset, epochs=job.epochs, image_size=job.image_size, batch_size=job.batch_size,
@@ -80,7 +90,7 @@ def run_main_job(job: MainJob) -> dict:
     print("\n".join(outcome_lines(outcome)), flush=True)
     run_dir, config = outcome.run_dir, outcome.config
 
-    stage(2, f"generating {job.count} images")
+    stage(2, f"generating {job.count} images", stages)
     generated_dir = run_dir / "generated"
     generation = plan_job(run_dir, job.count, generated_dir, seed=job.seed, backend=job.backend)
     if job.workers == 0:
@@ -91,10 +101,10 @@ def run_main_job(job: MainJob) -> dict:
         generate_on_ray(generation, workers=job.workers, progress=job.progress)
     fake, fake_names = read_generated(generated_dir)
 
-    stage(3, "loading the real reference set")
+    stage(3, "loading the real reference set", stages)
     real, train = reference_sets(job, config.image_size)
 
-    stage(4, "validating and writing the report")
+    stage(4, "validating and writing the report", stages)
     report_dir = run_dir / "report"
     fake_labels = class_indices(fake_names, real.class_names) if real.labels is not None else None
     results = validate_sets(
@@ -103,8 +113,38 @@ def run_main_job(job: MainJob) -> dict:
         class_names=real.class_names, run_dir=run_dir, progress=job.progress, seed=job.seed,
         real_groups=real.groups, train_groups=train.groups,
     )
-    return {"run_dir": run_dir, "generated": generated_dir, "report": report_dir / "report.html",
-            "results": results, "seconds": time.perf_counter() - started}
+    outcome = {"run_dir": run_dir, "generated": generated_dir, "report": report_dir / "report.html",
+               "results": results}
+    if job.utility:
+        stage(5, "downstream utility: training the classifier arms", stages)
+        outcome["utility"] = utility_stage(job, run_dir, train, real, config.image_size, report_dir)
+    outcome["seconds"] = time.perf_counter() - started
+    return outcome
+
+
+def utility_stage(job: MainJob, run_dir: Path, train: "ImageSet", reference: "ImageSet", image_size: int,
+                  report_dir: Path) -> dict:
+    """service.utility on the training images against a held-out real test set (on the embedded
+    dataset the fresh reference set, never trained on; on user data --utility-test), then the
+    result into the report."""
+    from service import data
+    from service.imageio import from_uint8
+    from service.utility import UtilitySettings, run_utility
+    from service.validation.report import add_utility
+
+    def as_dataset(image_set: ImageSet) -> data.Dataset:
+        return data.Dataset(from_uint8(image_set.images), image_set.labels, image_set.class_names)
+
+    if job.utility_test is None:
+        test = as_dataset(reference)
+    else:
+        test = data.load_images(job.utility_test, image_size, crop=job.crop, progress=job.progress)
+    out = run_dir / "utility"
+    settings = job.utility_settings or UtilitySettings()
+    settings.backend = job.backend
+    summary = run_utility(run_dir, as_dataset(train), test, out, settings, progress=job.progress)
+    add_utility(report_dir, summary, out / "utility.png")
+    return summary
 
 
 @dataclass
@@ -147,6 +187,10 @@ def summary_lines(outcome: dict) -> list[str]:
         lines.append(f"SWD x1e3: real vs generated {generated:.1f}, real vs real {reference:.1f} (lower is closer)")
     except (KeyError, TypeError):
         pass
+    if outcome.get("utility"):
+        from service.utility import describe
+
+        lines += ["downstream utility (balanced accuracy on held-out real images):", *describe(outcome["utility"])]
     lines += [
         f"done in {outcome['seconds']:.0f} s",
         f"run directory: {outcome['run_dir']}",

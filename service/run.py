@@ -23,6 +23,7 @@ COMMANDS = {
     "tune": ("service.commands.tune", "hyperparameter trials on Ray Tune"),
     "sample-data": ("service.commands.sample_data", "write the embedded stand-in dataset in ISIC 2017 layout"),
     "export": ("service.commands.export", "write a run's generator as a standard Keras 3 model"),
+    "utility": ("service.commands.utility", "does a conditional run's synthetic set help a lesion classifier?"),
 }
 MAIN_JOB = "service.commands.main_job"
 

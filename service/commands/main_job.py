@@ -28,6 +28,14 @@ def add_arguments(parser) -> None:
         "--workers", type=int, default=0, metavar="K",
         help="generate on Ray with K workers (default: 0, one in-process loop; same bytes)",
     )
+    parser.add_argument(
+        "--utility", action="store_true",
+        help="with --conditional, a last stage: train a small classifier on real, synthetic and mixed sets "
+        "and report whether the synthetic images help (see the utility command)",
+    )
+    parser.add_argument("--utility-test", metavar="PATH",
+                        help="labelled real images held out from --data, the utility stage's test set "
+                        "(the embedded dataset brings its own)")
     add_progress(parser)
 
 
@@ -37,6 +45,7 @@ def run(args) -> int:
         strict=args.strict, backend=args.backend, preset=args.preset, epochs=args.epochs,
         image_size=args.image_size, batch_size=args.batch_size, time_budget=args.time_budget, seed=args.seed,
         conditional=args.conditional, count=args.count, workers=args.workers, progress=show_progress(args),
+        utility=args.utility, utility_test=args.utility_test,
     )
     print("\n".join(summary_lines(run_main_job(job))))
     return 0

@@ -70,6 +70,22 @@ def render_html(result: dict) -> str:
     )
 
 
+def add_utility(out_dir, summary: dict, chart) -> Path:
+    """Put a `utility` result (service.utility) into an existing report: metrics.json gains a
+    "utility" entry and report.html a section; the chart is copied beside the page."""
+    import shutil
+
+    from service.files import write_json
+
+    out_dir = Path(out_dir)
+    result = json.loads((out_dir / "metrics.json").read_text())
+    shutil.copyfile(chart, out_dir / "utility.png")
+    result["utility"] = summary
+    result["files"]["utility"] = "utility.png"
+    write_json(out_dir / "metrics.json", result)
+    return write_report(out_dir, result)
+
+
 def write_report(out_dir, result: dict) -> Path:
     path = Path(out_dir) / "report.html"
     write_text(path, render_html(result))

@@ -1,0 +1,63 @@
+"""`utility`: does a conditional run's synthetic set help a lesion classifier? (service.utility)
+
+    python -m service.run utility --run runs/c --real isic-train/ --test isic-test/ [--out DIR]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.commands.common import add_backend, add_crop, add_progress, show_progress
+from service.utility import ARMS, UtilitySettings
+
+
+def add_arguments(p):
+    p.add_argument("--run", metavar="RUN", required=True, help="a conditional run directory (trained with --conditional)")
+    p.add_argument("--real", metavar="PATH", required=True, help="the real training images, labelled (the run's training data)")
+    p.add_argument("--test", metavar="PATH", required=True,
+                   help="held-out real images, labelled, of other patients or source images than --real")
+    p.add_argument("--labels", metavar="CSV", help="ground-truth CSV of --real")
+    p.add_argument("--test-labels", metavar="CSV", help="ground-truth CSV of --test")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/utility)")
+    p.add_argument("--seeds", default="0,1,2", help="classifier seeds, comma-separated (default: 0,1,2)")
+    p.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (default: all: {', '.join(ARMS)})")
+    p.add_argument("--max-epochs", type=int, default=UtilitySettings.max_epochs,
+                   help=f"classifier epochs at most; early stopping usually ends sooner (default: {UtilitySettings.max_epochs})")
+    p.add_argument("--bootstrap", type=int, default=UtilitySettings.bootstrap,
+                   help=f"test-set resamples for the 95%% intervals (default: {UtilitySettings.bootstrap})")
+    add_backend(p)
+    add_crop(p)
+    add_progress(p)
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    from service.errors import UserError
+
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated integers, got {text!r}") from None
+
+
+def run(args) -> int:
+    from service.data import load_images
+    from service.rundir import load_config
+    from service.utility import describe, run_utility
+
+    config, _ = load_config(args.run)
+    progress = show_progress(args)
+    settings = UtilitySettings(seeds=_int_list(args.seeds, "--seeds"),
+                               arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()),
+                               max_epochs=args.max_epochs, bootstrap=args.bootstrap, backend=args.backend)
+    settings.check()
+    if config.num_classes == 0:
+        from service.errors import UserError
+
+        raise UserError(f"utility needs a conditional run (train with --conditional): {args.run} generates no classes")
+    real = load_images(args.real, config.image_size, labels_csv=args.labels, crop=args.crop, progress=progress)
+    test = load_images(args.test, config.image_size, labels_csv=args.test_labels, crop=args.crop, progress=progress)
+    out = Path(args.out) if args.out else Path(args.run) / "utility"
+    summary = run_utility(args.run, real, test, out, settings, progress=progress)
+    print("\n".join(describe(summary)))
+    print(f"utility: {out / 'utility.json'}; chart: {out / 'utility.png'}")
+    return 0

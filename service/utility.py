@@ -1,0 +1,428 @@
+"""Downstream utility: does a run's synthetic set help a lesion classifier?
+
+One fixed small classifier (`build_classifier`) is trained in several arms that differ only in
+their training images, and scored on the same held-out real test set:
+
+    real              the real training images (train real, test real)
+    synthetic         generated images only, as many per class as the real set has (TSTR)
+    real+synthetic    the real images, each class topped up with generated ones to the
+                      largest class's count
+    scarce            a fixed 25% of the real training images (stratified by class)
+    scarce+synthetic  those, topped up the same way to their largest class's count
+    real+augment      the real images with classic augmentation (flips, 90-degree turns,
+                      brightness and contrast jitter): what synthetic images must beat
+
+Every arm runs once per classifier seed (the seed fixes the classifier's initial weights,
+its validation split and its batch order) with the same budget. The classifier holds out a
+stratified 15% of its arm's training images for early stopping (on validation loss, best
+weights kept) and weights its loss by class ("balanced": n / (classes x n_class)), so a rare
+class counts as much as a common one. Scores on the test set: balanced accuracy (the mean of
+the per-class sensitivities), per-class sensitivity and one-vs-rest ROC AUC, mean and range
+over seeds. Each arm is compared with its real-only counterpart (`BASELINES`): the difference
+of the seed-mean scores with a 95% interval from resampling the test images (bootstrap;
+the seeds' predictions are kept fixed, so the interval is over the test set).
+
+The generated images come from the run's deterministic generator (`generate --class`), with
+a generation seed of its own (`GENERATION_SEED`, not a training seed), written as PNGs under
+OUT/generated/<class>/; utility.json names the checkpoint (sha256) and the seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.errors import UserError
+
+ARMS = ("real", "synthetic", "real+synthetic", "scarce", "scarce+synthetic", "real+augment")
+BASELINES = {"synthetic": "real", "real+synthetic": "real", "real+augment": "real", "scarce+synthetic": "scarce"}
+GENERATION_SEED = 9_001  # the generated images' seed: any value other than the run's own seeds
+MEANING = {
+    "real": "the classifier trained on the real training images alone: the reference",
+    "synthetic": "trained on generated images only: how much of the real task the synthetic set teaches",
+    "real+synthetic": "real images with every class topped up by generated ones: does adding synthetic images help",
+    "scarce": "a quarter of the real training images: the regime where more images should matter most",
+    "scarce+synthetic": "that quarter topped up with generated images: does synthesis help when real images are few",
+    "real+augment": "real images with flips, turns and colour jitter: the classic baseline synthesis must beat",
+}
+
+
+@dataclass
+class UtilitySettings:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    arms: tuple[str, ...] = ARMS
+    max_epochs: int = 30
+    patience: int = 4  # epochs without a better validation loss before the classifier stops
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.15
+    scarce_fraction: float = 0.25
+    split_seed: int = 0  # which real images make the scarce quarter
+    bootstrap: int = 1000
+    generation_seed: int = GENERATION_SEED
+    backend: str = "tf"  # the generator's backend
+    widths: tuple[int, ...] = field(default=(16, 32, 64, 128))
+
+    def check(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise UserError(f"unknown arm {unknown[0]!r}; arms are {', '.join(ARMS)}")
+        if not self.seeds:
+            raise UserError("give at least one classifier seed")
+        if self.bootstrap < 1 or self.max_epochs < 1:
+            raise UserError("--bootstrap and --max-epochs must be positive")
+        if not 0 < self.scarce_fraction <= 1:
+            raise UserError(f"the scarce fraction must be in (0, 1], got {self.scarce_fraction}")
+
+
+def check_inputs(class_names: tuple[str, ...], real, test) -> None:
+    """Exit-2 errors for what the arms cannot use: an unconditional run, unlabelled sets, a
+    class of the run with no training or no test images, other class names."""
+    if not class_names:
+        raise UserError("utility needs a conditional run (train with --conditional): this run generates no classes")
+    for name, dataset in (("training", real), ("test", test)):
+        if dataset.labels is None:
+            raise UserError(f"the {name} set has no class labels; the classifier needs labelled real images")
+        if dataset.class_names and tuple(dataset.class_names) != tuple(class_names):
+            raise UserError(f"the {name} set's classes ({', '.join(dataset.class_names)}) are not the run's "
+                            f"({', '.join(class_names)})")
+        counts = np.bincount(dataset.labels, minlength=len(class_names))
+        if len(counts) > len(class_names):
+            raise UserError(f"the {name} set has class index {len(counts) - 1}; the run has {len(class_names)} classes")
+        missing = [class_names[c] for c in range(len(class_names)) if counts[c] == 0]
+        if missing:
+            raise UserError(f"the {name} set has no images of class {missing[0]}; every class of the run needs some")
+
+
+def scarce_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A fixed share of each class (at least one image of each), in index order."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(members, size=max(1, round(fraction * len(members))), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def top_up(counts: np.ndarray) -> np.ndarray:
+    """Generated images per class that bring every class to the largest class's count."""
+    return counts.max() - counts
+
+
+def synthetic_counts(labels: np.ndarray, scarce: np.ndarray, num_classes: int, arms) -> np.ndarray:
+    """Generated images needed per class by the arms (the arms share one generated set: each
+    takes the first images of each class it needs)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    needs = [np.zeros(num_classes, np.int64)]
+    if "synthetic" in arms:
+        needs.append(counts)
+    if "real+synthetic" in arms:
+        needs.append(top_up(counts))
+    if "scarce+synthetic" in arms:
+        needs.append(top_up(np.bincount(labels[scarce], minlength=num_classes)))
+    return np.max(needs, axis=0)
+
+
+def arm_images(arm: str, real_images, real_labels, scarce, synthetic: dict[int, np.ndarray]):
+    """(images, labels, augment) an arm trains on."""
+    num_classes = len(synthetic) if synthetic else int(real_labels.max()) + 1
+
+    def synthetic_part(per_class):
+        parts = [(synthetic[c][: per_class[c]], np.full(per_class[c], c)) for c in range(num_classes) if per_class[c]]
+        if not parts:
+            return np.zeros((0, *real_images.shape[1:]), np.float32), np.zeros(0, np.int64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.int64)
+
+    if arm in ("real", "real+augment"):
+        return real_images, real_labels, arm == "real+augment"
+    if arm == "scarce":
+        return real_images[scarce], real_labels[scarce], False
+    if arm == "synthetic":
+        images, labels = synthetic_part(np.bincount(real_labels, minlength=num_classes))
+        return images, labels, False
+    base = scarce if arm == "scarce+synthetic" else np.arange(len(real_labels))
+    extra_images, extra_labels = synthetic_part(top_up(np.bincount(real_labels[base], minlength=num_classes)))
+    return (np.concatenate([real_images[base], extra_images]),
+            np.concatenate([real_labels[base], extra_labels]), False)
+
+
+def build_classifier(image_size: int, num_classes: int, augment: bool, settings: UtilitySettings):
+    """The fixed classifier: strided 3x3 convolutions (16, 32, 64, 128 filters, one per halving
+    down to 4x4 or fewer), batch normalisation and ReLU, global average pooling, dropout 0.3,
+    a linear layer to class logits. With `augment`, Keras preprocessing layers that act in
+    training only: random flips both ways, random 90-degree turns, brightness +-0.2 and
+    contrast +-0.2."""
+    import backends.tf.runtime  # noqa: F401 - TensorFlow's start-up settings, before Keras
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((image_size, image_size, 3))
+    x = inputs
+    if augment:
+        x = layers.RandomFlip("horizontal_and_vertical")(x)
+        x = layers.RandomRotation((-0.25, 0.25), fill_mode="reflect")(x)
+        x = layers.RandomBrightness(0.2, value_range=(-1.0, 1.0))(x)
+        x = layers.RandomContrast(0.2)(x)
+    blocks = max(1, int(math.log2(image_size // 4)))
+    for i in range(blocks):
+        x = layers.Conv2D(settings.widths[min(i, len(settings.widths) - 1)], 3, strides=2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(num_classes)(x)
+    return keras.Model(inputs, outputs)
+
+
+def train_classifier(images, labels, num_classes: int, augment: bool, seed: int, settings: UtilitySettings):
+    """The classifier trained on (images, labels): early stopping on a stratified validation
+    split, class-balanced loss. Returns the Keras model (best validation weights)."""
+    import backends.tf.runtime  # noqa: F401
+    import keras
+    from sklearn.model_selection import train_test_split
+
+    keras.utils.set_random_seed(seed)
+    counts = np.bincount(labels, minlength=num_classes)
+    present = np.count_nonzero(counts)
+    held = max(round(settings.validation_fraction * len(labels)), present, 1)
+    if len(labels) - held < present:
+        raise UserError(f"{len(labels)} training images are too few for a classifier with a validation split")
+    # stratified where every class can give an image to each side, else a plain random split
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    fit_x, val_x, fit_y, val_y = train_test_split(images, labels, test_size=held, random_state=seed, stratify=stratify)
+    fit_counts = np.bincount(fit_y, minlength=num_classes)
+    weights = {c: len(fit_y) / (np.count_nonzero(fit_counts) * n) for c, n in enumerate(fit_counts) if n}
+    model = build_classifier(images.shape[1], num_classes, augment, settings)
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    stop = keras.callbacks.EarlyStopping(patience=settings.patience, restore_best_weights=True)
+    model.fit(fit_x, fit_y, validation_data=(val_x, val_y), epochs=settings.max_epochs,
+              batch_size=settings.batch_size, class_weight=weights, callbacks=[stop], verbose=0, shuffle=True)
+    return model
+
+
+def predict_proba(model, images: np.ndarray) -> np.ndarray:
+    from scipy.special import softmax
+
+    return softmax(np.asarray(model.predict(images, batch_size=256, verbose=0), np.float64), axis=1)
+
+
+def score(labels: np.ndarray, proba: np.ndarray) -> dict:
+    """Balanced accuracy, per-class sensitivity and one-vs-rest AUC (nan for a class the
+    labels lack, which a bootstrap resample can)."""
+    from sklearn.metrics import roc_auc_score
+
+    num_classes = proba.shape[1]
+    predicted = proba.argmax(axis=1)
+    sensitivity = np.array([np.mean(predicted[labels == c] == c) if np.any(labels == c) else np.nan
+                            for c in range(num_classes)])
+    auc = np.array([roc_auc_score(labels == c, proba[:, c]) if 0 < np.sum(labels == c) < len(labels) else np.nan
+                    for c in range(num_classes)])
+    return {"balanced_accuracy": float(np.nanmean(sensitivity)), "sensitivity": sensitivity, "auc": auc,
+            "macro_auc": float(np.nanmean(auc))}
+
+
+def _seed_mean(labels, probas: list[np.ndarray]) -> dict:
+    scores = [score(labels, p) for p in probas]
+    return {k: np.mean([s[k] for s in scores], axis=0) for k in scores[0]}
+
+
+def bootstrap_difference(labels, arm_probas, base_probas, resamples: int, seed: int = 0) -> dict:
+    """The difference arm - baseline of the seed-mean scores on the test set, and its 95%
+    interval from `resamples` bootstrap resamples of the test images."""
+    rng = np.random.default_rng(seed)
+    point = {k: np.asarray(a) - np.asarray(b)
+             for (k, a), b in zip(_seed_mean(labels, arm_probas).items(), _seed_mean(labels, base_probas).values())}
+    draws = {k: [] for k in point}
+    for _ in range(resamples):
+        idx = rng.integers(0, len(labels), len(labels))
+        arm = _seed_mean(labels[idx], [p[idx] for p in arm_probas])
+        base = _seed_mean(labels[idx], [p[idx] for p in base_probas])
+        for k in draws:
+            draws[k].append(np.asarray(arm[k]) - np.asarray(base[k]))
+    return {k: {"difference": point[k], "low": np.nanpercentile(draws[k], 2.5, axis=0),
+                "high": np.nanpercentile(draws[k], 97.5, axis=0)} for k in point}
+
+
+def evaluate_arms(real, test, synthetic: dict[int, np.ndarray], class_names, settings: UtilitySettings,
+                  progress: bool = False) -> dict:
+    """Train and score every arm with every seed. `real`/`test` are service.data.Dataset
+    objects with labels, `synthetic` maps class index -> float32 images in [-1, 1]."""
+    from tqdm import tqdm
+
+    settings.check()
+    num_classes = len(class_names)
+    scarce = scarce_indices(real.labels, settings.scarce_fraction, settings.split_seed)
+    probas, sizes = {}, {}
+    bar = tqdm(total=len(settings.arms) * len(settings.seeds), desc="utility", unit="classifier",
+               disable=not progress)
+    with bar:
+        for arm in settings.arms:
+            images, labels, augment = arm_images(arm, real.images, real.labels, scarce, synthetic)
+            sizes[arm] = np.bincount(labels, minlength=num_classes).tolist()
+            probas[arm] = []
+            for seed in settings.seeds:
+                bar.set_postfix_str(f"{arm}, seed {seed}")
+                model = train_classifier(images, labels, num_classes, augment, seed, settings)
+                probas[arm].append(predict_proba(model, test.images))
+                bar.update()
+    arms = {}
+    for arm in settings.arms:
+        per_seed = [score(test.labels, p) for p in probas[arm]]
+        entry = {"training_images_per_class": dict(zip(class_names, sizes[arm])), "meaning": MEANING[arm]}
+        for key in ("balanced_accuracy", "macro_auc"):
+            values = [s[key] for s in per_seed]
+            entry[key] = {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)),
+                          "per_seed": [float(v) for v in values]}
+        for key in ("sensitivity", "auc"):
+            values = np.array([s[key] for s in per_seed])
+            entry[key] = {name: {"mean": float(np.mean(values[:, c])), "min": float(np.min(values[:, c])),
+                                 "max": float(np.max(values[:, c]))} for c, name in enumerate(class_names)}
+        base = BASELINES.get(arm)
+        if base in probas:
+            diff = bootstrap_difference(test.labels, probas[arm], probas[base], settings.bootstrap)
+            entry["against"] = base
+            entry["difference"] = {
+                "balanced_accuracy": _interval(diff["balanced_accuracy"]),
+                "macro_auc": _interval(diff["macro_auc"]),
+                "sensitivity": {name: _interval(diff["sensitivity"], c) for c, name in enumerate(class_names)},
+            }
+        entry["reading"] = reading(arm, entry)
+        arms[arm] = entry
+    return {"arms": arms, "class_names": list(class_names), "test_images_per_class":
+            dict(zip(class_names, np.bincount(test.labels, minlength=num_classes).tolist())),
+            "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}}
+
+
+def reading(arm: str, entry: dict) -> str:
+    """One sentence: what the arm measures and, for a compared arm, what its interval says."""
+    text = MEANING[arm][0].upper() + MEANING[arm][1:] + "."
+    if "difference" not in entry:
+        return text
+    d = entry["difference"]["balanced_accuracy"]
+    change = f"{d['difference']:+.3f} balanced accuracy against {entry['against']} (95% interval {d['low']:+.3f} to {d['high']:+.3f})"
+    if d["low"] > 0:
+        return f"{text} It helps: {change}."
+    if d["high"] < 0:
+        return f"{text} It hurts: {change}."
+    return f"{text} No clear difference: {change}."
+
+
+def _interval(entry: dict, c: int | None = None) -> dict:
+    pick = (lambda v: float(np.asarray(v)[c])) if c is not None else float
+    return {"difference": pick(entry["difference"]), "low": pick(entry["low"]), "high": pick(entry["high"])}
+
+
+def generate_synthetic(run_dir, class_names, counts: np.ndarray, out_dir: Path, settings: UtilitySettings,
+                       progress: bool = False) -> tuple[dict[int, np.ndarray], dict]:
+    """`counts[c]` images of each class c from the run's generator (one `generate --class`
+    job per class, in process), read back as float32 in [-1, 1]."""
+    from service.generation import generate_in_process, plan_job
+    from service.imageio import from_uint8, read_png
+
+    images, provenance = {}, {}
+    for c, name in enumerate(class_names):
+        count = int(counts[c])
+        if count == 0:
+            images[c] = np.zeros((0,), np.float32)
+            continue
+        job = plan_job(run_dir, count, out_dir / name, seed=settings.generation_seed, class_name=name,
+                       backend=settings.backend)
+        generate_in_process(job, resume=(out_dir / name).exists(), progress=progress)
+        files = sorted((out_dir / name).glob("img_*.png"))
+        images[c] = from_uint8(np.stack([read_png(p) for p in files]))
+        provenance = {"checkpoint": job.checkpoint, "checkpoint_sha256": job.checkpoint_sha256,
+                      "generation_seed": job.seed}
+    return images, provenance
+
+
+def run_utility(run_dir, real, test, out_dir, settings: UtilitySettings | None = None, progress: bool = False) -> dict:
+    """The whole command: check, generate what the arms need, train and score the arms, write
+    OUT/utility.json and OUT/utility.png. Returns the summary."""
+    from service.files import write_json
+    from service.generation.job import run_class_names
+    from service.rundir import load_config
+
+    settings = settings or UtilitySettings()
+    settings.check()
+    config, full_config = load_config(run_dir)
+    class_names = run_class_names(config, full_config)
+    check_inputs(class_names, real, test)
+    for name, dataset in (("training", real), ("test", test)):
+        if dataset.images.shape[1] != config.image_size:
+            raise UserError(f"the {name} images are {dataset.images.shape[1]}x{dataset.images.shape[1]}; "
+                            f"the run makes {config.image_size}x{config.image_size}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scarce = scarce_indices(real.labels, settings.scarce_fraction, settings.split_seed)
+    counts = synthetic_counts(real.labels, scarce, len(class_names), settings.arms)
+    synthetic, provenance = generate_synthetic(run_dir, class_names, counts, out_dir / "generated", settings, progress)
+    summary = evaluate_arms(real, test, synthetic, class_names, settings, progress)
+    summary.update(run=str(run_dir), generated=str(out_dir / "generated"), **provenance)
+    write_json(out_dir / "utility.json", summary)
+    plot_utility(summary, out_dir / "utility.png")
+    return summary
+
+
+def plot_utility(summary: dict, path: Path) -> None:
+    """Balanced accuracy per arm (bar: seed mean, whisker: seed range) and each arm's
+    difference from its real-only counterpart (whisker: bootstrap 95% interval)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from service.files import atomic_file
+
+    arms = summary["arms"]
+    names = list(arms)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    means = [arms[a]["balanced_accuracy"]["mean"] for a in names]
+    lows = [m - arms[a]["balanced_accuracy"]["min"] for a, m in zip(names, means)]
+    highs = [arms[a]["balanced_accuracy"]["max"] - m for a, m in zip(names, means)]
+    left.bar(names, means, yerr=[lows, highs], capsize=4, color="#7a9cc6")
+    left.axhline(1 / len(summary["class_names"]), color="grey", linestyle=":", label="chance")
+    left.set_ylabel("balanced accuracy")
+    left.set_title("on the held-out real test set (whiskers: seed range)", fontsize=10)
+    left.set_ylim(0, 1)
+    left.legend(loc="lower right")
+    left.tick_params(axis="x", rotation=30)
+    compared = [a for a in names if "difference" in arms[a]]
+    if compared:
+        d = [arms[a]["difference"]["balanced_accuracy"] for a in compared]
+        values = [x["difference"] for x in d]
+        right.bar([f"{a.replace('+', '+' + chr(10))}\nvs {arms[a]['against']}" for a in compared], values,
+                  yerr=[[v - x["low"] for v, x in zip(values, d)], [x["high"] - v for v, x in zip(values, d)]],
+                  capsize=4, color=["#5aa469" if x["low"] > 0 else "#d35d6e" if x["high"] < 0 else "#bbbbbb" for x in d])
+        right.axhline(0, color="black", linewidth=0.8)
+        right.set_ylabel("difference (95% interval)")
+        right.set_title("balanced accuracy against the real-only arm", fontsize=10)
+    else:
+        right.axis("off")
+    fig.tight_layout()
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def describe(summary: dict) -> list[str]:
+    """One line per arm for the terminal and the report."""
+    lines = []
+    mel = "melanoma" if "melanoma" in summary["class_names"] else summary["class_names"][-1]
+    for arm, entry in summary["arms"].items():
+        ba = entry["balanced_accuracy"]
+        line = (f"{arm:17s} balanced accuracy {ba['mean']:.3f} [{ba['min']:.3f}, {ba['max']:.3f}]  "
+                f"{mel} sensitivity {entry['sensitivity'][mel]['mean']:.3f}  macro AUC {entry['macro_auc']['mean']:.3f}")
+        if "difference" in entry:
+            d = entry["difference"]["balanced_accuracy"]
+            line += f"  vs {entry['against']}: {d['difference']:+.3f} ({d['low']:+.3f}, {d['high']:+.3f})"
+        lines.append(line)
+    return lines
+
+
+def load_summary(path) -> dict:
+    return json.loads(Path(path).read_text())
