@@ -1,4 +1,5 @@
-"""Generation at scale: Ray with 2 workers against one in-process loop, and memory flatness in N.
+"""Generation at scale: Ray with 2 workers against one in-process loop, a 2-node cluster against
+1 node, and memory flatness in N.
 
 Run: `pytest bench/bench_generation.py --benchmark-only -s`
 
@@ -9,12 +10,17 @@ Run: `pytest bench/bench_generation.py --benchmark-only -s`
    cluster would be); worker start-up and model loading are inside the timed part.
 2. Memory: peak RSS of the driver and of each worker, each job in a fresh process with a fresh
    local Ray, for a small and a 10x larger count; prints the ratios (target <= 1.2).
+3. Nodes: the same job on a multi-node Ray cluster on this machine (ray.cluster_utils.Cluster)
+   of 1 node with 1 CPU, then of 2 nodes with 1 CPU each; prints images/s of both and the
+   ratio (target >= 1.8), and checks that both gave the same bytes.
 
 Sizes are environment knobs because a full-size run takes hours on a small CPU machine:
   BENCH_GEN_COUNT          images for the throughput case (default 10000)
   BENCH_GEN_BACKEND        tf (default) or numpy
   BENCH_GEN_MEMORY_COUNTS  "small,large" counts for the memory case (default 10000,100000)
   BENCH_GEN_MEMORY_ARCH    "thesis" (default) or "small" (32x32, width 8: same machinery, faster)
+  BENCH_GEN_FORMAT         png (default) or tar: the output format of the memory case
+  BENCH_GEN_NODES_COUNT    images for the nodes case (default 2000)
 The figures printed name the sizes actually used.
 """
 
@@ -35,6 +41,8 @@ COUNT = int(os.environ.get("BENCH_GEN_COUNT", 10_000))
 BACKEND = os.environ.get("BENCH_GEN_BACKEND", "tf")
 MEMORY_COUNTS = tuple(int(c) for c in os.environ.get("BENCH_GEN_MEMORY_COUNTS", "10000,100000").split(","))
 MEMORY_ARCH = os.environ.get("BENCH_GEN_MEMORY_ARCH", "thesis")
+OUTPUT_FORMAT = os.environ.get("BENCH_GEN_FORMAT", "png")
+NODES_COUNT = int(os.environ.get("BENCH_GEN_NODES_COUNT", 2_000))
 SMALL_ARCH = dict(image_size=32, width=8, max_width=32, latent_dim=16)
 
 
@@ -92,8 +100,8 @@ _MEMORY_JOB = r"""
 import json, sys
 from backends.config import GANConfig
 from service import generation
-run, count, out, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-job = generation.plan_job(run, count, out, backend=backend)
+run, count, out, backend, output_format = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+job = generation.plan_job(run, count, out, backend=backend, output_format=output_format)
 result = generation.generate_on_ray(job, workers=2, progress=False)
 print(json.dumps(generation.describe(result)))
 """
@@ -101,7 +109,7 @@ print(json.dumps(generation.describe(result)))
 
 def _memory_run(run, count: int, out) -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", _MEMORY_JOB, str(run), str(count), str(out), BACKEND],
+        [sys.executable, "-c", _MEMORY_JOB, str(run), str(count), str(out), BACKEND, OUTPUT_FORMAT],
         capture_output=True, text=True, check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -119,7 +127,7 @@ def test_peak_memory_is_flat_in_count(benchmark, tmp_path):
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
     lines = [f"\n[generation memory] {MEMORY_ARCH} architecture {config.image_size}x{config.image_size}, "
-             f"backend {BACKEND}, 2 workers, fresh local Ray per job"]
+             f"backend {BACKEND}, {OUTPUT_FORMAT} output, 2 workers, fresh local Ray per job"]
     for count in (small, large):
         r = results[count]
         workers = sorted(r["worker_peak_rss"].values())
@@ -131,3 +139,47 @@ def test_peak_memory_is_flat_in_count(benchmark, tmp_path):
                  "(target <= 1.2)")
     benchmark.extra_info.update(driver_ratio=driver_ratio, worker_ratio=worker_ratio, counts=[small, large])
     print("\n".join(lines))
+
+
+def _generate_on_cluster(job, nodes: int) -> float:
+    """Seconds for `job` on a fresh cluster of `nodes` nodes with 1 CPU each (started, and the
+    driver connected, before the clock starts)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level=logging.ERROR)
+        result = generation.generate_on_ray(job, progress=False)  # one task per CPU of the cluster
+        return result.seconds
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_two_nodes_against_one_node(benchmark, tmp_path):
+    run = init_random_run(tmp_path / "run", GANConfig())  # the thesis's architecture, 64x64
+    seconds = {}
+
+    def measure():
+        for nodes in (1, 2):
+            job = generation.plan_job(run, NODES_COUNT, tmp_path / f"nodes{nodes}", backend=BACKEND)
+            seconds[nodes] = _generate_on_cluster(job, nodes)
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    names = [generation.image_file_name(i) for i in range(NODES_COUNT)]
+    same = sum((tmp_path / "nodes1" / n).read_bytes() == (tmp_path / "nodes2" / n).read_bytes() for n in names)
+    ratio = seconds[1] / seconds[2]
+    benchmark.extra_info.update(count=NODES_COUNT, one_node_seconds=seconds[1], two_node_seconds=seconds[2], ratio=ratio)
+    print(
+        f"\n[generation on nodes] {NODES_COUNT} images 64x64, thesis architecture, backend {BACKEND}, "
+        f"nodes of 1 CPU on one machine with {os.cpu_count()} CPUs\n"
+        f"  1 node : {NODES_COUNT / seconds[1]:8.1f} img/s ({seconds[1]:.1f} s)\n"
+        f"  2 nodes: {NODES_COUNT / seconds[2]:8.1f} img/s ({seconds[2]:.1f} s)\n"
+        f"  ratio 2 nodes / 1 node = {ratio:.2f} (target >= 1.8)\n"
+        f"  byte-identical images: {same}/{NODES_COUNT}"
+    )
+    assert same == NODES_COUNT  # a correctness check, not a timing one

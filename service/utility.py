@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -257,7 +258,7 @@ def evaluate_arms(real, test, synthetic: dict[int, np.ndarray], class_names, set
     settings.check()
     num_classes = len(class_names)
     scarce = scarce_indices(real.labels, settings.scarce_fraction, settings.split_seed)
-    probas, sizes = {}, {}
+    probas, sizes, seconds = {}, {}, {}
     bar = tqdm(total=len(settings.arms) * len(settings.seeds), desc="utility", unit="classifier",
                disable=not progress)
     with bar:
@@ -265,15 +266,18 @@ def evaluate_arms(real, test, synthetic: dict[int, np.ndarray], class_names, set
             images, labels, augment = arm_images(arm, real.images, real.labels, scarce, synthetic)
             sizes[arm] = np.bincount(labels, minlength=num_classes).tolist()
             probas[arm] = []
+            started = time.perf_counter()
             for seed in settings.seeds:
                 bar.set_postfix_str(f"{arm}, seed {seed}")
                 model = train_classifier(images, labels, num_classes, augment, seed, settings)
                 probas[arm].append(predict_proba(model, test.images))
                 bar.update()
+            seconds[arm] = time.perf_counter() - started
     arms = {}
     for arm in settings.arms:
         per_seed = [score(test.labels, p) for p in probas[arm]]
-        entry = {"training_images_per_class": dict(zip(class_names, sizes[arm])), "meaning": MEANING[arm]}
+        entry = {"training_images_per_class": dict(zip(class_names, sizes[arm])), "meaning": MEANING[arm],
+                 "seconds": seconds[arm]}
         for key in ("balanced_accuracy", "macro_auc"):
             values = [s[key] for s in per_seed]
             entry[key] = {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)),
@@ -360,9 +364,12 @@ def run_utility(run_dir, real, test, out_dir, settings: UtilitySettings | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     scarce = scarce_indices(real.labels, settings.scarce_fraction, settings.split_seed)
     counts = synthetic_counts(real.labels, scarce, len(class_names), settings.arms)
+    started = time.perf_counter()
     synthetic, provenance = generate_synthetic(run_dir, class_names, counts, out_dir / "generated", settings, progress)
+    generated = time.perf_counter()
     summary = evaluate_arms(real, test, synthetic, class_names, settings, progress)
-    summary.update(run=str(run_dir), generated=str(out_dir / "generated"), **provenance)
+    summary.update(run=str(run_dir), generated=str(out_dir / "generated"), **provenance,
+                   generation_seconds=generated - started, seconds=time.perf_counter() - started)
     write_json(out_dir / "utility.json", summary)
     plot_utility(summary, out_dir / "utility.png")
     return summary

@@ -74,25 +74,21 @@ def gated(started_dir: Path, go: Path):
     return task
 
 
-def test_a_worker_node_lost_mid_job_still_gives_every_image_once(cluster, run_and_reference, tmp_path):
-    (head, worker), (run, reference) = cluster, run_and_reference
-    started, go = tmp_path / "started", tmp_path / "go"
-    started.mkdir()
-    out = tmp_path / "out"
-    job = generation.plan_job(run, COUNT, out, seed=5, backend=BACKEND, shard_size=SHARD)
-    ray.init(address=head.address, logging_level="ERROR")
+def lose_the_worker_node_mid_run(drive, head, worker, started: Path, go: Path):
+    """Run `drive()` (a job's or a search's driver) in a thread; once two gated tasks have
+    started (one on each node), remove the worker node without warning and add a replacement,
+    then let the tasks go. Returns what `drive()` returned; raises what it raised."""
+    import threading
 
     outcome = {}
 
-    def drive():  # the job's driver, in a thread: the main thread handles the cluster
+    def target():
         try:
-            outcome["result"] = generation.generate_on_ray(job, workers=2, progress=False, shard_task=gated(started, go))
+            outcome["result"] = drive()
         except BaseException as e:  # noqa: BLE001 - reported by the assertion below
             outcome["error"] = e
 
-    import threading
-
-    driver = threading.Thread(target=drive)
+    driver = threading.Thread(target=target)
     driver.start()
     try:
         deadline = time.monotonic() + 300
@@ -103,9 +99,23 @@ def test_a_worker_node_lost_mid_job_still_gives_every_image_once(cluster, run_an
         head.add_node(num_cpus=1)
     finally:
         go.touch()
-        driver.join(timeout=300)
+        driver.join(timeout=600)
     assert "error" not in outcome, outcome.get("error")
-    result = outcome["result"]
+    return outcome["result"]
+
+
+def test_a_worker_node_lost_mid_job_still_gives_every_image_once(cluster, run_and_reference, tmp_path):
+    (head, worker), (run, reference) = cluster, run_and_reference
+    started, go = tmp_path / "started", tmp_path / "go"
+    started.mkdir()
+    out = tmp_path / "out"
+    job = generation.plan_job(run, COUNT, out, seed=5, backend=BACKEND, shard_size=SHARD)
+    ray.init(address=head.address, logging_level="ERROR")
+
+    result = lose_the_worker_node_mid_run(
+        lambda: generation.generate_on_ray(job, workers=2, progress=False, shard_task=gated(started, go)),
+        head, worker, started, go,
+    )
     assert len(list(started.iterdir())) > COUNT // SHARD  # a task was started again after the loss
     assert result.shards_run == COUNT // SHARD
     assert digests(out) == reference
@@ -140,30 +150,10 @@ def test_a_node_lost_mid_search_still_finishes_every_trial(cluster, tmp_path):
                             widths=(8,), batch_sizes=(16,), seed=3, address=head.address)
     settings.base = GANConfig(image_size=32, width=8, max_width=16, latent_dim=16, batch_size=16).to_dict()
     dataset = load_dataset(None, 32, max_images=80, seed=3)
-    outcome = {}
-
-    def drive():
-        try:
-            outcome["summary"] = run_tune(settings, dataset, trial=gated_trial(started, go))
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = e
-
-    import threading
-
-    driver = threading.Thread(target=drive)
-    driver.start()
-    try:
-        deadline = time.monotonic() + 300
-        while len(list(started.iterdir())) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(list(started.iterdir())) == 2  # a trial on each node
-        head.remove_node(worker, allow_graceful=False)
-        head.add_node(num_cpus=1)
-    finally:
-        go.touch()
-        driver.join(timeout=600)
-    assert "error" not in outcome, outcome.get("error")
-    rows = outcome["summary"]["rows"]
+    summary = lose_the_worker_node_mid_run(
+        lambda: run_tune(settings, dataset, trial=gated_trial(started, go)), head, worker, started, go,
+    )
+    rows = summary["rows"]
     # Both trials report; ASHA may stop the worse one after its first epoch, depending on which
     # reaches that rung first, so a trial has 1 or 2 epochs.
     assert len(rows) == 2 and all(r["status"] == "reported" and 1 <= r["epochs"] <= 2 for r in rows)

@@ -59,5 +59,6 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "utility"
     summary = run_utility(args.run, real, test, out, settings, progress=progress)
     print("\n".join(describe(summary)))
-    print(f"utility: {out / 'utility.json'}; chart: {out / 'utility.png'}")
+    print(f"{summary['seconds']:.0f} s ({summary['generation_seconds']:.0f} s generating); "
+          f"utility: {out / 'utility.json'}; chart: {out / 'utility.png'}")
     return 0
