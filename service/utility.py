@@ -15,8 +15,8 @@ their training images, and scored on the same held-out real test set:
 Every arm runs once per classifier seed (the seed fixes the classifier's initial weights,
 its validation split and its batch order) with the same budget. The classifier holds out a
 stratified 15% of its arm's training images for early stopping (on validation loss, best
-weights kept) and weights its loss by class ("balanced": n / (classes x n_class)), so a rare
-class counts as much as a common one. Scores on the test set: balanced accuracy (the mean of
+weights kept) and weights its loss by class ("balanced": n / (classes x n_class)), on the validation split too,
+so a rare class counts as much as a common one. Scores on the test set: balanced accuracy (the mean of
 the per-class sensitivities), per-class sensitivity and one-vs-rest ROC AUC, mean and range
 over seeds. Each arm is compared with its real-only counterpart (`BASELINES`): the difference
 of the seed-mean scores with a 95% interval from resampling the test images (bootstrap;
@@ -181,7 +181,8 @@ def build_classifier(image_size: int, num_classes: int, augment: bool, settings:
 
 def train_classifier(images, labels, num_classes: int, augment: bool, seed: int, settings: UtilitySettings):
     """The classifier trained on (images, labels): early stopping on a stratified validation
-    split, class-balanced loss. Returns the Keras model (best validation weights)."""
+    split, class-balanced loss (on the validation split too). Returns the Keras model (best
+    validation weights)."""
     import backends.tf.runtime  # noqa: F401
     import keras
     from sklearn.model_selection import train_test_split
@@ -197,11 +198,14 @@ def train_classifier(images, labels, num_classes: int, augment: bool, seed: int,
     fit_x, val_x, fit_y, val_y = train_test_split(images, labels, test_size=held, random_state=seed, stratify=stratify)
     fit_counts = np.bincount(fit_y, minlength=num_classes)
     weights = {c: len(fit_y) / (np.count_nonzero(fit_counts) * n) for c, n in enumerate(fit_counts) if n}
+    # The validation loss is weighted the same way: unweighted, it would favour the weights that
+    # predict the common class, and early stopping would keep those.
+    val_weights = np.array([weights.get(int(c), 1.0) for c in val_y], np.float32)
     model = build_classifier(images.shape[1], num_classes, augment, settings)
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     stop = keras.callbacks.EarlyStopping(patience=settings.patience, restore_best_weights=True)
-    model.fit(fit_x, fit_y, validation_data=(val_x, val_y), epochs=settings.max_epochs,
+    model.fit(fit_x, fit_y, validation_data=(val_x, val_y, val_weights), epochs=settings.max_epochs,
               batch_size=settings.batch_size, class_weight=weights, callbacks=[stop], verbose=0, shuffle=True)
     return model
 
