@@ -1,7 +1,9 @@
 """The main job: train -> generate -> validate -> report, in one run directory.
 
 Layout: RUN/ as `train` writes it, plus RUN/generated/ (PNG files + manifest.csv, as
-`generate` writes them) and RUN/report/ (metrics.json, report.html, plots, as `validate`).
+`generate` writes them) and RUN/report/ (metrics.json, report.html, plots, as `validate`);
+with `utility` (conditional runs), RUN/utility/ as the `utility` command writes it, and a
+section in the report.
 Reference set for the metrics: on the embedded dataset, fresh images of the same generator
 (another seed, so disjoint from the training images); on user data, the training images
 themselves (the report says so; hold data out with `validate --real` for a strict test), with
