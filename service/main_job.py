@@ -59,6 +59,8 @@ class MainJob:
             raise UserError("--utility on your data needs --utility-test PATH: labelled real images held out from --data")
         if self.utility_test is not None and not self.utility:
             raise UserError("--utility-test is only used with --utility")
+        if self.utility_test is not None and not Path(self.utility_test).exists():
+            raise UserError(f"--utility-test: data path not found: {self.utility_test}")  # before training
         if self.count < MIN_COUNT:
             raise UserError(f"--count must be at least {MIN_COUNT} images to validate, got {self.count}")
         if self.workers < 0:
@@ -129,6 +131,8 @@ def utility_stage(job: MainJob, run_dir: Path, train: "ImageSet", reference: "Im
     """service.utility on the training images against a held-out real test set (on the embedded
     dataset the fresh reference set, never trained on; on user data --utility-test), then the
     result into the report."""
+    import dataclasses
+
     from service import data
     from service.imageio import from_uint8
     from service.utility import UtilitySettings, run_utility
@@ -142,8 +146,7 @@ def utility_stage(job: MainJob, run_dir: Path, train: "ImageSet", reference: "Im
     else:
         test = data.load_images(job.utility_test, image_size, crop=job.crop, progress=job.progress)
     out = run_dir / "utility"
-    settings = job.utility_settings or UtilitySettings()
-    settings.backend = job.backend
+    settings = dataclasses.replace(job.utility_settings or UtilitySettings(), backend=job.backend)
     summary = run_utility(run_dir, as_dataset(train), test, out, settings, progress=job.progress)
     add_utility(report_dir, summary, out / "utility.png")
     return summary

@@ -29,7 +29,6 @@ OUT/generated/<class>/; utility.json names the checkpoint (sha256) and the seeds
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -80,11 +79,21 @@ class UtilitySettings:
             raise UserError(f"the scarce fraction must be in (0, 1], got {self.scarce_fraction}")
 
 
-def check_inputs(class_names: tuple[str, ...], real, test) -> None:
-    """Exit-2 errors for what the arms cannot use: an unconditional run, unlabelled sets, a
-    class of the run with no training or no test images, other class names."""
+def conditional_run(run_dir) -> tuple:
+    """(GANConfig, class names) of a conditional run; UserError for an unconditional one."""
+    from service.generation.job import run_class_names
+    from service.rundir import load_config
+
+    config, full_config = load_config(run_dir)
+    class_names = run_class_names(config, full_config)
     if not class_names:
-        raise UserError("utility needs a conditional run (train with --conditional): this run generates no classes")
+        raise UserError(f"utility needs a conditional run (train with --conditional): {run_dir} generates no classes")
+    return config, class_names
+
+
+def check_inputs(class_names: tuple[str, ...], real, test) -> None:
+    """Exit-2 errors for what the arms cannot use: unlabelled sets, a class of the run with no
+    training or no test images, other class names."""
     for name, dataset in (("training", real), ("test", test)):
         if dataset.labels is None:
             raise UserError(f"the {name} set has no class labels; the classifier needs labelled real images")
@@ -352,13 +361,10 @@ def run_utility(run_dir, real, test, out_dir, settings: UtilitySettings | None =
     """The whole command: check, generate what the arms need, train and score the arms, write
     OUT/utility.json and OUT/utility.png. Returns the summary."""
     from service.files import write_json
-    from service.generation.job import run_class_names
-    from service.rundir import load_config
 
     settings = settings or UtilitySettings()
     settings.check()
-    config, full_config = load_config(run_dir)
-    class_names = run_class_names(config, full_config)
+    config, class_names = conditional_run(run_dir)
     check_inputs(class_names, real, test)
     for name, dataset in (("training", real), ("test", test)):
         if dataset.images.shape[1] != config.image_size:
@@ -433,7 +439,3 @@ def describe(summary: dict) -> list[str]:
             line += f"  vs {entry['against']}: {d['difference']:+.3f} ({d['low']:+.3f}, {d['high']:+.3f})"
         lines.append(line)
     return lines
-
-
-def load_summary(path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -63,6 +63,7 @@ def test_main_job_with_utility_adds_the_classifier_arms_to_the_report(tmp_path, 
 @pytest.mark.parametrize("extra, message", [
     (["--utility"], "--utility needs --conditional"),
     (["--utility", "--conditional", "--data", "x.npz"], "--utility-test"),
+    (["--utility", "--conditional", "--data", "x.npz", "--utility-test", "missing.npz"], "data path not found"),
 ])
 def test_main_job_utility_options_are_checked_first(capsys, extra, message):
     assert main(["--count", "20", *extra]) == 2

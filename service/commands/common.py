@@ -61,6 +61,19 @@ def add_progress(p: argparse.ArgumentParser) -> None:
     )
 
 
+def int_list(text: str, option: str, minimum: int = 0) -> tuple[int, ...]:
+    """A comma-separated option of integers, each at least `minimum`; UserError otherwise."""
+    from service.errors import UserError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{option} takes a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) < minimum:
+        raise UserError(f"{option} takes integers of at least {minimum}, got {text!r}")
+    return values
+
+
 def show_progress(args) -> bool:
     """--progress / --no-progress as given, else on exactly when stderr is a terminal."""
     return sys.stderr.isatty() if args.progress is None else bool(args.progress)

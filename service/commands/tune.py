@@ -5,18 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from backends.presets import PRESETS
-from service.commands.common import add_backend, add_data, add_image_size, add_progress, add_seed, show_progress
+from service.commands.common import (
+    add_backend, add_data, add_image_size, add_progress, add_seed, int_list, show_progress,
+)
 from service.errors import UserError
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"expected a comma-separated list of integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def add_arguments(p):
@@ -67,7 +59,7 @@ def run(args) -> int:
     settings = TuneSettings(
         trials=args.trials, time_budget=args.time_budget, out_dir=Path(args.out), backend=args.backend,
         epochs=args.epochs, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        widths=_int_list(args.widths), batch_sizes=_int_list(args.batch_sizes),
+        widths=int_list(args.widths, "--widths", 1), batch_sizes=int_list(args.batch_sizes, "--batch-sizes", 1),
         holdout_fraction=args.holdout, seed=args.seed, address=args.address, progress=show_progress(args),
     )
     settings.check()  # before loading data

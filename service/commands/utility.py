@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.commands.common import add_backend, add_crop, add_progress, show_progress
+from service.commands.common import add_backend, add_crop, add_progress, int_list, show_progress
 from service.utility import ARMS, UtilitySettings
 
 
@@ -30,30 +30,16 @@ def add_arguments(p):
     add_progress(p)
 
 
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    from service.errors import UserError
-
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"{option} takes comma-separated integers, got {text!r}") from None
-
-
 def run(args) -> int:
     from service.data import load_images
-    from service.rundir import load_config
-    from service.utility import describe, run_utility
+    from service.utility import conditional_run, describe, run_utility
 
-    config, _ = load_config(args.run)
+    config, _ = conditional_run(args.run)  # before any image is loaded
     progress = show_progress(args)
-    settings = UtilitySettings(seeds=_int_list(args.seeds, "--seeds"),
+    settings = UtilitySettings(seeds=int_list(args.seeds, "--seeds"),
                                arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()),
                                max_epochs=args.max_epochs, bootstrap=args.bootstrap, backend=args.backend)
     settings.check()
-    if config.num_classes == 0:
-        from service.errors import UserError
-
-        raise UserError(f"utility needs a conditional run (train with --conditional): {args.run} generates no classes")
     real = load_images(args.real, config.image_size, labels_csv=args.labels, crop=args.crop, progress=progress)
     test = load_images(args.test, config.image_size, labels_csv=args.test_labels, crop=args.crop, progress=progress)
     out = Path(args.out) if args.out else Path(args.run) / "utility"
