@@ -1,7 +1,14 @@
-"""One training step of the thesis architecture (64x64, widths 128..1024, batch 32, float32),
-numpy backend side by side with numpy.matmul and, when it imports, the tf backend.
+"""One training step (batch 32, float32), numpy backend side by side with numpy.matmul and,
+when it imports, the tf backend.
 
     pytest bench/bench_steps.py --benchmark-only -s
+    pytest bench/bench_steps.py --benchmark-only -s -k side_by_side      # the three models only
+
+`test_side_by_side` times both backends on three models in one process, in alternating
+rounds (numpy, tf, numpy, tf, ...), so load on a shared machine falls on both alike: the
+thesis architecture at 64x64 (widths 128..1024) and the `default` preset at 32x32 and 64x64
+(what the product trains). The other cases measure the thesis model alone: FLOP rates
+against numpy.matmul, and peak memory.
 
 How FLOPs are counted (`nominal_step_flops`): a forward pass costs 2 * multiply-adds of
 every Dense and Conv2D layer of the spec, a convolution counted densely at its own input
@@ -42,12 +49,24 @@ from backends.config import GANConfig
 from backends.noise import sample_noise
 
 BATCH = 32
+SIDE_BY_SIDE_ROUNDS = int(os.environ.get("BENCH_STEPS_ROUNDS", 5))
 MATMUL_SHAPE = (4096, 4096, 512)  # D's conv_2 forward at batch 2B: (2B*8*8, 4*4*256) @ (4096, 512)
 RESULTS: dict[str, float] = {}
 
 
 def thesis_config() -> GANConfig:
     return GANConfig(image_size=64, width=128, max_width=1024, batch_size=BATCH, dtype="float32")
+
+
+def side_by_side_models() -> dict:
+    """name -> (config, steps per round, numpy / tf target)."""
+    from backends.presets import preset_config
+
+    return {
+        "thesis 64x64": (thesis_config(), 1, 1.1),
+        "default 32x32": (preset_config("default", image_size=32, batch_size=BATCH, dtype="float32"), 20, 1.5),
+        "default 64x64": (preset_config("default", image_size=64, batch_size=BATCH, dtype="float32"), 10, 1.5),
+    }
 
 
 def forward_flops(config: GANConfig, net: str, batch: int) -> int:
@@ -163,7 +182,54 @@ def summary():
             )
     elif "tf_skipped" in RESULTS:
         lines.append(f"tf train_step: skipped ({RESULTS['tf_skipped']})")
+    if SIDE_BY_SIDE:
+        lines += ["", f"=== numpy and tf side by side, alternating rounds (median of {SIDE_BY_SIDE_ROUNDS}) ==="]
+        lines.append(f"{'model':16s} {'numpy':>10s} {'tf':>10s} {'numpy/tf':>9s}  target  (each round's ratio)")
+        for name, row in SIDE_BY_SIDE.items():
+            rounds = ", ".join(f"{r:.2f}" for r in row["round_ratios"])
+            lines.append(
+                f"{name:16s} {row['numpy_s'] * 1e3:8.1f}ms {row['tf_s'] * 1e3:8.1f}ms {row['ratio']:9.2f}"
+                f"  <= {row['target']}  ({rounds})"
+            )
     print("\n".join(lines))
+
+
+SIDE_BY_SIDE: dict[str, dict] = {}
+
+
+@pytest.mark.parametrize("model", ["thesis 64x64", "default 32x32", "default 64x64"])
+def test_side_by_side(benchmark, model):
+    """Both backends on one model: a warm-up, then rounds of `steps` train_steps alternating
+    numpy, tf, numpy, tf, ...; per-step medians and the median of the rounds' ratios."""
+    try:
+        from backends.tf import TFBackend
+    except ImportError as error:
+        pytest.skip(f"tf backend not available: {error}")
+    from backends.numpy import NumpyBackend
+
+    config, steps, target = side_by_side_models()[model]
+    real, z = step_inputs(config)
+    backends = {"numpy": NumpyBackend(config), "tf": TFBackend(config)}
+    for backend in backends.values():
+        for _ in range(2):
+            backend.train_step(real, z)
+    times = {"numpy": [], "tf": []}
+
+    def alternate():
+        for _ in range(SIDE_BY_SIDE_ROUNDS):
+            for name, backend in backends.items():
+                started = time.perf_counter()
+                for _ in range(steps):
+                    backend.train_step(real, z)
+                times[name].append((time.perf_counter() - started) / steps)
+
+    benchmark.pedantic(alternate, rounds=1, warmup_rounds=0)
+    ratios = [n / t for n, t in zip(times["numpy"], times["tf"])]
+    SIDE_BY_SIDE[model] = {
+        "numpy_s": float(np.median(times["numpy"])), "tf_s": float(np.median(times["tf"])),
+        "ratio": float(np.median(ratios)), "round_ratios": ratios, "target": target,
+    }
+    benchmark.extra_info.update({k: v for k, v in SIDE_BY_SIDE[model].items() if k != "round_ratios"})
 
 
 def test_matmul_float32(benchmark):

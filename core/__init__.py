@@ -2,12 +2,14 @@
 
 from core.functional import bce_from_logits
 from core.layers import (
+    BatchNormActivation,
     BatchNormalization,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
     LeakyReLU,
+    LeakyReLUDropout,
     MinibatchStd,
     ReLU,
     Reshape,
@@ -22,12 +24,14 @@ from core.optim import Adam
 
 __all__ = [
     "Adam",
+    "BatchNormActivation",
     "BatchNormalization",
     "Conv2D",
     "Dense",
     "Dropout",
     "Flatten",
     "LeakyReLU",
+    "LeakyReLUDropout",
     "MinibatchStd",
     "ReLU",
     "Reshape",

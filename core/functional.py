@@ -287,6 +287,48 @@ def batchnorm_train_backward(dout, cache, need_input_grad=True):
     return dx, dgamma, dbeta
 
 
+# --- BatchNormalization + ReLU / LeakyReLU, fused ----------------------------------------
+# The activation max(z, slope * z): ReLU at slope 0, LeakyReLU at 0 < slope < 1. The Numba
+# kernel (kernels.bn_act_forward / _backward) does the pair in one pass each way; the
+# `_reference` functions are its plain NumPy twin, the two layers' maths composed.
+
+
+def batchnorm_act_train_forward(x, gamma, beta, epsilon, slope):
+    """act(batchnorm(x)) with batch statistics; returns (out, mean, var, cache) as
+    batchnorm_train_forward does."""
+    flat = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    channels, dtype = flat.shape[1], flat.dtype
+    out, normalised = np.empty_like(flat), np.empty_like(flat)
+    mean, var, inv_std = np.empty(channels, dtype), np.empty(channels, dtype), np.empty(channels, dtype)
+    kernels.bn_act_forward(flat, gamma, beta, float(epsilon), float(slope), out, normalised, mean, var, inv_std)
+    return out.reshape(x.shape), mean, var, (normalised, gamma, beta, inv_std, slope)
+
+
+def batchnorm_act_train_backward(dout, cache, need_input_grad=True):
+    """Returns (dx or None, dgamma, dbeta)."""
+    normalised, gamma, beta, inv_std, slope = cache
+    flat = np.ascontiguousarray(dout, dtype=normalised.dtype).reshape(normalised.shape)
+    channels = flat.shape[1]
+    dgamma, dbeta = np.empty(channels, flat.dtype), np.empty(channels, flat.dtype)
+    dx = np.empty_like(flat) if need_input_grad else np.empty((0, channels), flat.dtype)
+    kernels.bn_act_backward(flat, normalised, gamma, beta, inv_std, float(slope), need_input_grad, dx, dgamma, dbeta)
+    return (dx.reshape(dout.shape) if need_input_grad else None), dgamma, dbeta
+
+
+def activation_reference(z, slope):
+    return np.where(z > 0, z, z * z.dtype.type(slope))
+
+
+def batchnorm_act_train_forward_reference(x, gamma, beta, epsilon, slope):
+    out, mean, var, cache = batchnorm_train_forward(x, gamma, beta, epsilon)
+    return activation_reference(out, slope), mean, var, (cache, out, slope)
+
+
+def batchnorm_act_train_backward_reference(dout, cache, need_input_grad=True):
+    bn_cache, z, slope = cache
+    return batchnorm_train_backward(np.where(z > 0, dout, dout * dout.dtype.type(slope)), bn_cache, need_input_grad)
+
+
 def moving_average(moving, batch_value, momentum):
     """Keras: moving = moving * momentum + batch * (1 - momentum)."""
     return moving * momentum + batch_value * (1.0 - momentum)
@@ -347,6 +389,45 @@ def leaky_relu_backward(dout, x, slope):
     return dx
 
 
+# LeakyReLU then Dropout, fused: one pass each way (kernels.leaky_dropout_forward /
+# _backward). The uniform draws are those dropout_mask makes, from the same generator call, so
+# the pair gives the same numbers fused or not; the `_reference` functions are the NumPy twin.
+
+
+def dropout_uniform(rng: np.random.Generator, shape, dtype):
+    """The uniform draws behind a dropout mask (dropout_mask keeps where they are >= rate)."""
+    return rng.random(shape, dtype=np.float32 if dtype == np.float32 else np.float64)
+
+
+def leaky_dropout_forward(x, slope, uniform, rate):
+    """Returns (out, cache): dropout(leaky_relu(x)) with the mask uniform >= rate."""
+    x = np.ascontiguousarray(x)
+    out = np.empty(x.shape, x.dtype)
+    scale = x.dtype.type(1.0 / (1.0 - rate))
+    kernels.leaky_dropout_forward(x.reshape(-1), x.dtype.type(slope), uniform.reshape(-1), uniform.dtype.type(rate),
+                                  scale, out.reshape(-1))
+    return out, (x, slope, uniform, rate)
+
+
+def leaky_dropout_backward(dout, cache):
+    x, slope, uniform, rate = cache
+    dout = np.ascontiguousarray(dout, dtype=x.dtype)
+    dx = np.empty(x.shape, x.dtype)
+    kernels.leaky_dropout_backward(dout.reshape(-1), x.reshape(-1), x.dtype.type(slope), uniform.reshape(-1),
+                                   uniform.dtype.type(rate), x.dtype.type(1.0 / (1.0 - rate)), dx.reshape(-1))
+    return dx
+
+
+def leaky_dropout_forward_reference(x, slope, uniform, rate):
+    mask = (uniform >= rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
+    return activation_reference(x, slope) * mask, (x, slope, mask)
+
+
+def leaky_dropout_backward_reference(dout, cache):
+    x, slope, mask = cache
+    return np.where(x > 0, dout, dout * x.dtype.type(slope)) * mask
+
+
 def sigmoid(x):
     """1 / (1 + exp(-x)) without overflow: exp only ever sees -|x|."""
     e = np.exp(-np.abs(x))
@@ -355,7 +436,7 @@ def sigmoid(x):
 
 def dropout_mask(rng: np.random.Generator, shape, rate, dtype):
     """Keras's inverted dropout: keep where uniform >= rate, scale kept units by 1/(1-rate)."""
-    keep = rng.random(shape, dtype=np.float32 if dtype == np.float32 else np.float64) >= rate
+    keep = dropout_uniform(rng, shape, dtype) >= rate
     return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
 
 

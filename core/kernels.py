@@ -6,14 +6,26 @@ gradient checks); Numba compiles one specialisation per dtype and caches it on d
 - `im2col` gathers each output pixel's receptive field into one row, so a convolution
   becomes one BLAS matmul; `col2im` scatters rows back (the adjoint, for the input gradient).
 - `leaky_relu` / `leaky_relu_backward`: one parallel pass instead of numpy's several.
+- `bn_act_forward` / `_backward`: batch norm and the ReLU or LeakyReLU after it, one pass
+  over memory per direction; `leaky_dropout_forward` / `_backward`: LeakyReLU and dropout.
+  Their plain NumPy twins are in core.functional (`..._reference`).
 - `adam_update` applies one Adam step to a flat weight array in a single pass.
+
+Each kernel has a parallel and a serial build; the wrappers at the end pick by size.
 """
 
 from __future__ import annotations
 
-import numba
+import os
+
+# Numba's OpenMP threads otherwise spin for a while after every parallel kernel, on the cores
+# OpenBLAS's threads need for the next matmul: on 2 cores that made a `default` step 6x slower
+# (docs/benchmarks.md). libgomp reads this once, when Numba first loads it, which is after here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
 import numpy as np
-from numba import prange
+from numba import prange  # noqa: E402
 
 
 def _im2col(x, kernel_h, kernel_w, stride, pad_top, pad_left, out_h, out_w, cols):
@@ -81,6 +93,97 @@ def _leaky_relu_backward(dout, x, slope, dx):
         dx[i] = dout[i] if x[i] > 0 else dout[i] * slope
 
 
+# --- fused element-wise pairs ---------------------------------------------------------------
+# A layer pair the networks always use together runs as one pass over memory instead of
+# NumPy's several. Each kernel's plain NumPy twin is the composition of the two layers'
+# functions in core.functional; tests/test_core_fused.py checks that the two agree.
+#
+# Batch statistics are sums over rows; they are taken in fixed blocks of rows, each block's
+# partial sums combined in block order, so the result is the same with any number of threads.
+REDUCTION_BLOCK = 1024
+
+
+def _bn_act_forward(x, gamma, beta, epsilon, slope, out, normalised, mean, var, inv_std):
+    """Batch norm over the rows of x (rows, channels) with the batch's mean and biased variance,
+    then the activation max(z, slope * z) (ReLU at slope 0, else LeakyReLU). Fills out,
+    normalised ((x - mean) * inv_std, for the backward pass), mean, var and inv_std =
+    1 / sqrt(var + epsilon). Sums run in float64."""
+    rows, channels = x.shape
+    blocks = (rows + REDUCTION_BLOCK - 1) // REDUCTION_BLOCK
+    sums = np.zeros((blocks, channels))
+    for block in prange(blocks):
+        for row in range(block * REDUCTION_BLOCK, min(rows, (block + 1) * REDUCTION_BLOCK)):
+            for c in range(channels):
+                sums[block, c] += x[row, c]
+    mean64 = sums.sum(axis=0) / rows
+    squares = np.zeros((blocks, channels))
+    for block in prange(blocks):
+        for row in range(block * REDUCTION_BLOCK, min(rows, (block + 1) * REDUCTION_BLOCK)):
+            for c in range(channels):
+                d = x[row, c] - mean64[c]
+                squares[block, c] += d * d
+    var64 = squares.sum(axis=0) / rows
+    inv_std64 = 1.0 / np.sqrt(var64 + epsilon)
+    for c in range(channels):
+        mean[c] = mean64[c]
+        var[c] = var64[c]
+        inv_std[c] = inv_std64[c]
+    for row in prange(rows):
+        for c in range(channels):
+            n = (x[row, c] - mean64[c]) * inv_std64[c]
+            normalised[row, c] = n
+            z = n * gamma[c] + beta[c]
+            out[row, c] = z if z > 0 else z * slope
+
+
+def _bn_act_backward(dout, normalised, gamma, beta, inv_std, slope, need_input_grad, dx, dgamma, dbeta):
+    """The adjoint of _bn_act_forward: the activation's slope at z = normalised * gamma + beta,
+    then batch norm's backward (mean and variance taken over the batch). Fills dgamma, dbeta
+    and, when need_input_grad, dx."""
+    rows, channels = dout.shape
+    blocks = (rows + REDUCTION_BLOCK - 1) // REDUCTION_BLOCK
+    partial = np.zeros((blocks, 2, channels))
+    for block in prange(blocks):
+        for row in range(block * REDUCTION_BLOCK, min(rows, (block + 1) * REDUCTION_BLOCK)):
+            for c in range(channels):
+                n = normalised[row, c]
+                dz = dout[row, c] if n * gamma[c] + beta[c] > 0 else dout[row, c] * slope
+                partial[block, 0, c] += dz
+                partial[block, 1, c] += np.float64(dz) * n
+    total = partial.sum(axis=0)
+    for c in range(channels):
+        dbeta[c] = total[0, c]
+        dgamma[c] = total[1, c]
+    if not need_input_grad:
+        return
+    for row in prange(rows):
+        for c in range(channels):
+            n = normalised[row, c]
+            dz = dout[row, c] if n * gamma[c] + beta[c] > 0 else dout[row, c] * slope
+            dx[row, c] = (dz - total[0, c] / rows - n * (total[1, c] / rows)) * (gamma[c] * inv_std[c])
+
+
+def _leaky_dropout_forward(x, slope, uniform, rate, scale, out):
+    """LeakyReLU then inverted dropout: out = max(x, slope*x) * scale where uniform >= rate, else 0."""
+    for i in prange(x.shape[0]):
+        if uniform[i] >= rate:
+            out[i] = (x[i] if x[i] > 0 else x[i] * slope) * scale
+        else:
+            out[i] = 0.0
+
+
+def _leaky_dropout_backward(dout, x, slope, uniform, rate, scale, dx):
+    for i in prange(x.shape[0]):
+        if uniform[i] >= rate:
+            dx[i] = (dout[i] if x[i] > 0 else dout[i] * slope) * scale
+        else:
+            dx[i] = 0.0
+
+
+# The element-wise kernels (bench/profile_step.py times them as one kind).
+FUSED = ("leaky_relu", "leaky_relu_backward", "bn_act_forward", "bn_act_backward", "leaky_dropout_forward",
+         "leaky_dropout_backward")
+
 # Waking worker threads costs more than small arrays take (and much more on a busy machine),
 # so each kernel also has a serial build that the wrappers below pick for small work.
 PARALLEL_MIN_ELEMENTS = 1 << 18
@@ -95,6 +198,14 @@ _leaky_relu_backward_parallel = numba.njit(parallel=True, cache=True)(_leaky_rel
 _leaky_relu_backward_serial = numba.njit(cache=True)(_leaky_relu_backward)
 _adam_update_parallel = numba.njit(parallel=True, cache=True)(_adam_update)
 _adam_update_serial = numba.njit(cache=True)(_adam_update)
+_bn_act_forward_parallel = numba.njit(parallel=True, cache=True)(_bn_act_forward)
+_bn_act_forward_serial = numba.njit(cache=True)(_bn_act_forward)
+_bn_act_backward_parallel = numba.njit(parallel=True, cache=True)(_bn_act_backward)
+_bn_act_backward_serial = numba.njit(cache=True)(_bn_act_backward)
+_leaky_dropout_forward_parallel = numba.njit(parallel=True, cache=True)(_leaky_dropout_forward)
+_leaky_dropout_forward_serial = numba.njit(cache=True)(_leaky_dropout_forward)
+_leaky_dropout_backward_parallel = numba.njit(parallel=True, cache=True)(_leaky_dropout_backward)
+_leaky_dropout_backward_serial = numba.njit(cache=True)(_leaky_dropout_backward)
 
 
 def im2col(x, kernel_h, kernel_w, stride, pad_top, pad_left, out_h, out_w, cols):
@@ -120,3 +231,24 @@ def leaky_relu(x, slope, out):
 def leaky_relu_backward(dout, x, slope, dx):
     kernel = _leaky_relu_backward_parallel if x.size >= PARALLEL_MIN_ELEMENTS else _leaky_relu_backward_serial
     kernel(dout, x, slope, dx)
+
+
+def bn_act_forward(x, gamma, beta, epsilon, slope, out, normalised, mean, var, inv_std):
+    kernel = _bn_act_forward_parallel if x.size >= PARALLEL_MIN_ELEMENTS else _bn_act_forward_serial
+    kernel(x, gamma, beta, epsilon, slope, out, normalised, mean, var, inv_std)
+
+
+def bn_act_backward(dout, normalised, gamma, beta, inv_std, slope, need_input_grad, dx, dgamma, dbeta):
+    kernel = _bn_act_backward_parallel if dout.size >= PARALLEL_MIN_ELEMENTS else _bn_act_backward_serial
+    kernel(dout, normalised, gamma, beta, inv_std, slope, need_input_grad, dx, dgamma, dbeta)
+
+
+def leaky_dropout_forward(x, slope, uniform, rate, scale, out):
+    kernel = _leaky_dropout_forward_parallel if x.size >= PARALLEL_MIN_ELEMENTS else _leaky_dropout_forward_serial
+    kernel(x, slope, uniform, rate, scale, out)
+
+
+def leaky_dropout_backward(dout, x, slope, uniform, rate, scale, dx):
+    big = x.size >= PARALLEL_MIN_ELEMENTS
+    kernel = _leaky_dropout_backward_parallel if big else _leaky_dropout_backward_serial
+    kernel(dout, x, slope, uniform, rate, scale, dx)

@@ -184,6 +184,42 @@ class BatchNormalization(Layer):
         return dx
 
 
+class BatchNormActivation(BatchNormalization):
+    """BatchNormalization then ReLU (slope 0) or LeakyReLU(slope), fused (core.functional): in
+    training one Numba pass forward and one backward. It holds the batch norm's weights, under
+    the batch norm's name."""
+
+    def __init__(self, name, channels, momentum=0.99, epsilon=1e-3, slope=0.0, dtype=np.float32):
+        super().__init__(name, channels, momentum, epsilon, dtype)
+        if not 0.0 <= slope < 1.0:
+            raise ValueError(f"activation slope must be in [0, 1), got {slope}")
+        self.slope = slope
+
+    def forward(self, x, training=True):
+        p, b = self.parameters, self.buffers
+        if not training:
+            z, scale = F.batchnorm_inference_forward(
+                x, p["gamma"], p["beta"], b["moving_mean"], b["moving_variance"], self.epsilon
+            )
+            self._cache = ("inference", (scale, z))
+            return F.activation_reference(z, self.slope)
+        out, mean, var, cache = F.batchnorm_act_train_forward(x, p["gamma"], p["beta"], self.epsilon, self.slope)
+        for key, batch_value in (("moving_mean", mean), ("moving_variance", var)):
+            b[key][...] = F.moving_average(b[key], batch_value, self.momentum)
+        self._cache = ("train", cache)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        mode, cache = self._cache
+        if mode == "inference":
+            scale, z = cache
+            return np.where(z > 0, dout, dout * dout.dtype.type(self.slope)) * scale if need_input_grad else None
+        dx, dgamma, dbeta = F.batchnorm_act_train_backward(dout, cache, need_input_grad)
+        if need_param_grads:
+            self._set_gradients(gamma=dgamma, beta=dbeta)
+        return dx
+
+
 class ReLU(Layer):
     def forward(self, x, training=True):
         out, self._cache = F.relu_forward(x)
@@ -245,6 +281,35 @@ class Dropout(Layer):
         if not need_input_grad:
             return None
         return dout if self._cache is None else dout * self._cache
+
+
+class LeakyReLUDropout(Layer):
+    """LeakyReLU(slope) then Dropout(rate), fused (core.functional): one Numba pass each way,
+    the same masks from `rng` as the two layers would draw."""
+
+    def __init__(self, name, slope, rate, rng: np.random.Generator):
+        super().__init__(name)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        self.slope, self.rate, self.rng = slope, rate, rng
+
+    def forward(self, x, training=True):
+        if not training or self.rate == 0.0:
+            out, x = F.leaky_relu_forward(x, self.slope)
+            self._cache = ("plain", x)
+            return out
+        uniform = F.dropout_uniform(self.rng, x.shape, x.dtype)
+        out, cache = F.leaky_dropout_forward(x, self.slope, uniform, self.rate)
+        self._cache = ("dropout", cache)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        if not need_input_grad:
+            return None
+        mode, cache = self._cache
+        if mode == "plain":
+            return F.leaky_relu_backward(dout, cache, self.slope)
+        return F.leaky_dropout_backward(dout, cache)
 
 
 class MinibatchStd(Layer):

@@ -18,8 +18,9 @@ class Adam:
     def build(self, parameters: dict[str, np.ndarray]) -> None:
         """Zero moments for every parameter (Keras creates them on the first step too)."""
         for name, weight in parameters.items():
-            self.m.setdefault(name, np.zeros_like(weight))
-            self.v.setdefault(name, np.zeros_like(weight))
+            if name not in self.m:
+                self.m[name] = np.zeros_like(weight)
+                self.v[name] = np.zeros_like(weight)
 
     def step(self, parameters: dict[str, np.ndarray], gradients: dict[str, np.ndarray]) -> None:
         """One update of every parameter in place:

@@ -94,7 +94,7 @@ def test_tiny_generator_to_discriminator_stack_gradients(num_classes):
 
     def reseed_dropout():
         for layer in discriminator.layers:
-            if isinstance(layer, core.Dropout):
+            if isinstance(layer, (core.Dropout, core.LeakyReLUDropout)):  # the builder fuses LeakyReLU + Dropout
                 layer.rng = np.random.default_rng(7)
 
     def loss():

@@ -8,6 +8,22 @@ import core
 from backends import spec
 from backends.config import GANConfig
 
+def fused_element_wise(layers_spec: list, index: int, dtype, dropout_rng: np.random.Generator):
+    """The core's fused layer for spec layers `index` and `index + 1` when they are a pair it
+    fuses (batch norm then ReLU or LeakyReLU; LeakyReLU then dropout), else None. The fused layer
+    carries the first layer's name (and the batch norm's weights under it)."""
+    if index + 1 >= len(layers_spec):
+        return None
+    first, second = layers_spec[index], layers_spec[index + 1]
+    a = first.args
+    if first.kind == "bn" and second.kind in ("relu", "leaky_relu"):
+        slope = second.args["slope"] if second.kind == "leaky_relu" else 0.0
+        return core.BatchNormActivation(first.name, a["channels"], a["momentum"], a["epsilon"], slope, dtype)
+    if first.kind == "leaky_relu" and second.kind == "dropout" and second.args["rate"] > 0:
+        return core.LeakyReLUDropout(first.name, a["slope"], second.args["rate"], dropout_rng)
+    return None
+
+
 def build_network(
     config: GANConfig, net: str, init_rng: np.random.Generator, dropout_rng: np.random.Generator,
     prefix: str | None = None,
@@ -27,6 +43,11 @@ def build_network(
             built.append(
                 core.UpSampleConv2D(conv.name, c["in"], c["filters"], c["kernel"], a["factor"], init_rng, dtype)
             )
+            index += 2
+            continue
+        fused = fused_element_wise(layers_spec, index, dtype, dropout_rng)
+        if fused is not None:
+            built.append(fused)
             index += 2
             continue
         if layer.kind == "dense":
