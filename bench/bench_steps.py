@@ -50,6 +50,10 @@ from backends.noise import sample_noise
 
 BATCH = 32
 SIDE_BY_SIDE_ROUNDS = int(os.environ.get("BENCH_STEPS_ROUNDS", 5))
+# Untimed pause before each round: the other backend's worker threads (TensorFlow's pool,
+# OpenBLAS's) spin for a while after their last op and would otherwise take cores from the
+# round that follows, which a run of one backend never sees.
+SETTLE_SECONDS = 1.0
 MATMUL_SHAPE = (4096, 4096, 512)  # D's conv_2 forward at batch 2B: (2B*8*8, 4*4*256) @ (4096, 512)
 RESULTS: dict[str, float] = {}
 
@@ -63,7 +67,7 @@ def side_by_side_models() -> dict:
     from backends.presets import preset_config
 
     return {
-        "thesis 64x64": (thesis_config(), 1, 1.1),
+        "thesis 64x64": (thesis_config(), 2, 1.1),
         "default 32x32": (preset_config("default", image_size=32, batch_size=BATCH, dtype="float32"), 20, 1.5),
         "default 64x64": (preset_config("default", image_size=64, batch_size=BATCH, dtype="float32"), 10, 1.5),
     }
@@ -200,7 +204,8 @@ SIDE_BY_SIDE: dict[str, dict] = {}
 @pytest.mark.parametrize("model", ["thesis 64x64", "default 32x32", "default 64x64"])
 def test_side_by_side(benchmark, model):
     """Both backends on one model: a warm-up, then rounds of `steps` train_steps alternating
-    numpy, tf, numpy, tf, ...; per-step medians and the median of the rounds' ratios."""
+    numpy, tf, numpy, tf, ... (each after SETTLE_SECONDS); per-step medians and the median of
+    the rounds' ratios."""
     try:
         from backends.tf import TFBackend
     except ImportError as error:
@@ -218,6 +223,7 @@ def test_side_by_side(benchmark, model):
     def alternate():
         for _ in range(SIDE_BY_SIDE_ROUNDS):
             for name, backend in backends.items():
+                time.sleep(SETTLE_SECONDS)
                 started = time.perf_counter()
                 for _ in range(steps):
                     backend.train_step(real, z)
