@@ -3,8 +3,8 @@ a fresh labelled test set of another seed, every arm with 3 classifier seeds.
 
 Run: `pytest bench/bench_utility.py --benchmark-only -s`
 
-Prints the whole time, the generation's and each arm's (target: the whole <= 10 minutes on 2
-cores). The generator is BENCH_UTILITY_RUN (a trained conditional run directory) or, by
+Prints the whole time, the generation's, the scoring's (bootstrap included) and each arm's with
+its classifiers' epochs (target: the whole <= 10 minutes on 2 cores). The generator is BENCH_UTILITY_RUN (a trained conditional run directory) or, by
 default, a conditional `default` architecture with random weights: the arms' figures are then
 meaningless, their times are not (the classifier's budget does not depend on the images).
   BENCH_UTILITY_RUN     a conditional run directory (default: random weights, 64x64)
@@ -32,8 +32,11 @@ def test_utility_time(benchmark, tmp_path):
     test = default_dataset(64, count=TEST, seed=7, progress=False)
     summary = benchmark.pedantic(run_utility, args=(run, real, test, tmp_path / "utility", UtilitySettings()),
                                  rounds=1, iterations=1)
-    arms = ", ".join(f"{arm} {entry['seconds']:.0f} s" for arm, entry in summary["arms"].items())
-    benchmark.extra_info.update(seconds=summary["seconds"], generation_seconds=summary["generation_seconds"])
+    arms = ", ".join(f"{arm} {entry['seconds']:.0f} s ({'/'.join(map(str, entry['epochs']))} epochs)"
+                     for arm, entry in summary["arms"].items())
+    benchmark.extra_info.update(seconds=summary["seconds"], generation_seconds=summary["generation_seconds"],
+                                scoring_seconds=summary["scoring_seconds"])
     print(f"\n[utility] {COUNT} training and {TEST} test images at 64x64, {os.cpu_count()} CPUs: "
-          f"{summary['seconds']:.0f} s in all (target <= 600), generation {summary['generation_seconds']:.0f} s; "
-          f"arms (3 seeds each): {arms}\n" + "\n".join(describe(summary)))
+          f"{summary['seconds']:.0f} s in all (target <= 600), generation {summary['generation_seconds']:.0f} s, "
+          f"scoring and bootstrap {summary['scoring_seconds']:.1f} s; arms (3 seeds each): {arms}\n"
+          + "\n".join(describe(summary)))

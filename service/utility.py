@@ -9,18 +9,24 @@ their training images, and scored on the same held-out real test set:
                       largest class's count
     scarce            a fixed 25% of the real training images (stratified by class)
     scarce+synthetic  those, topped up the same way to their largest class's count
-    real+augment      the real images with classic augmentation (flips, 90-degree turns,
-                      brightness and contrast jitter): what synthetic images must beat
+    real+augment      the real images with classic augmentation, drawn anew for each image in
+                      each epoch (`augmentation_layers`): one of the square's 8 flips and
+                      quarter turns, a brightness shift of up to +-10% of the value range and
+                      a contrast factor in [0.8, 1.2] (in training only: the validation
+                      split is not augmented): what synthetic images must beat
 
 Every arm runs once per classifier seed (the seed fixes the classifier's initial weights,
-its validation split and its batch order) with the same budget. The classifier holds out a
-stratified 15% of its arm's training images for early stopping (on validation loss, best
-weights kept) and weights its loss by class ("balanced": n / (classes x n_class)), on the validation split too,
-so a rare class counts as much as a common one. Scores on the test set: balanced accuracy (the mean of
+its validation split, its batch order and its augmentation) with the same budget. The
+classifier holds out a stratified 15% of its arm's training images for early stopping (on
+validation loss, best weights kept, after 6 epochs and at least 150 optimiser steps without a
+better one) and weights its loss by class ("balanced": n / (classes x n_class)), on the
+validation split too, so a rare class counts as much as a common one. Scores on the test set: balanced accuracy (the mean of
 the per-class sensitivities), per-class sensitivity and one-vs-rest ROC AUC, mean and range
 over seeds. Each arm is compared with its real-only counterpart (`BASELINES`): the difference
 of the seed-mean scores with a 95% interval from resampling the test images (bootstrap;
-the seeds' predictions are kept fixed, so the interval is over the test set).
+the seeds' predictions are kept fixed, so the interval is over the test set; all resamples are
+scored at once, the AUC by its Mann-Whitney form, equal to sklearn's roc_auc_score on each).
+utility.json also holds each classifier's epochs and each arm's seconds.
 
 The generated images come from the run's deterministic generator (`generate --class`), with
 a generation seed of its own (`GENERATION_SEED`, not a training seed), written as PNGs under
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,7 +54,8 @@ MEANING = {
     "real+synthetic": "real images with every class topped up by generated ones: does adding synthetic images help",
     "scarce": "a quarter of the real training images: the regime where more images should matter most",
     "scarce+synthetic": "that quarter topped up with generated images: does synthesis help when real images are few",
-    "real+augment": "real images with flips, turns and colour jitter: the classic baseline synthesis must beat",
+    "real+augment": "real images with random flips, quarter turns and mild brightness and contrast jitter: "
+                    "the classic baseline synthesis must beat",
 }
 
 
@@ -56,7 +64,8 @@ class UtilitySettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     arms: tuple[str, ...] = ARMS
     max_epochs: int = 30
-    patience: int = 6  # epochs without a better validation loss before the classifier stops
+    patience: int = 6  # epochs without a better validation loss before the classifier stops,
+    patience_steps: int = 150  # and at least this many optimiser steps (see train_classifier)
     batch_size: int = 64
     learning_rate: float = 1e-3
     validation_fraction: float = 0.15
@@ -160,12 +169,96 @@ def arm_images(arm: str, real_images, real_labels, scarce, synthetic: dict[int, 
             np.concatenate([real_labels[base], extra_labels]), False)
 
 
+# Classic augmentation of the real+augment arm. Images are in [-1, 1]: the colour layers are
+# told so (Keras' default value_range is (0, 255), and RandomContrast clips to it: every
+# negative value became 0, which made this arm near chance).
+BRIGHTNESS = 0.1  # per-image shift of all channels by up to +-0.1 of the value range (+-0.2 in [-1, 1])
+CONTRAST = 0.2  # per-image contrast factor in [0.8, 1.2], about each channel's image mean
+
+
+def augmentation_layers() -> list:
+    """The real+augment arm's Keras layers, in order; each acts in training only (in inference,
+    validation included, it passes images through unchanged): one of the square's 8 flips and
+    quarter turns (`square_symmetry_layer`: exact, pixels are moved, not interpolated), then a
+    brightness shift of up to +-`BRIGHTNESS` of the value range and a contrast factor in
+    [1 - `CONTRAST`, 1 + `CONTRAST`] about each channel's mean, both drawn per image and
+    clipped to [-1, 1]."""
+    from keras import layers
+
+    return [square_symmetry_layer(), layers.RandomBrightness(BRIGHTNESS, value_range=(-1.0, 1.0)),
+            layers.RandomContrast(CONTRAST, value_range=(-1.0, 1.0))]
+
+
+def square_symmetry_layer():
+    """A Keras layer that moves each square image's pixels by one of the 8 symmetries of the
+    square (a turn by 0, 90, 180 or 270 degrees, mirrored or not), drawn uniformly per image, in
+    training only: every flip both ways and every quarter turn. One gather per batch. (Keras 3's
+    RandomFlip("horizontal_and_vertical") draws one coin for both axes, so it gives a half turn
+    or nothing, never a mirror; RandomRotation turns by any angle and interpolates.)"""
+    import keras
+    from keras import ops
+
+    class RandomSquareSymmetry(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.generator = keras.random.SeedGenerator()  # its seed from the global one (set_random_seed)
+
+        def call(self, images, training=None):
+            if not training:
+                return images
+            size = images.shape[1]
+            grid = np.arange(size * size).reshape(size, size)
+            symmetries = np.stack([np.rot90(g, k).ravel() for g in (grid, grid.T) for k in range(4)]).astype(np.int32)
+            shape = ops.shape(images)
+            count = shape[0]
+            which = keras.random.randint((count,), 0, 8, seed=self.generator, dtype="int32")
+            source = ops.take(ops.convert_to_tensor(symmetries), which, axis=0)
+            source = source + ops.expand_dims(ops.arange(count, dtype="int32") * (size * size), 1)
+            pixels = ops.take(ops.reshape(images, (-1, shape[3])), ops.reshape(source, (-1,)), axis=0)
+            return ops.reshape(pixels, shape)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    return RandomSquareSymmetry()
+
+
+def batch_norm_layer(momentum: float):
+    """Keras' BatchNormalization computed by TensorFlow's fused kernel: the same arithmetic
+    (batch mean and biased variance in training, moving statistics updated with them, moving
+    statistics in inference; outputs equal to ~1e-6), about a quarter less time per training
+    step on a CPU (Keras' own layer spends ~40% of this classifier's step in separate moment
+    and normalisation ops). Keras' layer itself on a backend other than TensorFlow."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return keras.layers.BatchNormalization(momentum=momentum)
+    import tensorflow as tf
+
+    class FusedBatchNormalization(keras.layers.BatchNormalization):
+        def call(self, inputs, training=None, mask=None):
+            if training and self.trainable:
+                outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                    inputs, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
+                # the kernel returns the unbiased variance; Keras' layer keeps the biased one
+                count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), variance.dtype)
+                variance = variance * (count - 1) / tf.maximum(count, 2)
+                self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1 - self.momentum))
+                self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1 - self.momentum))
+                return outputs
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs, self.gamma, self.beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, is_training=False)
+            return outputs
+
+    return FusedBatchNormalization(momentum=momentum)
+
+
 def build_classifier(image_size: int, num_classes: int, augment: bool, settings: UtilitySettings):
     """The fixed classifier: strided 3x3 convolutions (16, 32, 64, 128 filters, one per halving
-    down to 4x4 or fewer), batch normalisation (momentum 0.9) and ReLU, global average pooling, dropout 0.3,
-    a linear layer to class logits. With `augment`, Keras preprocessing layers that act in
-    training only: random flips both ways, random 90-degree turns, brightness +-0.2 and
-    contrast +-0.2."""
+    down to 4x4 or fewer), batch normalisation (momentum 0.9, `batch_norm_layer`) and ReLU, global
+    average pooling, dropout 0.3, a linear layer to class logits. With `augment`,
+    `augmentation_layers` first (training only)."""
     import backends.tf.runtime  # noqa: F401 - TensorFlow's start-up settings, before Keras
     import keras
     from keras import layers
@@ -173,14 +266,12 @@ def build_classifier(image_size: int, num_classes: int, augment: bool, settings:
     inputs = keras.Input((image_size, image_size, 3))
     x = inputs
     if augment:
-        x = layers.RandomFlip("horizontal_and_vertical")(x)
-        x = layers.RandomRotation((-0.25, 0.25), fill_mode="reflect")(x)
-        x = layers.RandomBrightness(0.2, value_range=(-1.0, 1.0))(x)
-        x = layers.RandomContrast(0.2)(x)
+        for layer in augmentation_layers():
+            x = layer(x)
     blocks = max(1, int(math.log2(image_size // 4)))
     for i in range(blocks):
         x = layers.Conv2D(settings.widths[min(i, len(settings.widths) - 1)], 3, strides=2, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)  # moving statistics settle within a short training
+        x = batch_norm_layer(momentum=0.9)(x)  # moving statistics settle within a short training
         x = layers.ReLU()(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)
@@ -191,7 +282,15 @@ def build_classifier(image_size: int, num_classes: int, augment: bool, settings:
 def train_classifier(images, labels, num_classes: int, augment: bool, seed: int, settings: UtilitySettings):
     """The classifier trained on (images, labels): early stopping on a stratified validation
     split, class-balanced loss (on the validation split too). Returns the Keras model (best
-    validation weights)."""
+    validation weights; its .history holds the epochs run).
+
+    Early stopping waits `patience` epochs and at least `patience_steps` optimiser steps
+    without a better validation loss: a small arm's epoch is a few steps, and the validation
+    loss (batch normalisation in inference mode) rises for the first few dozen steps while the
+    moving statistics settle. Measured on the stand-in's scarce arm (500 images, 7 steps an
+    epoch): with 6 epochs of patience one seed in three stopped at epoch 7 and kept its
+    first-epoch weights, which predict one class (balanced accuracy 1/3); its validation loss
+    fell below that epoch's at epoch 8."""
     import backends.tf.runtime  # noqa: F401
     import keras
     from sklearn.model_selection import train_test_split
@@ -213,7 +312,9 @@ def train_classifier(images, labels, num_classes: int, augment: bool, seed: int,
     model = build_classifier(images.shape[1], num_classes, augment, settings)
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    stop = keras.callbacks.EarlyStopping(patience=settings.patience, restore_best_weights=True)
+    steps_per_epoch = math.ceil(len(fit_y) / settings.batch_size)
+    patience = max(settings.patience, math.ceil(settings.patience_steps / steps_per_epoch))
+    stop = keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
     model.fit(fit_x, fit_y, validation_data=(val_x, val_y, val_weights), epochs=settings.max_epochs,
               batch_size=settings.batch_size, class_weight=weights, callbacks=[stop], verbose=0, shuffle=True)
     return model
@@ -245,21 +346,76 @@ def _seed_mean(labels, probas: list[np.ndarray]) -> dict:
     return {k: np.mean([s[k] for s in scores], axis=0) for k in scores[0]}
 
 
+def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC AUC of `scores` (n,) for the `positive` (n,) images, once per row of
+    `weights` (rows, n): image i counted weights[r, i] times (a bootstrap resample's
+    multiplicities). The Mann-Whitney statistic, ties counting one half: equal to sklearn's
+    roc_auc_score on the resampled arrays. nan for a row without positives or negatives."""
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    # for each image in score order, the first and one-past-last positions of its tie group
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    group = np.cumsum(np.r_[True, ranked[1:] != ranked[:-1]]) - 1
+    ends = np.r_[starts[1:], len(ranked)]
+    w = np.asarray(weights, np.float64)[:, order]
+    pos = positive[order].astype(bool)
+    negatives = np.zeros((len(w), len(ranked) + 1))
+    np.cumsum(np.where(pos, 0.0, w), axis=1, out=negatives[:, 1:])  # negatives[:, k]: those before position k
+    # negatives below an image's score, plus half of those tied with it
+    below = 0.5 * (negatives[:, starts[group]] + negatives[:, ends[group]])
+    pairs = np.sum(w[:, pos], axis=1) * negatives[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, np.sum(w[:, pos] * below[:, pos], axis=1) / pairs, np.nan)
+
+
+def _resampled_scores(labels, probas: list[np.ndarray], counts: np.ndarray) -> dict:
+    """`score`'s seed-mean values for every bootstrap resample at once: `counts` (rows, n) is
+    how often each test image is drawn in each resample. Each value has a leading axis of rows."""
+    num_classes = probas[0].shape[1]
+    counts = np.asarray(counts, np.float64)
+    members = np.stack([labels == c for c in range(num_classes)], axis=1).astype(np.float64)  # (n, classes)
+    present = counts @ members  # images of each class per resample
+    per_seed = []
+    for proba in probas:
+        hits = members * (proba.argmax(axis=1)[:, None] == np.arange(num_classes))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sensitivity = np.where(present > 0, (counts @ hits) / present, np.nan)
+        auc = np.stack([weighted_auc(proba[:, c], labels == c, counts) for c in range(num_classes)], axis=1)
+        per_seed.append({"balanced_accuracy": _nanmean(sensitivity), "sensitivity": sensitivity, "auc": auc,
+                         "macro_auc": _nanmean(auc)})
+    return {k: np.mean([s[k] for s in per_seed], axis=0) for k in per_seed[0]}
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """np.nanmean over the last axis, nan (without a warning) where every value is nan."""
+    known = ~np.isnan(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(known.any(axis=-1), np.where(known, values, 0).sum(axis=-1) / known.sum(axis=-1), np.nan)
+
+
 def bootstrap_difference(labels, arm_probas, base_probas, resamples: int, seed: int = 0) -> dict:
     """The difference arm - baseline of the seed-mean scores on the test set, and its 95%
-    interval from `resamples` bootstrap resamples of the test images."""
+    interval from `resamples` bootstrap resamples of the test images (the same resamples for
+    both; all resamples scored at once, as `score` would score each)."""
     rng = np.random.default_rng(seed)
+    n = len(labels)
     point = {k: np.asarray(a) - np.asarray(b)
              for (k, a), b in zip(_seed_mean(labels, arm_probas).items(), _seed_mean(labels, base_probas).values())}
     draws = {k: [] for k in point}
-    for _ in range(resamples):
-        idx = rng.integers(0, len(labels), len(labels))
-        arm = _seed_mean(labels[idx], [p[idx] for p in arm_probas])
-        base = _seed_mean(labels[idx], [p[idx] for p in base_probas])
+    chunk = max(1, 2_000_000 // n)  # resamples scored together: bounds the memory to a few (chunk, n) arrays
+    for first in range(0, resamples, chunk):
+        rows = min(chunk, resamples - first)
+        idx = rng.integers(0, n, (rows, n))  # the same draws as one rng.integers(0, n, n) per resample
+        counts = np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n)
+        arm = _resampled_scores(labels, arm_probas, counts)
+        base = _resampled_scores(labels, base_probas, counts)
         for k in draws:
-            draws[k].append(np.asarray(arm[k]) - np.asarray(base[k]))
-    return {k: {"difference": point[k], "low": np.nanpercentile(draws[k], 2.5, axis=0),
-                "high": np.nanpercentile(draws[k], 97.5, axis=0)} for k in point}
+            draws[k].append(arm[k] - base[k])
+    draws = {k: np.concatenate(v) for k, v in draws.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class absent from every resample: nan
+        return {k: {"difference": point[k], "low": np.nanpercentile(draws[k], 2.5, axis=0),
+                    "high": np.nanpercentile(draws[k], 97.5, axis=0)} for k in point}
 
 
 def evaluate_arms(real, test, synthetic: dict[int, np.ndarray], class_names, settings: UtilitySettings,
@@ -271,26 +427,28 @@ def evaluate_arms(real, test, synthetic: dict[int, np.ndarray], class_names, set
     settings.check()
     num_classes = len(class_names)
     scarce = scarce_indices(real.labels, settings.scarce_fraction, settings.split_seed)
-    probas, sizes, seconds = {}, {}, {}
+    probas, sizes, seconds, epochs = {}, {}, {}, {}
     bar = tqdm(total=len(settings.arms) * len(settings.seeds), desc="utility", unit="classifier",
                disable=not progress)
     with bar:
         for arm in settings.arms:
             images, labels, augment = arm_images(arm, real.images, real.labels, scarce, synthetic)
             sizes[arm] = np.bincount(labels, minlength=num_classes).tolist()
-            probas[arm] = []
+            probas[arm], epochs[arm] = [], []
             started = time.perf_counter()
             for seed in settings.seeds:
                 bar.set_postfix_str(f"{arm}, seed {seed}")
                 model = train_classifier(images, labels, num_classes, augment, seed, settings)
+                epochs[arm].append(len(model.history.history["loss"]))
                 probas[arm].append(predict_proba(model, test.images))
                 bar.update()
             seconds[arm] = time.perf_counter() - started
+    scoring = time.perf_counter()
     arms = {}
     for arm in settings.arms:
         per_seed = [score(test.labels, p) for p in probas[arm]]
         entry = {"training_images_per_class": dict(zip(class_names, sizes[arm])), "meaning": MEANING[arm],
-                 "seconds": seconds[arm]}
+                 "seconds": seconds[arm], "epochs": epochs[arm]}
         for key in ("balanced_accuracy", "macro_auc"):
             values = [s[key] for s in per_seed]
             entry[key] = {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)),
@@ -312,6 +470,7 @@ def evaluate_arms(real, test, synthetic: dict[int, np.ndarray], class_names, set
         arms[arm] = entry
     return {"arms": arms, "class_names": list(class_names), "test_images_per_class":
             dict(zip(class_names, np.bincount(test.labels, minlength=num_classes).tolist())),
+            "scoring_seconds": time.perf_counter() - scoring,
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}}
 
 

@@ -22,7 +22,7 @@ def add_arguments(p):
     p.add_argument("--seeds", default="0,1,2", help="classifier seeds, comma-separated (default: 0,1,2)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (default: all: {', '.join(ARMS)})")
     p.add_argument("--max-epochs", type=int, default=UtilitySettings.max_epochs,
-                   help=f"classifier epochs at most; early stopping usually ends sooner (default: {UtilitySettings.max_epochs})")
+                   help=f"classifier epochs at most; early stopping may end sooner (default: {UtilitySettings.max_epochs})")
     p.add_argument("--bootstrap", type=int, default=UtilitySettings.bootstrap,
                    help=f"test-set resamples for the 95%% intervals (default: {UtilitySettings.bootstrap})")
     add_backend(p)
