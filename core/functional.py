@@ -11,6 +11,7 @@ pixels instead of 64, and the 4x larger upsampled tensor is never built.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -142,17 +143,23 @@ def _tap_pairs(kernel_size, factor):
     return [(ky, int(np.argmax(taps[p, ky])), p) for p in range(factor) for ky in range(kernel_size)], window
 
 
+@functools.lru_cache(maxsize=None)
+def _tap_matrix(kernel_size, factor):
+    """(window*window*factor*factor, kernel_size**2): row (dy, dx, py, px) has a 1 at each tap
+    (ky, kx) that phase (py, px) reads from window pixel (dy, dx); and the window size."""
+    taps, _, window = upsample_conv_taps(kernel_size, factor)
+    matrix = np.einsum("pad,qbe->depqab", taps, taps)
+    return matrix.reshape(window * window * factor * factor, kernel_size * kernel_size), window
+
+
 def phase_kernel(kernel, factor):
     """The (window*window*cin, factor*factor*cout) matrix of the fused convolution: column
     block (py, px) is the kernel folded onto the low-resolution window seen by that phase
-    (taps that read the same low-resolution pixel add up)."""
+    (taps that read the same low-resolution pixel add up): one product with the tap matrix."""
     k, _, cin, cout = kernel.shape
-    pairs, window = _tap_pairs(k, factor)
-    folded = np.zeros((window, window, cin, factor, factor, cout), kernel.dtype)
-    for ky, dy, py in pairs:
-        for kx, dx, px in pairs:
-            folded[dy, dx, :, py, px, :] += kernel[ky, kx]
-    return folded.reshape(window * window * cin, factor * factor * cout)
+    taps, window = _tap_matrix(k, factor)
+    folded = (taps.astype(kernel.dtype) @ kernel.reshape(k * k, cin * cout)).reshape(window, window, factor, factor, cin, cout)
+    return folded.transpose(0, 1, 4, 2, 3, 5).reshape(window * window * cin, factor * factor * cout)
 
 
 def phase_kernel_backward(dphase, kernel_shape, factor):
