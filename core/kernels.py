@@ -188,67 +188,67 @@ FUSED = ("leaky_relu", "leaky_relu_backward", "bn_act_forward", "bn_act_backward
 # so each kernel also has a serial build that the wrappers below pick for small work.
 PARALLEL_MIN_ELEMENTS = 1 << 18
 
-_im2col_parallel = numba.njit(parallel=True, cache=True)(_im2col)
-_im2col_serial = numba.njit(cache=True)(_im2col)
-_col2im_parallel = numba.njit(parallel=True, cache=True)(_col2im)
-_col2im_serial = numba.njit(cache=True)(_col2im)
-_leaky_relu_parallel = numba.njit(parallel=True, cache=True)(_leaky_relu)
-_leaky_relu_serial = numba.njit(cache=True)(_leaky_relu)
-_leaky_relu_backward_parallel = numba.njit(parallel=True, cache=True)(_leaky_relu_backward)
-_leaky_relu_backward_serial = numba.njit(cache=True)(_leaky_relu_backward)
-_adam_update_parallel = numba.njit(parallel=True, cache=True)(_adam_update)
-_adam_update_serial = numba.njit(cache=True)(_adam_update)
-_bn_act_forward_parallel = numba.njit(parallel=True, cache=True)(_bn_act_forward)
-_bn_act_forward_serial = numba.njit(cache=True)(_bn_act_forward)
-_bn_act_backward_parallel = numba.njit(parallel=True, cache=True)(_bn_act_backward)
-_bn_act_backward_serial = numba.njit(cache=True)(_bn_act_backward)
-_leaky_dropout_forward_parallel = numba.njit(parallel=True, cache=True)(_leaky_dropout_forward)
-_leaky_dropout_forward_serial = numba.njit(cache=True)(_leaky_dropout_forward)
-_leaky_dropout_backward_parallel = numba.njit(parallel=True, cache=True)(_leaky_dropout_backward)
-_leaky_dropout_backward_serial = numba.njit(cache=True)(_leaky_dropout_backward)
+
+def _builds(function):
+    """(parallel build, serial build) of a kernel, compiled on first use and cached on disk."""
+    return numba.njit(parallel=True, cache=True)(function), numba.njit(cache=True)(function)
+
+
+def _by_size(builds, elements: int):
+    return builds[0] if elements >= PARALLEL_MIN_ELEMENTS else builds[1]
+
+
+_IM2COL = _builds(_im2col)
+_COL2IM = _builds(_col2im)
+_LEAKY_RELU = _builds(_leaky_relu)
+_LEAKY_RELU_BACKWARD = _builds(_leaky_relu_backward)
+_ADAM_UPDATE = _builds(_adam_update)
+_BN_ACT_FORWARD = _builds(_bn_act_forward)
+_BN_ACT_BACKWARD = _builds(_bn_act_backward)
+_LEAKY_DROPOUT_FORWARD = _builds(_leaky_dropout_forward)
+_LEAKY_DROPOUT_BACKWARD = _builds(_leaky_dropout_backward)
 
 
 def im2col(x, kernel_h, kernel_w, stride, pad_top, pad_left, out_h, out_w, cols):
-    kernel = _im2col_parallel if cols.size >= PARALLEL_MIN_ELEMENTS else _im2col_serial
+    kernel = _by_size(_IM2COL, cols.size)
     kernel(x, kernel_h, kernel_w, stride, pad_top, pad_left, out_h, out_w, cols)
 
 
 def col2im(cols, kernel_h, kernel_w, stride, pad_top, pad_left, out_h, out_w, x):
-    kernel = _col2im_parallel if cols.size >= PARALLEL_MIN_ELEMENTS else _col2im_serial
+    kernel = _by_size(_COL2IM, cols.size)
     kernel(cols, kernel_h, kernel_w, stride, pad_top, pad_left, out_h, out_w, x)
 
 
 def adam_update(weight, gradient, m, v, step_size, beta_1, beta_2, epsilon):
-    kernel = _adam_update_parallel if weight.size >= PARALLEL_MIN_ELEMENTS else _adam_update_serial
+    kernel = _by_size(_ADAM_UPDATE, weight.size)
     kernel(weight, gradient, m, v, step_size, beta_1, beta_2, epsilon)
 
 
 def leaky_relu(x, slope, out):
-    kernel = _leaky_relu_parallel if x.size >= PARALLEL_MIN_ELEMENTS else _leaky_relu_serial
+    kernel = _by_size(_LEAKY_RELU, x.size)
     kernel(x, slope, out)
 
 
 def leaky_relu_backward(dout, x, slope, dx):
-    kernel = _leaky_relu_backward_parallel if x.size >= PARALLEL_MIN_ELEMENTS else _leaky_relu_backward_serial
+    kernel = _by_size(_LEAKY_RELU_BACKWARD, x.size)
     kernel(dout, x, slope, dx)
 
 
 def bn_act_forward(x, gamma, beta, epsilon, slope, out, normalised, mean, var, inv_std):
-    kernel = _bn_act_forward_parallel if x.size >= PARALLEL_MIN_ELEMENTS else _bn_act_forward_serial
+    kernel = _by_size(_BN_ACT_FORWARD, x.size)
     kernel(x, gamma, beta, epsilon, slope, out, normalised, mean, var, inv_std)
 
 
 def bn_act_backward(dout, normalised, gamma, beta, inv_std, slope, need_input_grad, dx, dgamma, dbeta):
-    kernel = _bn_act_backward_parallel if dout.size >= PARALLEL_MIN_ELEMENTS else _bn_act_backward_serial
+    kernel = _by_size(_BN_ACT_BACKWARD, dout.size)
     kernel(dout, normalised, gamma, beta, inv_std, slope, need_input_grad, dx, dgamma, dbeta)
 
 
 def leaky_dropout_forward(x, slope, uniform, rate, scale, out):
-    kernel = _leaky_dropout_forward_parallel if x.size >= PARALLEL_MIN_ELEMENTS else _leaky_dropout_forward_serial
+    kernel = _by_size(_LEAKY_DROPOUT_FORWARD, x.size)
     kernel(x, slope, uniform, rate, scale, out)
 
 
 def leaky_dropout_backward(dout, x, slope, uniform, rate, scale, dx):
-    big = x.size >= PARALLEL_MIN_ELEMENTS
-    kernel = _leaky_dropout_backward_parallel if big else _leaky_dropout_backward_serial
+    kernel = _by_size(_LEAKY_DROPOUT_BACKWARD, x.size)
     kernel(dout, x, slope, uniform, rate, scale, dx)

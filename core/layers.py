@@ -163,12 +163,12 @@ class BatchNormalization(Layer):
     def forward(self, x, training=True):
         p, b = self.parameters, self.buffers
         if not training:
-            out, scale = F.batchnorm_inference_forward(
+            z, scale = F.batchnorm_inference_forward(
                 x, p["gamma"], p["beta"], b["moving_mean"], b["moving_variance"], self.epsilon
             )
-            self._cache = ("inference", scale)
-            return out
-        out, mean, var, cache = F.batchnorm_train_forward(x, p["gamma"], p["beta"], self.epsilon)
+            self._cache = ("inference", (scale, z))
+            return self._activate(z)
+        out, mean, var, cache = self._train_forward(x)
         for key, batch_value in (("moving_mean", mean), ("moving_variance", var)):
             b[key][...] = F.moving_average(b[key], batch_value, self.momentum)
         self._cache = ("train", cache)
@@ -176,12 +176,26 @@ class BatchNormalization(Layer):
 
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
         mode, cache = self._cache
-        if mode == "inference":  # an affine map with fixed statistics
-            return dout * cache if need_input_grad else None
-        dx, dgamma, dbeta = F.batchnorm_train_backward(dout, cache, need_input_grad)
+        if mode == "inference":  # an affine map with fixed statistics (then the activation, if any)
+            scale, z = cache
+            return self._activation_gradient(dout, z) * scale if need_input_grad else None
+        dx, dgamma, dbeta = self._train_backward(dout, cache, need_input_grad)
         if need_param_grads:
             self._set_gradients(gamma=dgamma, beta=dbeta)
         return dx
+
+    # What BatchNormActivation replaces: training-mode passes and the activation after the affine map.
+    def _train_forward(self, x):
+        return F.batchnorm_train_forward(x, self.parameters["gamma"], self.parameters["beta"], self.epsilon)
+
+    def _train_backward(self, dout, cache, need_input_grad):
+        return F.batchnorm_train_backward(dout, cache, need_input_grad)
+
+    def _activate(self, z):
+        return z
+
+    def _activation_gradient(self, dout, z):
+        return dout
 
 
 class BatchNormActivation(BatchNormalization):
@@ -195,29 +209,18 @@ class BatchNormActivation(BatchNormalization):
             raise ValueError(f"activation slope must be in [0, 1), got {slope}")
         self.slope = slope
 
-    def forward(self, x, training=True):
-        p, b = self.parameters, self.buffers
-        if not training:
-            z, scale = F.batchnorm_inference_forward(
-                x, p["gamma"], p["beta"], b["moving_mean"], b["moving_variance"], self.epsilon
-            )
-            self._cache = ("inference", (scale, z))
-            return F.activation_reference(z, self.slope)
-        out, mean, var, cache = F.batchnorm_act_train_forward(x, p["gamma"], p["beta"], self.epsilon, self.slope)
-        for key, batch_value in (("moving_mean", mean), ("moving_variance", var)):
-            b[key][...] = F.moving_average(b[key], batch_value, self.momentum)
-        self._cache = ("train", cache)
-        return out
+    def _train_forward(self, x):
+        p = self.parameters
+        return F.batchnorm_act_train_forward(x, p["gamma"], p["beta"], self.epsilon, self.slope)
 
-    def backward(self, dout, need_input_grad=True, need_param_grads=True):
-        mode, cache = self._cache
-        if mode == "inference":
-            scale, z = cache
-            return np.where(z > 0, dout, dout * dout.dtype.type(self.slope)) * scale if need_input_grad else None
-        dx, dgamma, dbeta = F.batchnorm_act_train_backward(dout, cache, need_input_grad)
-        if need_param_grads:
-            self._set_gradients(gamma=dgamma, beta=dbeta)
-        return dx
+    def _train_backward(self, dout, cache, need_input_grad):
+        return F.batchnorm_act_train_backward(dout, cache, need_input_grad)
+
+    def _activate(self, z):
+        return F.activation_reference(z, self.slope)
+
+    def _activation_gradient(self, dout, z):
+        return np.where(z > 0, dout, dout * dout.dtype.type(self.slope))
 
 
 class ReLU(Layer):
