@@ -322,18 +322,24 @@ def batchnorm_act_train_backward(dout, cache, need_input_grad=True):
     return (dx.reshape(dout.shape) if need_input_grad else None), dgamma, dbeta
 
 
-def activation_reference(z, slope):
+def activation(z, slope):
+    """max(z, slope * z) for 0 <= slope < 1: ReLU at slope 0, else LeakyReLU (plain NumPy)."""
     return np.where(z > 0, z, z * z.dtype.type(slope))
+
+
+def activation_gradient(dout, z, slope):
+    """d loss / d z of `activation` at z, from d loss / d out."""
+    return np.where(z > 0, dout, dout * dout.dtype.type(slope))
 
 
 def batchnorm_act_train_forward_reference(x, gamma, beta, epsilon, slope):
     out, mean, var, cache = batchnorm_train_forward(x, gamma, beta, epsilon)
-    return activation_reference(out, slope), mean, var, (cache, out, slope)
+    return activation(out, slope), mean, var, (cache, out, slope)
 
 
 def batchnorm_act_train_backward_reference(dout, cache, need_input_grad=True):
     bn_cache, z, slope = cache
-    return batchnorm_train_backward(np.where(z > 0, dout, dout * dout.dtype.type(slope)), bn_cache, need_input_grad)
+    return batchnorm_train_backward(activation_gradient(dout, z, slope), bn_cache, need_input_grad)
 
 
 def moving_average(moving, batch_value, momentum):
@@ -411,28 +417,27 @@ def leaky_dropout_forward(x, slope, uniform, rate):
     x = np.ascontiguousarray(x)
     out = np.empty(x.shape, x.dtype)
     scale = x.dtype.type(1.0 / (1.0 - rate))
-    kernels.leaky_dropout_forward(x.reshape(-1), x.dtype.type(slope), uniform.reshape(-1), uniform.dtype.type(rate),
-                                  scale, out.reshape(-1))
-    return out, (x, slope, uniform, rate)
+    slope, rate = x.dtype.type(slope), uniform.dtype.type(rate)
+    kernels.leaky_dropout_forward(x.reshape(-1), slope, uniform.reshape(-1), rate, scale, out.reshape(-1))
+    return out, (x, slope, uniform, rate, scale)
 
 
 def leaky_dropout_backward(dout, cache):
-    x, slope, uniform, rate = cache
+    x, slope, uniform, rate, scale = cache
     dout = np.ascontiguousarray(dout, dtype=x.dtype)
     dx = np.empty(x.shape, x.dtype)
-    kernels.leaky_dropout_backward(dout.reshape(-1), x.reshape(-1), x.dtype.type(slope), uniform.reshape(-1),
-                                   uniform.dtype.type(rate), x.dtype.type(1.0 / (1.0 - rate)), dx.reshape(-1))
+    kernels.leaky_dropout_backward(dout.reshape(-1), x.reshape(-1), slope, uniform.reshape(-1), rate, scale, dx.reshape(-1))
     return dx
 
 
 def leaky_dropout_forward_reference(x, slope, uniform, rate):
     mask = (uniform >= rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
-    return activation_reference(x, slope) * mask, (x, slope, mask)
+    return activation(x, slope) * mask, (x, slope, mask)
 
 
 def leaky_dropout_backward_reference(dout, cache):
     x, slope, mask = cache
-    return np.where(x > 0, dout, dout * x.dtype.type(slope)) * mask
+    return activation_gradient(dout, x, slope) * mask
 
 
 def sigmoid(x):

@@ -217,10 +217,10 @@ class BatchNormActivation(BatchNormalization):
         return F.batchnorm_act_train_backward(dout, cache, need_input_grad)
 
     def _activate(self, z):
-        return F.activation_reference(z, self.slope)
+        return F.activation(z, self.slope)
 
     def _activation_gradient(self, dout, z):
-        return np.where(z > 0, dout, dout * dout.dtype.type(self.slope))
+        return F.activation_gradient(dout, z, self.slope)
 
 
 class ReLU(Layer):

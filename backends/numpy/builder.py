@@ -8,6 +8,7 @@ import core
 from backends import spec
 from backends.config import GANConfig
 
+
 def fused_element_wise(layers_spec: list, index: int, dtype, dropout_rng: np.random.Generator):
     """The core's fused layer for spec layers `index` and `index + 1` when they are a pair it
     fuses (batch norm then ReLU or LeakyReLU; LeakyReLU then dropout), else None. The fused layer
