@@ -3,14 +3,24 @@
     python bench/preset_experiment.py --data ../shared/data/real-dermoscopy-dev/patches32.npz \\
         --budget 600 --variants dcgan,default --seeds 0,1
     python bench/preset_experiment.py --budget 600 --image-size 64 --variants dcgan,default --seeds 0,1
+    python bench/preset_experiment.py --data ../shared/data/isic2017-train/ISIC-2017_Training_Data \\
+        --labels ../shared/data/isic2017-train/ISIC-2017_Training_Classes.csv --image-size 64 \\
+        --budget 600 --variants "dcgan;default;default+conditional=true" --seeds 0,1
 
 Two protocols:
 
-- **Real images** (`--data` a folder or `.npz`, with a group per image: its source image or
-  patient). The images are split by group (`--holdout` of them, a fixed draw), every variant
-  trains on the rest and generates as many images as the held-out set holds, and is scored
-  against the held-out images. The floor is the same metrics for random sets of training
-  images of that count (real images of other sources: what a perfect generator would score).
+- **Real images** (`--data` a folder or `.npz`; `--labels` for a folder's label file when it is
+  not found beside it). A fixed draw holds out `--holdout` of the images: whole groups where
+  the data names a group per image (its source image or patient), else stratified by class
+  (e.g. ISIC 2017 at 64x64: 400 of the 2,000, 75 of them melanomas). The audit counts held-out
+  images that are likely copies of training images (the same lesion imaged twice): near-twins
+  across the split, printed first. Every variant trains on the rest and generates as many
+  images as the held-out set holds, and is scored against the held-out images. The floor is
+  the same metrics for random sets of training images of that count (real images the
+  generator trained on: what a perfect generator would score). A conditional variant
+  (`PRESET+conditional=true`, labelled data) generates each class as many times as the
+  held-out set holds it, and adds each class's SWD and recall against that class's held-out
+  images beside a per-class floor.
 - **Stand-in** (no `--data`): trains on the embedded dataset at --image-size (default 64),
   scores --count generated images against --count fresh embedded images of another seed; the
   floor is a second fresh set. It checks whole-lesion layout, which patches cannot.
@@ -71,25 +81,40 @@ class Protocol:
     reference: np.ndarray  # uint8 images the generated ones are compared with
     floors: list  # uint8 real sets scored against `reference` the same way
     image_size: int
+    reference_labels: np.ndarray | None = None  # class of each reference image, when labelled
+    train_labels: np.ndarray | None = None
+    class_names: tuple = ()
+    near_twins: int | None = None  # held-out images the audit calls likely copies of training ones
 
 
-def real_protocol(path: str, image_size: int | None, holdout: float) -> Protocol:
+def real_protocol(path: str, image_size: int | None, holdout: float, labels: str | None = None) -> Protocol:
     from service import data
     from service.imageio import to_uint8
+    from service.validation.memorization import memorization_audit
 
     size = image_size or data.native_image_size(path) or 64
-    dataset = data.load_images(path, size, progress=False)
-    if dataset.groups is None:
-        raise SystemExit(f"{path} names no group (source image or patient) per image; "
-                         "a split by image would put patches of one image on both sides")
+    dataset = data.load_images(path, size, labels_csv=labels, progress=False)
+    # By group where the data names one (patches of one image never on both sides), else
+    # stratified by class: data.split does whichever applies.
     train, held = data.split(dataset, holdout, seed=HOLDOUT_SEED)
     train_uint8, reference = to_uint8(train.images), to_uint8(held.images)
     rng = np.random.default_rng(HOLDOUT_SEED)
     floors = [train_uint8[np.sort(rng.choice(len(train_uint8), len(reference), replace=False))] for _ in range(2)]
-    print(f"{path}: {len(dataset)} images of {len(np.unique(dataset.groups))} groups at {size}x{size}; "
-          f"training on {len(train)} ({len(np.unique(train.groups))} groups), scoring against "
-          f"{len(held)} held-out ({len(np.unique(held.groups))} groups)", flush=True)
-    return Protocol(f"real-{Path(path).stem}", train, train_uint8, reference, floors, size)
+    if dataset.groups is not None:
+        how = (f"{len(np.unique(dataset.groups))} groups; training on {len(train)} ({len(np.unique(train.groups))} groups), "
+               f"scoring against {len(held)} held-out ({len(np.unique(held.groups))} groups)")
+    else:
+        counts = lambda d: "" if d.labels is None else " (" + ", ".join(
+            f"{n} {name}" for name, n in zip(d.class_names, np.bincount(d.labels, minlength=len(d.class_names)))) + ")"
+        how = (f"no groups: split stratified by class; training on {len(train)}{counts(train)}, "
+               f"scoring against {len(held)} held-out{counts(held)}")
+    # Held-out images that are likely copies of training images (the same lesion imaged
+    # twice, or a duplicate): they make every score, the floor's too, look better.
+    twins = memorization_audit(train_uint8, reference, train.groups)["copies"]
+    print(f"{path}: {len(dataset)} images at {size}x{size}, {how}; near-twins across the split "
+          f"(held-out images the audit calls likely copies of training images): {twins}", flush=True)
+    return Protocol(f"real-{Path(path).stem}", train, train_uint8, reference, floors, size,
+                    held.labels, train.labels, tuple(train.class_names), twins)
 
 
 def standin_protocol(image_size: int | None, count: int) -> Protocol:
@@ -117,6 +142,33 @@ class Scorer:
         self.pca = PCA(n_components=min(PCA_COMPONENTS, *pixels.shape), random_state=0).fit(pixels)
         self.reference_pca = self._pca(protocol.reference)
         self.reference_mean_hp = mean_image_highpass(protocol.reference)
+
+    def per_class(self, images: np.ndarray, labels: np.ndarray) -> dict:
+        """SWD and recall of each class's images against the reference images of that class."""
+        from service.validation.features import random_net_features
+        from service.validation.metrics import precision_recall, swd
+
+        protocol, scores = self.protocol, {}
+        for index, name in enumerate(protocol.class_names):
+            reference = protocol.reference[protocol.reference_labels == index]
+            mine = images[labels == index]
+            if len(reference) < 2 or len(mine) < 2:
+                continue
+            scores[name] = {"count": int(len(mine)), "swd": swd(reference, mine)["mean"],
+                            "recall": precision_recall(random_net_features(reference), random_net_features(mine))["recall"]}
+        return scores
+
+    def class_floor(self, seed: int = HOLDOUT_SEED) -> tuple[np.ndarray, np.ndarray]:
+        """Training images drawn per class as many as the reference holds: the per-class floor set."""
+        protocol, rng = self.protocol, np.random.default_rng(seed)
+        images, labels = [], []
+        for index in range(len(protocol.class_names)):
+            pool = np.flatnonzero(protocol.train_labels == index)
+            count = int(np.sum(protocol.reference_labels == index))
+            chosen = np.sort(rng.choice(pool, min(count, len(pool)), replace=False))
+            images.append(protocol.train_uint8[chosen])
+            labels.append(np.full(len(chosen), index))
+        return np.concatenate(images), np.concatenate(labels)
 
     def _pca(self, images: np.ndarray) -> np.ndarray:
         return self.pca.transform(images.reshape(len(images), -1).astype(np.float32) / 255.0)
@@ -155,7 +207,8 @@ def format_scores(scores: dict) -> str:
     levels = ", ".join(f"{v:.1f}" for v in scores["swd_levels"].values())
     return (f"SWD {scores['swd']:6.1f} ({levels})  FD {scores['fd']:7.3f}  pcaFD {scores['pca_fd']:6.2f}  "
             f"P {scores['precision']:.2f} R {scores['recall']:.2f} D {scores['density']:.2f} "
-            f"C {scores['coverage']:.2f}  meanHP {scores['mean_hp']:.2f}" + ("" if scores["copies"] is None else f"  copies {scores['copies']}"))
+            f"C {scores['coverage']:.2f}  meanHP {scores['mean_hp']:.2f}" + ("" if scores["copies"] is None else f"  copies {scores['copies']}")
+            + "".join(f"  [{name}: SWD {c['swd']:.1f} R {c['recall']:.2f}]" for name, c in scores.get("per_class", {}).items()))
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -166,6 +219,10 @@ def summarise(runs: list[dict]) -> dict:
         if not values:
             continue
         summary[metric] = {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
+    for name in runs[0]["scores"].get("per_class", {}):
+        for metric in ("swd", "recall"):
+            values = [r["scores"]["per_class"][name][metric] for r in runs]
+            summary[f"{name}_{metric}"] = {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
     for level in runs[0]["scores"]["swd_levels"]:
         values = [r["scores"]["swd_levels"][level] for r in runs]
         summary[f"swd_{level}"] = {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
@@ -181,13 +238,17 @@ def format_summary(name: str, summary: dict, count: int) -> str:
     return (f"{name:40s} n={count}  SWD {cell('swd')}  {levels}  FD {cell('fd', 3)}  pcaFD {cell('pca_fd', 2)}  "
             f"P {cell('precision', 2)}  R {cell('recall', 2)}  C {cell('coverage', 2)}  D {cell('density', 2)}  "
             f"meanHP {cell('mean_hp', 2)}"
-            + (f"  copies {cell('copies', 0)}" if "copies" in summary else ""))
+            + (f"  copies {cell('copies', 0)}" if "copies" in summary else "")
+            + "".join(f"  [{k[:-4]}: SWD {cell(k)} R {cell(k[:-4] + '_recall', 2)}]" for k in summary
+                      if k.endswith("_swd") and not k.startswith("swd_")))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", metavar="PATH", help="real images with a group per image (default: the embedded stand-in)")
-    parser.add_argument("--holdout", type=float, default=0.2, help="share of the groups' images held out (default 0.2)")
+    parser.add_argument("--data", metavar="PATH", help="real images: a folder or .npz (default: the embedded stand-in)")
+    parser.add_argument("--labels", metavar="CSV", help="the folder's label file, when not found beside it")
+    parser.add_argument("--holdout", type=float, default=0.2,
+                        help="share held out (default 0.2): whole groups where the data names them, else stratified by class")
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of training per run (default 600)")
     parser.add_argument("--epochs", type=int, help="train this many epochs instead of --budget")
     parser.add_argument("--image-size", type=int, help="default: the data's own size (64 for the stand-in)")
@@ -202,7 +263,7 @@ def main() -> None:
                         help="only print the SWD of the reference against altered copies of the floor set")
     args = parser.parse_args()
 
-    protocol = real_protocol(args.data, args.image_size, args.holdout) if args.data else standin_protocol(args.image_size, args.count)
+    protocol = real_protocol(args.data, args.image_size, args.holdout, args.labels) if args.data else standin_protocol(args.image_size, args.count)
     if args.calibrate:
         calibrate(protocol)
         return
@@ -221,10 +282,15 @@ def main() -> None:
     results = {"protocol": protocol.name, "image_size": protocol.image_size, "backend": args.backend,
                "budget_s": None if args.epochs else args.budget, "epochs": args.epochs,
                "reference_count": len(protocol.reference), "train_count": len(protocol.train_uint8),
-               "floor": [], "runs": []}
+               "near_twins": protocol.near_twins, "floor": [], "runs": []}
     for i, floor in enumerate(protocol.floors):
         results["floor"].append({"scores": score(floor, audit=False)})
         print(f"{'floor (real, other sources)':40s} draw {i}  {format_scores(results['floor'][-1]['scores'])}", flush=True)
+    if protocol.reference_labels is not None and any("conditional" in parse_variant(v)[1] for v in variants):
+        floor_images, floor_labels = score.class_floor()
+        results["class_floor"] = score.per_class(floor_images, floor_labels)
+        print("per-class floor: " + "  ".join(f"[{name}: SWD {c['swd']:.1f} R {c['recall']:.2f}]"
+                                              for name, c in results["class_floor"].items()), flush=True)
     for variant in variants:
         for seed in seeds:
             run = train_and_score(args, protocol, score, variant, seed, out)
@@ -249,26 +315,38 @@ def train_and_score(args, protocol: Protocol, score: Scorer, variant: str, seed:
     from service.training import run_training
 
     preset, overrides = parse_variant(variant)
+    conditional = bool(overrides.pop("conditional", False))
+    if conditional and protocol.reference_labels is None:
+        raise SystemExit(f"{variant}: a conditional variant needs labelled data (--labels, or labels in the .npz)")
     run_dir = out / f"{variant}+seed={seed}"
     started = time.perf_counter()
     outcome = run_training(
         out=run_dir, backend=args.backend, preset=preset, image_size=protocol.image_size, seed=seed,
-        epochs=args.epochs, time_budget=None if args.epochs else args.budget,
+        epochs=args.epochs, time_budget=None if args.epochs else args.budget, conditional=conditional,
         config_overrides=overrides or None, progress=False, dataset=protocol.train,
     )
     result = outcome.result
     if result.status.startswith("stopped:SIG"):  # Ctrl-C or kill: end the experiment
         raise SystemExit(f"{run_dir.name}: {result.status} at step {result.step}; its checkpoint is in {run_dir}")
-    count = len(protocol.reference)
-    job = plan_job(run_dir, count, run_dir / "generated", seed=1000 + seed, backend=args.backend)
-    generate_in_process(job)
-    images = np.stack([read_png(p) for p in sorted((run_dir / "generated").glob("img_*.png"))])
+    # As many images as the reference holds; a conditional run, as many of each class.
+    wanted = ({None: len(protocol.reference)} if not conditional else
+              {name: int(np.sum(protocol.reference_labels == i)) for i, name in enumerate(protocol.class_names)})
+    images, labels = [], []
+    for index, (name, count) in enumerate(wanted.items()):
+        folder = run_dir / ("generated" if name is None else f"generated-{name}")
+        generate_in_process(plan_job(run_dir, count, folder, seed=1000 + seed, class_name=name, backend=args.backend))
+        images += [read_png(p) for p in sorted(folder.glob("img_*.png"))]
+        labels += [index] * count
+    images = np.stack(images)
     scores = score(images)
+    if conditional:
+        scores["per_class"] = score.per_class(images, np.array(labels))
     print(f"{variant + f' seed {seed}':40s} steps {result.step:5d} (+{result.rebalance_d} D, +{result.rebalance_g} G)  "
           f"{format_scores(scores)}", flush=True)
-    return {"variant": variant, "seed": seed, "preset": preset, "overrides": overrides, "steps": result.step,
-            "epochs": result.epoch, "rebalance_d": result.rebalance_d, "rebalance_g": result.rebalance_g,
-            "train_s": result.seconds, "wall_s": time.perf_counter() - started, "scores": scores}
+    return {"variant": variant, "seed": seed, "preset": preset, "overrides": overrides, "conditional": conditional,
+            "steps": result.step, "epochs": result.epoch, "rebalance_d": result.rebalance_d,
+            "rebalance_g": result.rebalance_g, "train_s": result.seconds,
+            "wall_s": time.perf_counter() - started, "scores": scores}
 
 
 def calibrate(protocol: Protocol) -> None:
