@@ -2,14 +2,18 @@
 
 The model holds only Keras's own layers (Dense, BatchNormalization, ReLU, Reshape,
 UpSampling2D, Conv2D, tanh; the training backends' fused upsample-convolution is written out
-as its two layers), so `keras.saving.load_model(path)` needs nothing of this project. Its
-weights are the run's latest checkpoint's averaged generator where the run has one, else G's,
-from a run trained on either backend (the checkpoint names are the same).
+as its two layers; with noise inputs also Cropping1D, Concatenate and Add, each noise layer's
+strength as a bias-free Dense on its map), so `keras.saving.load_model(path)` needs nothing
+of this project. Its weights are the run's latest checkpoint's averaged generator where the
+run has one, else G's, from a run trained on either backend (the checkpoint names are the same).
 
-    unconditional:  model(z) -> images          z: (N, latent_dim) float32
+    unconditional:  model(z) -> images          z: (N, z_size) float32
     conditional:    model([z, label]) -> images label: (N,) int class index
 images: (N, size, size, 3) float32 in [-1, 1], as `generate` makes them before PNG encoding
-(the same noise and label give the same image, to float tolerance).
+(the same noise and label give the same image, to float tolerance). z_size is latent_dim, or
+with the run's `noise_inputs` latent_dim + noise_map_size: the latent, then G's per-pixel noise
+maps (standard normal; side 2*base, 4*base, ... up to half the image side, each row-major),
+as `backends.noise.sample_noise` draws them.
 """
 
 from __future__ import annotations
@@ -29,18 +33,20 @@ def build_generator_model(run_dir):
     from service.rundir import load_config
 
     import keras
+    import numpy as np
 
     config, _ = load_config(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     weights = weights_only(load_checkpoint(checkpoint))
-    plain = config.replace(dtype="float32", mixed_precision=False, extra={**config.extra, "fuse_upsample_conv": False})
-    generator = build_network(plain, "generator")
+    plain = config.replace(dtype="float32", mixed_precision=False)
+    generator = build_network(plain, "generator", portable=True)
     averaged = config.ema_kimg > 0
     for name, variable in weight_variables(plain, "generator", generator).items():
-        variable.assign(weights[spec.ema_name(name) if averaged else name])
+        # reshaped: the portable form holds a noise strength (channels,) as a (1, channels) kernel
+        variable.assign(np.reshape(weights[spec.ema_name(name) if averaged else name], variable.shape))
     if config.num_classes == 0:
         return generator, config, checkpoint
-    z = keras.Input(shape=(config.latent_dim,), name="z")
+    z = keras.Input(shape=(config.z_size,), name="z")
     label = keras.Input(shape=(), dtype="int32", name="label")
     one_hot = keras.layers.CategoryEncoding(num_tokens=config.num_classes, output_mode="one_hot", name="label_one_hot")(label)
     images = generator(keras.layers.Concatenate(name="z_and_label")([z, one_hot]))
@@ -48,20 +54,30 @@ def build_generator_model(run_dir):
 
 
 def export_generator(run_dir, out, fmt: str = "keras") -> dict:
-    """Write the model to `out` (a .keras file, or a SavedModel folder); returns what was written."""
+    """Write the model to `out` (a .keras file, or a SavedModel folder); returns what was written.
+
+    `out` must be a new path (never a link): the model is written into a temp path beside it
+    and moved into place whole, so a full disk or a kill leaves no torn model and a rerun works.
+    """
+    from service.files import refuse_link, temp_path_beside
+
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
     if fmt == "keras" and out.suffix != ".keras":
         raise UserError(f"--out {out}: a Keras model file must end in .keras")
+    refuse_link(out, f"--out {out}")
     if out.exists():
         raise UserError(f"--out {out} already exists; choose a new path")
     model, config, checkpoint = build_generator_model(run_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "keras":
-        model.save(out)
-    else:
-        model.export(str(out), format="tf_saved_model", verbose=False)
+    try:
+        with temp_path_beside(out, durable=True, folder=fmt == "savedmodel") as temp:
+            if fmt == "keras":
+                model.save(temp)
+            else:
+                model.export(temp, format="tf_saved_model", verbose=False)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     return {
         "path": str(out), "format": fmt, "checkpoint": str(checkpoint),
         "weights": "averaged generator" if config.ema_kimg > 0 else "generator",

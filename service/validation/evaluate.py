@@ -21,7 +21,7 @@ generator can be.
 from __future__ import annotations
 
 import os
-import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from service.errors import UserError
-from service.files import write_json
+from service.files import copy_regular_file, write_json
 from service.imageio import save_grid, to_uint8
 from service.validation import maps, memorization, metrics
 from service.validation.report import write_report
@@ -304,17 +304,27 @@ def _write_figures(out_dir: Path, real, fake, run_dir, seed: int) -> dict:
     if run_dir is not None:
         run_dir = Path(run_dir)
         loss_png = out_dir / "loss_curve.png"
-        if (run_dir / "metrics.jsonl").is_file():
+        if _regular_file(run_dir / "metrics.jsonl"):
             from service.plots import plot_loss_curve
 
             if plot_loss_curve(run_dir / "metrics.jsonl", loss_png) is not None:
                 files["loss_curve"] = loss_png.name
-        if "loss_curve" not in files and (run_dir / "loss_curve.png").is_file():
-            shutil.copyfile(run_dir / "loss_curve.png", loss_png)
-            files["loss_curve"] = loss_png.name
+        # the run's own plot, only a regular file inside the run (never a link to elsewhere:
+        # the report folder is meant to be shared whole)
+        if "loss_curve" not in files and os.path.lexists(run_dir / "loss_curve.png"):
+            if copy_regular_file(run_dir / "loss_curve.png", loss_png, inside=run_dir):
+                files["loss_curve"] = loss_png.name
     for name in ("pca_thumbnails.png", "pca_scatter.png", "tsne_thumbnails.png", "tsne_scatter.png", "memorization_pairs.png", "memorization_ratios.png"):
         files[name.removesuffix(".png")] = name
     return files
+
+
+def _regular_file(path: Path) -> bool:
+    """A regular file that is not a link (a run's file whose content goes into the report)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _jsonable(value):

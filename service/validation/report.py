@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from service.errors import UserError
 from service.files import write_text
 
 # metric key -> (label in the table, how to read it, better direction)
@@ -73,13 +74,12 @@ def render_html(result: dict) -> str:
 def add_utility(out_dir, summary: dict, chart) -> Path:
     """Put a `utility` result (service.utility) into an existing report: metrics.json gains a
     "utility" entry and report.html a section; the chart is copied beside the page."""
-    import shutil
+    from service.files import copy_regular_file, write_json
 
-    from service.files import write_json
-
-    out_dir = Path(out_dir)
+    out_dir, chart = Path(out_dir), Path(chart)
     result = json.loads((out_dir / "metrics.json").read_text())
-    shutil.copyfile(chart, out_dir / "utility.png")
+    if not copy_regular_file(chart, out_dir / "utility.png", inside=chart.parent):
+        raise UserError(f"{chart} is not a regular file the utility stage wrote")
     result["utility"] = summary
     result["files"]["utility"] = "utility.png"
     write_json(out_dir / "metrics.json", result)
