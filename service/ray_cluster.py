@@ -24,7 +24,7 @@ def thread_env(cpus: float) -> dict[str, str]:
     threads = str(max(1, int(cpus)))
     return {
         **QUIET_ENV,
-        "DCGAN_TF_THREADS": threads,  # read by backends.tf.runtime
+        "LESIONGAN_TF_THREADS": threads,  # read by backends.tf.runtime
         "TF_NUM_INTRAOP_THREADS": threads,
         "TF_NUM_INTEROP_THREADS": "1",
         "NUMBA_NUM_THREADS": threads,

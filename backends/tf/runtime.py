@@ -74,12 +74,17 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+THREADS_VARIABLE = "LESIONGAN_TF_THREADS"  # TensorFlow's intra-op threads, when set
+OLD_THREADS_VARIABLE = "DCGAN_TF_THREADS"  # deprecated name of THREADS_VARIABLE, still read
+
+
 def configure_threads(cores: int | None = None) -> dict:
     """One intra-op thread per core; the inter-op pool small, so the two pools do not
     oversubscribe the cores (a GAN step is a chain of large ops, with little to run side by side).
-    `DCGAN_TF_THREADS` overrides the core count. Silently keeps TF's pools if its runtime
-    already started (they cannot change then)."""
-    cores = int(os.environ.get("DCGAN_TF_THREADS", 0)) or cores or available_cores()
+    `LESIONGAN_TF_THREADS` overrides the core count (`DCGAN_TF_THREADS`, its old name, is still
+    read, deprecated). Silently keeps TF's pools if its runtime already started (they cannot
+    change then)."""
+    cores = int(os.environ.get(THREADS_VARIABLE) or os.environ.get(OLD_THREADS_VARIABLE) or 0) or cores or available_cores()
     inter = 1 if cores <= 4 else 2
     try:
         tf.config.threading.set_intra_op_parallelism_threads(cores)

@@ -38,7 +38,7 @@ def run(args) -> int:
     if args.in_process or args.workers == 0:
         # One framework thread, as in each Ray worker: TF's float sums (and so a few pixel
         # values) can depend on its thread count, and the two paths must give the same bytes.
-        os.environ.setdefault("DCGAN_TF_THREADS", "1")
+        os.environ.setdefault("LESIONGAN_TF_THREADS", "1")
         result = generate_in_process(job, resume=args.resume, progress=show_progress(args))
     else:
         result = generate_on_ray(job, workers=args.workers, address=args.address, resume=args.resume,

@@ -136,7 +136,7 @@ def generate_in_process(job: GenerationJob, resume: bool = False, progress: bool
     """The same job in one process, one shard after another: the reference for the Ray path.
 
     Byte-identical to the Ray output when this process runs the framework with one thread as
-    the workers do (the generate command sets DCGAN_TF_THREADS=1 for it; the numpy backend
+    the workers do (the generate command sets LESIONGAN_TF_THREADS=1 for it; the numpy backend
     does not depend on the thread count).
     """
     started = time.perf_counter()

@@ -1,0 +1,23 @@
+"""TensorFlow's thread count follows LESIONGAN_TF_THREADS, and its deprecated name still works."""
+
+import json
+import os
+import subprocess
+import sys
+
+PROBE = "import json; from backends.tf.runtime import THREADS; print(json.dumps(THREADS))"
+
+
+def _threads(env_overrides: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("LESIONGAN_TF_THREADS", "DCGAN_TF_THREADS")}
+    env.update(env_overrides)
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_deprecated_name_still_sets_the_intra_op_pool():
+    assert _threads({"DCGAN_TF_THREADS": "3"})["intra_op"] == 3
+
+
+def test_the_new_name_sets_the_pool_and_wins_over_the_deprecated_one():
+    assert _threads({"LESIONGAN_TF_THREADS": "2", "DCGAN_TF_THREADS": "3"})["intra_op"] == 2
