@@ -1,33 +1,43 @@
 """Training data: loading, caching, splitting and batching.
 
 Formats `load_images` accepts:
-- ISIC 2017 layout: a folder of `ISIC_*.jpg` of any size (the `*_superpixels.png` files beside
-  them are label maps, not lesions, and are ignored) and the ground-truth CSV
-  `image_id,melanoma,seborrheic_keratosis` (both 0 = nevus). The CSV is given, or found
-  automatically when it is the only `*GroundTruth*.csv` in the folder or else in its parent.
-- Any folder of JPEG/PNG/BMP images, searched recursively, in sorted order (no labels).
+- A folder of images (JPEG/PNG/BMP, searched recursively, in sorted order; the ISIC
+  `*_superpixels.png` label maps are ignored) with a label file: given (`labels_csv`), or found
+  in the folder or its parent (the only CSV whose header service.labels recognises: every
+  public ISIC / HAM10000 ground-truth file). Without one, a folder whose images all sit in
+  first-level subfolders is labelled by subfolder (sorted names); a folder of loose images is
+  unlabelled; a folder with both is an error. `unlabelled=True` ignores labels of any kind.
+  Class choices (`label_column`, `classes`, `binary`, `unknown`) are service.labels.choose's;
+  the images of classes left out are not loaded (one line says how many).
 - WebDataset-style tar shards (as `generate --format tar` writes them): a `.tar` file, or a
   folder of them; the image members in order (no labels).
 - A DermaMNIST-style `.npz`: `train_images` uint8 (N, H, W[, 3]) and optionally `train_labels`
-  (the train split; `images` / `labels` and `x` / `y` are accepted too). Class names come from
-  a `class_names` entry, else the three ISIC names for up to 3 classes, else DermaMNIST's seven.
-  A 1-D integer array `groups` (or `group`, `image`, `patient`: N entries) names the source
-  image or patient of each image; splits and real-vs-real references then keep each group on
-  one side, since patches of one image on both sides make any distance look better than it is.
+  (the train split; `images` / `labels` and `x` / `y` are accepted too), integer class indices
+  from 0 with no gap. Class names come from a `class_names` entry, else the three ISIC names
+  for up to 3 classes, else DermaMNIST's seven. A 1-D integer array `groups` (or `group`,
+  `image`, `patient`: N entries) names the source image or patient of each image.
+
+Groups (patients, lesions, source images) from a label file or an .npz become Dataset.groups:
+splits and real-vs-real references then keep each group on one side, since near-twins on both
+sides make any distance look better than it is.
 
 Pixels: OpenCV decodes (BGR, made RGB here; grayscale made RGB; alpha dropped; EXIF orientation
 applied), the image is center-cropped to a square (default) or squashed, resized with INTER_AREA
 (INTER_LINEAR when it must grow), and normalised to float32 NHWC in [-1, 1] (x / 127.5 - 1).
 
-Decoded folders are cached on disk as uint8 `.npz`, keyed by the file list, sizes, mtimes,
-image size and crop mode, in `cache_dir` (default: $LESIONGAN_CACHE or ~/.cache/lesiongan).
-Labels are not cached: the CSV is re-read on every run (it is small), so editing it never
-forces a re-decode and never serves stale labels.
+Only regular files are opened (a FIFO or device named like an image is skipped with a
+warning), and an image whose header declares more than LESIONGAN_MAX_IMAGE_PIXELS pixels
+(default 100 million) is skipped before it is decoded, like an unreadable one.
 
-Mismatches between CSV and images (decided: no silent loss, no guessing):
-- an image with no CSV row is an error (UserError): its class is unknown, and dropping it
+Decoded folders are cached on disk as uint8 `.npz`, keyed by the file list, sizes, mtimes,
+image size, crop mode and pixel limit, in `cache_dir` (default: $LESIONGAN_CACHE or ~/.cache/lesiongan).
+Labels are not cached: the label file is re-read on every run (it is small), so editing it
+never forces a re-decode and never serves stale labels.
+
+Mismatches between label file and images (decided: no silent loss, no guessing):
+- an image with no row is an error (UserError): its class is unknown, and dropping it
   quietly would shrink the training set behind the user's back;
-- a CSV row with no image is a one-line warning (a partial download is common), and an error
+- a row with no image is a one-line warning (a partial download is common), and an error
   under strict=True;
 - unreadable or corrupt image files are skipped with one warning line naming the count and
   the first few, and are an error under strict=True.
@@ -35,7 +45,6 @@ Mismatches between CSV and images (decided: no silent loss, no guessing):
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -52,11 +61,11 @@ from backends.config import SUPPORTED_IMAGE_SIZES
 from service.errors import UserError
 from service.files import atomic_file
 from service.imageio import from_uint8
+from service import labels as label_files
 
 CLASS_NAMES = ("nevus", "melanoma", "seborrheic_keratosis")  # ISIC 2017, in the ground truth's terms
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SUPERPIXEL_SUFFIX = "_superpixels.png"
-LABEL_COLUMNS = ("image_id", "melanoma", "seborrheic_keratosis")
 CROP_MODES = ("center", "squash")
 NPZ_IMAGE_KEYS = ("train_images", "images", "x")  # with the labels of the same position below
 NPZ_LABEL_KEYS = ("train_labels", "labels", "y")
@@ -68,6 +77,55 @@ DERMAMNIST_CLASS_NAMES = (
 )
 CACHE_FORMAT = 1  # bump when the decoding changes, so old caches are not reused
 SHOWN_NAMES = 3  # how many offending names a one-line message lists
+MAX_IMAGE_PIXELS = 100_000_000  # larger declared images are skipped undecoded (LESIONGAN_MAX_IMAGE_PIXELS)
+PIXEL_LIMIT_ENV = "LESIONGAN_MAX_IMAGE_PIXELS"
+MAX_NPZ_SIDE = 1 << 15  # an .npz image side beyond this is a damaged or hostile header
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where the images are and how to label them: the data options of the command line as one
+    object (service.commands.common.data_options), handed to training and the main job and
+    recorded in the run's config.json, so a resumed run loads the same data the same way."""
+
+    path: str | None = None  # None: the embedded stand-in dataset
+    labels: str | None = None  # a label file; None: found beside the images (or class folders)
+    label_column: str | None = None
+    classes: tuple[str, ...] = ()
+    binary: str | None = None
+    unknown: str = "drop"  # the UNK / unknown class: "drop" or "keep"
+    unlabelled: bool = False
+    crop: str = "center"
+    strict: bool = False
+
+    @classmethod
+    def of(cls, value) -> "DataOptions":
+        """DataOptions as given, or those of a bare path (None: the embedded dataset)."""
+        if isinstance(value, DataOptions):
+            return value
+        return cls(path=None if value is None else str(value))
+
+    def choices(self) -> dict:
+        """The label choices, as keyword arguments of load_images (and config.json records them)."""
+        return {"label_column": self.label_column, "classes": list(self.classes), "binary": self.binary,
+                "unknown": self.unknown, "unlabelled": self.unlabelled}
+
+    @classmethod
+    def from_record(cls, path, record: dict) -> "DataOptions":
+        """The options a run recorded (config.json data), for --resume; old runs have no choices."""
+        choices = record.get("choices") or {}
+        return cls(
+            path=path, labels=record.get("labels"), crop=record.get("crop", "center"),
+            label_column=choices.get("label_column"), classes=tuple(choices.get("classes") or ()),
+            binary=choices.get("binary"), unknown=choices.get("unknown", "drop"),
+            unlabelled=bool(choices.get("unlabelled", False)),
+        )
+
+    def load(self, image_size: int, cache_dir=None, progress: bool = True) -> "Dataset":
+        if self.path is None:
+            raise UserError("no data path given")
+        return load_images(self.path, image_size, labels_csv=self.labels, crop=self.crop, strict=self.strict,
+                           cache_dir=cache_dir, progress=progress, **self.choices())
 
 
 @dataclass
@@ -80,6 +138,7 @@ class Dataset:
     files: list[str] = field(default_factory=list)
     source: str = ""
     groups: np.ndarray | None = None  # int64 source image / patient of each image, if known
+    labelling: dict = field(default_factory=dict)  # where labels and groups came from (LabelFile.describe)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -93,7 +152,15 @@ class Dataset:
             files=[self.files[i] for i in indices] if self.files else [],
             source=self.source,
             groups=None if self.groups is None else self.groups[indices],
+            labelling=self.labelling,
         )
+
+    def class_counts(self) -> str:
+        """'name count, ...' of the labelled images, for a line to the user."""
+        if self.labels is None:
+            return "unlabelled"
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return ", ".join(f"{name} {count}" for name, count in zip(self.class_names, counts))
 
 
 # ----------------------------------------------------------------------------- public API
@@ -107,24 +174,52 @@ def load_images(
     strict: bool = False,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    *,
+    label_column: str | None = None,
+    classes=(),
+    binary: str | None = None,
+    unknown: str = "drop",
+    unlabelled: bool = False,
 ) -> Dataset:
-    """Load an ISIC 2017 folder, any image folder, or a DermaMNIST-style .npz (see module doc)."""
+    """Load a folder of images (labelled by a label file or class folders), tar shards, or a
+    DermaMNIST-style .npz (see the module doc); the label choices are service.labels.choose's."""
     check_image_size(image_size)
     if crop not in CROP_MODES:
         raise UserError(f"crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+    if unknown not in label_files.UNKNOWN_CHOICES:
+        raise UserError(f"--unknown must be one of {', '.join(label_files.UNKNOWN_CHOICES)}, got {unknown!r}")
+    choice = {"classes": tuple(classes or ()), "binary": binary, "unknown": unknown}
+    max_pixels = max_image_pixels()
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"data path not found: {path}")
     if path.is_file():
+        if label_column is not None:
+            raise UserError(f"--label-column is for label files; {path} is not a folder of images")
         if path.suffix.lower() == ".tar":
-            return _load_tars([path], image_size, crop, progress)
+            return _load_tars([path], image_size, crop, progress, max_pixels)
         if path.suffix.lower() != ".npz":
             raise UserError(f"{path} is a file but not a .npz array file or .tar shard; give a folder of images, a .npz or a .tar")
-        return _load_npz(path, image_size, crop)
+        return _load_npz(path, image_size, crop, None if unlabelled else choice)
     shards = sorted(path.glob("*.tar"))
     if shards and not _list_image_files(path):
-        return _load_tars(shards, image_size, crop, progress)
-    return _load_folder(path, image_size, labels_csv, crop, strict, cache_dir, progress)
+        return _load_tars(shards, image_size, crop, progress, max_pixels)
+    return _load_folder(path, image_size, labels_csv, crop, strict, cache_dir, progress, max_pixels,
+                        None if unlabelled else {"label_column": label_column, **choice})
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height, as its header declares it) that is decoded."""
+    text = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"{PIXEL_LIMIT_ENV} must be a positive number of pixels, got {text!r}")
+    return value
 
 
 def default_dataset(image_size: int, count: int = 2000, seed: int = 0, cache_dir=None, progress: bool = True) -> Dataset:
@@ -249,8 +344,9 @@ def default_cache_dir() -> Path:
 # ----------------------------------------------------------------------------- pixels
 
 
-def decode_image(data: bytes | np.ndarray, image_size: int, crop: str) -> np.ndarray | None:
-    """Encoded file bytes -> uint8 RGB (image_size, image_size, 3), or None if undecodable.
+def decode_image(data: bytes | np.ndarray, image_size: int, crop: str, max_pixels: int | None = None) -> np.ndarray | None:
+    """Encoded file bytes -> uint8 RGB (image_size, image_size, 3), or None if undecodable or
+    its header declares more than `max_pixels` pixels (default: max_image_pixels()).
 
     JPEGs are decoded at 1/2, 1/4 or 1/8 scale when that still leaves at least `image_size`
     pixels (libjpeg scales in the DCT domain, which is much faster than a full decode of a
@@ -258,6 +354,9 @@ def decode_image(data: bytes | np.ndarray, image_size: int, crop: str) -> np.nda
     """
     buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
     if buffer.size == 0:
+        return None
+    declared = declared_pixels(buffer)
+    if declared is not None and declared > (max_pixels or max_image_pixels()):
         return None
     is_jpeg = buffer.size > 3 and buffer[0] == 0xFF and buffer[1] == 0xD8 and buffer[2] == 0xFF
     image = None
@@ -277,6 +376,27 @@ def decode_image(data: bytes | np.ndarray, image_size: int, crop: str) -> np.nda
 
 
 _REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+
+
+def declared_pixels(buffer: np.ndarray) -> float | None:
+    """Width x height as the file's header declares it, read by Pillow without decoding the
+    pixels (inf for a header Pillow itself refuses as a decompression bomb); None when Pillow
+    cannot read the header (OpenCV may still decode the file)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(buffer.tobytes())) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        return float("inf")
+    except Exception:  # noqa: BLE001 - not Pillow's to judge; OpenCV decides
+        return None
+    return float(width) * float(height)
 
 
 def fit_square(image: np.ndarray, image_size: int, crop: str) -> np.ndarray:
@@ -310,15 +430,15 @@ def tar_images(path: Path):
         raise UserError(f"{path}: cut short or damaged tar shard ({' '.join(str(e).split())})") from None
 
 
-def _load_tars(shards: list[Path], image_size: int, crop: str, progress: bool) -> Dataset:
+def _load_tars(shards: list[Path], image_size: int, crop: str, progress: bool, max_pixels: int) -> Dataset:
     from tqdm import tqdm
 
     images, files = [], []
     for shard in tqdm(shards, desc="reading tar shards", unit="shard", disable=not progress, file=sys.stderr):
         for name, data in tar_images(shard):
-            image = decode_image(data, image_size, crop)
+            image = decode_image(data, image_size, crop, max_pixels)
             if image is None:
-                raise UserError(f"{shard}: member {name} is not a decodable image")
+                raise UserError(f"{shard}: member {name} is not a decodable image (or is over {max_pixels} pixels)")
             images.append(image)
             files.append(f"{shard}:{name}")
     if not images:
@@ -352,63 +472,87 @@ def load_generated_images(folder, files: list[str]) -> np.ndarray:
 # ----------------------------------------------------------------------------- folders
 
 
-def _load_folder(root: Path, image_size, labels_csv, crop, strict, cache_dir, progress) -> Dataset:
-    files = _list_image_files(root)
+def _load_folder(root: Path, image_size, labels_csv, crop, strict, cache_dir, progress, max_pixels, choice) -> Dataset:
+    special: list[str] = []
+    files = _list_image_files(root, special)
+    if special:
+        _warn(f"skipped {len(special)} file(s) in {root} that are not regular files (FIFO, socket or device): "
+              + _listed(special))
     if not files:
         raise UserError(f"no JPEG/PNG/BMP images in {root}")
     relative = [f.relative_to(root).as_posix() for f in files]
 
-    labels_path = Path(labels_csv) if labels_csv is not None else _find_labels_csv(root)
-    label_table = _read_labels_csv(labels_path) if labels_path is not None else None
-    if label_table is not None:  # check before the (slow) decode, so a mismatch fails fast
-        _check_labels_cover(files, label_table, labels_path, strict)
+    table = None if choice is None else _label_table(root, relative, labels_csv, choice)
+    if table is not None:  # check before the (slow) decode, so a mismatch fails fast
+        relative = _labelled_only(root, relative, table, strict)
 
-    stats = [f.stat() for f in files]
-    key = _hash_json([CACHE_FORMAT, image_size, crop, [[r, s.st_size, s.st_mtime_ns] for r, s in zip(relative, stats)]])
+    stats = [(root / name).stat() for name in relative]
+    key = _hash_json([CACHE_FORMAT, image_size, crop, max_pixels,
+                      [[r, s.st_size, s.st_mtime_ns] for r, s in zip(relative, stats)]])
     cached = _read_cache(cache_dir, "images", key)
     if cached is not None:
         images, kept = cached["images"], [str(name) for name in cached["kept"]]
     else:
-        images, kept = _decode_files(root, relative, image_size, crop, progress)
+        images, kept = _decode_files(root, relative, image_size, crop, progress, max_pixels)
         _write_cache(cache_dir, "images", key, images=images, kept=np.array(kept, dtype=np.str_))
 
     skipped = sorted(set(relative) - set(kept))
     if skipped:
-        listed = ", ".join(skipped[:SHOWN_NAMES]) + (", ..." if len(skipped) > SHOWN_NAMES else "")
+        what = f"unreadable or corrupt image(s) (or over {max_pixels} pixels, {PIXEL_LIMIT_ENV})"
         if strict:
-            raise UserError(f"{len(skipped)} unreadable or corrupt image(s) in {root}: {listed}")
-        _warn(f"skipped {len(skipped)} unreadable or corrupt image(s) in {root}: {listed}")
+            raise UserError(f"{len(skipped)} {what} in {root}: {_listed(skipped)}")
+        _warn(f"skipped {len(skipped)} {what} in {root}: {_listed(skipped)}")
     if not kept:
         raise UserError(f"no decodable image in {root} ({len(relative)} file(s) tried)")
 
-    labels, class_names = None, ()
-    if label_table is not None:
-        labels = np.array([label_table[_image_id(name)] for name in kept], dtype=np.int64)
-        class_names = CLASS_NAMES
-    described = f"{len(kept)} images from {root}" + (f", labels from {labels_path}" if labels_path else "")
+    labels, class_names, groups, labelling = None, (), None, {}
+    described = f"{len(kept)} images from {root}"
+    if table is not None:
+        keys = kept if table.by_path else [_image_id(name) for name in kept]
+        labels = np.array([table.labels[k] for k in keys], dtype=np.int64)
+        class_names = table.class_names
+        groups = _group_indices(table, keys)
+        labelling = table.describe()
+        if groups is None:
+            labelling.update(groups_file=None, group_column=None)
+        described += f", labels from {table.source} ({table.format}: {table.label_column})"
+        if groups is not None:
+            described += f", groups from {table.group_column}"
     return Dataset(
         images=from_uint8(images),
         labels=labels,
         class_names=class_names,
         files=[str(root / name) for name in kept],
         source=described,
+        groups=groups,
+        labelling=labelling,
     )
 
 
-def _list_image_files(root: Path) -> list[Path]:
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:SHOWN_NAMES]) + (", ..." if len(names) > SHOWN_NAMES else "")
+
+
+def _list_image_files(root: Path, special: list | None = None) -> list[Path]:
+    """Image files under `root`, sorted; files named like images that are not regular files
+    (FIFOs, sockets, devices: opening one can block forever) are left out, and named in
+    `special` when given."""
     found = []
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         for name in names:
             lower = name.lower()
-            if name.startswith(".") or lower.endswith(SUPERPIXEL_SUFFIX):
+            if name.startswith(".") or lower.endswith(SUPERPIXEL_SUFFIX) or not lower.endswith(IMAGE_EXTENSIONS):
                 continue
-            if lower.endswith(IMAGE_EXTENSIONS):
-                found.append(Path(folder) / name)
+            path = Path(folder) / name
+            if path.is_file():  # follows a symbolic link; False for a FIFO, socket or device
+                found.append(path)
+            elif special is not None:
+                special.append(path.relative_to(root).as_posix())
     return sorted(found)
 
 
-def _decode_files(root: Path, relative: list[str], image_size: int, crop: str, progress: bool):
+def _decode_files(root: Path, relative: list[str], image_size: int, crop: str, progress: bool, max_pixels: int):
     """Decode in threads (OpenCV releases the GIL); returns (uint8 NHWC, kept names in order)."""
     from tqdm import tqdm
 
@@ -417,7 +561,7 @@ def _decode_files(root: Path, relative: list[str], image_size: int, crop: str, p
             data = np.fromfile(root / name, dtype=np.uint8)
         except OSError:
             return None
-        return decode_image(data, image_size, crop)
+        return decode_image(data, image_size, crop, max_pixels)
 
     workers = min(len(relative), max(1, os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -441,138 +585,190 @@ def _decode_files(root: Path, relative: list[str], image_size: int, crop: str, p
 # ----------------------------------------------------------------------------- labels
 
 
-def _find_labels_csv(root: Path) -> Path | None:
-    """The only *GroundTruth*.csv in the folder, else in its parent; None when there is none."""
-    for folder in (root, root.parent):
-        candidates = sorted(p for p in folder.glob("*.csv") if "groundtruth" in p.name.lower())
-        if len(candidates) == 1:
-            return candidates[0]
-        if len(candidates) > 1:
-            names = ", ".join(p.name for p in candidates)
-            _warn(f"several ground-truth CSVs in {folder} ({names}); pass --labels to pick one; loading without labels")
+def _label_table(root: Path, relative: list[str], labels_csv, choice: dict):
+    """The images' labels (service.labels.LabelFile, after the choices), or None."""
+    path = Path(labels_csv) if labels_csv is not None else label_files.find_label_file(root, choice["label_column"])
+    if path is not None:
+        table = label_files.read_label_file(path, choice["label_column"])
+    else:
+        table = label_files.class_folders(root, relative)
+        if table is None:
+            if choice["label_column"] is not None:
+                raise UserError(f"--label-column {choice['label_column']}: no label file with that column in {root} "
+                                "or its parent; give it with --labels")
             return None
-    return None
+        if choice["label_column"] is not None:
+            raise UserError("--label-column is for label files; this folder is labelled by its class subfolders")
+    options = {k: choice[k] for k in ("classes", "binary", "unknown")}
+    return label_files.choose(table, **options)
 
 
-def _read_labels_csv(path: Path) -> dict[str, int]:
-    """ISIC 2017 ground truth -> {image_id: class index} (0 nevus, 1 melanoma, 2 seb. keratosis)."""
-    if not path.is_file():
-        raise UserError(f"labels CSV not found: {path}")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in LABEL_COLUMNS if c not in columns]
-            if missing:
-                raise UserError(
-                    f"labels CSV {path} lacks column(s) {', '.join(missing)} "
-                    f"(needs {','.join(LABEL_COLUMNS)})"
-                )
-            table = {}
-            for line_number, row in enumerate(reader, start=2):
-                row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-                table[row["image_id"]] = _row_class(row, path, line_number)
-    except UnicodeDecodeError:
-        raise UserError(f"labels CSV {path} is not UTF-8 text") from None
-    except csv.Error as e:
-        raise UserError(f"labels CSV {path} is malformed: {e}") from None
-    if not table:
-        raise UserError(f"labels CSV {path} has no rows")
-    return table
+def _labelled_only(root: Path, relative: list[str], table, strict: bool) -> list[str]:
+    """The images to load: every image must have a row, rows without an image are a warning,
+    and the images of classes left out by the choices are dropped (one line says how many)."""
+    keys = relative if table.by_path else [_image_id(name) for name in relative]
+    unlabelled = [k for k in keys if k not in table.labels and k not in table.left_out]
+    if unlabelled:
+        raise UserError(
+            f"{len(unlabelled)} of {len(keys)} images have no row in {table.source} ({_listed(unlabelled)}); "
+            "add their rows or pass the matching --labels (or --unlabelled)"
+        )
+    present = set(keys)
+    without_image = sorted((set(table.labels) | set(table.left_out)) - present)
+    if without_image:
+        message = f"{len(without_image)} id(s) in {table.source} have no image in {root} ({_listed(without_image)})"
+        if strict:
+            raise UserError(message)
+        _warn(message + "; those rows are ignored")
+    reasons: dict[str, int] = {}
+    for k in keys:
+        if k in table.left_out:
+            reasons[table.left_out[k]] = reasons.get(table.left_out[k], 0) + 1
+    if reasons:
+        count = sum(reasons.values())
+        _note(f"left out {count} of {len(keys)} images: " + "; ".join(f"{n} {why}" for why, n in reasons.items()))
+    kept = [name for name, k in zip(relative, keys) if k not in table.left_out]
+    if not kept:
+        raise UserError(f"no image of {root} is left after the class choices")
+    return kept
 
 
-def _row_class(row: dict, path: Path, line_number: int) -> int:
-    try:
-        melanoma, keratosis = (float(row[c]) for c in ("melanoma", "seborrheic_keratosis"))
-    except ValueError:
-        raise UserError(f"labels CSV {path} line {line_number}: melanoma and seborrheic_keratosis must be 0 or 1") from None
-    if melanoma not in (0.0, 1.0) or keratosis not in (0.0, 1.0) or melanoma + keratosis > 1:
-        raise UserError(f"labels CSV {path} line {line_number}: expected 0/1 values with at most one 1")
-    return 1 if melanoma else 2 if keratosis else 0
+def _group_indices(table, keys: list[str]) -> np.ndarray | None:
+    """int64 group per image (an image with no group is a group of its own); None without groups."""
+    if not table.groups or not any(k in table.groups for k in keys):
+        return None
+    names = [table.groups.get(k, "\0image " + k) for k in keys]
+    return np.unique(names, return_inverse=True)[1].astype(np.int64).reshape(-1)
 
 
 def _image_id(relative_name: str) -> str:
     return Path(relative_name).stem
 
 
-def _check_labels_cover(files: list[Path], table: dict[str, int], labels_path: Path, strict: bool) -> None:
-    ids = [f.stem for f in files]
-    unlabelled = [i for i in ids if i not in table]
-    if unlabelled:
-        shown = ", ".join(unlabelled[:SHOWN_NAMES]) + (", ..." if len(unlabelled) > SHOWN_NAMES else "")
-        raise UserError(
-            f"{len(unlabelled)} of {len(ids)} images have no row in {labels_path} ({shown}); "
-            "add their rows or pass the matching --labels"
-        )
-    without_image = sorted(set(table) - set(ids))
-    if without_image:
-        shown = ", ".join(without_image[:SHOWN_NAMES]) + (", ..." if len(without_image) > SHOWN_NAMES else "")
-        message = f"{len(without_image)} id(s) in {labels_path} have no image in the folder ({shown})"
-        if strict:
-            raise UserError(message)
-        _warn(message + "; those rows are ignored")
-
-
 # ----------------------------------------------------------------------------- arrays
 
 
-def _load_npz(path: Path, image_size: int, crop: str) -> Dataset:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            contents = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path} as .npz: {' '.join(str(e).split())}") from None
-    image_key = next((k for k in NPZ_IMAGE_KEYS if k in contents), None)
+def _load_npz(path: Path, image_size: int, crop: str, choice: dict | None = None) -> Dataset:
+    """A DermaMNIST-style array file; every array's shape and type is checked from its header
+    before anything is loaded, so a damaged or hostile header costs no memory."""
+    headers = _npz_headers(path)
+    image_key = next((k for k in NPZ_IMAGE_KEYS if k in headers), None)
     if image_key is None:
         raise UserError(
-            f"{path} has no image array ({', '.join(NPZ_IMAGE_KEYS)}; found: {', '.join(sorted(contents)) or 'nothing'})"
+            f"{path} has no image array ({', '.join(NPZ_IMAGE_KEYS)}; found: {', '.join(sorted(headers)) or 'nothing'})"
         )
-    images = contents[image_key]
-    if images.ndim == 3:  # grayscale (N, H, W)
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4) or len(images) == 0:
-        raise UserError(f"{path}: {image_key} must be (N, H, W) or (N, H, W, 1|3|4) with N > 0, got {images.shape}")
-    if images.dtype != np.uint8:
-        raise UserError(f"{path}: {image_key} must be uint8 (0..255), got {images.dtype}")
-    images = images[..., :3]  # drop alpha
+    shape, dtype = headers[image_key]
+    if len(shape) == 3:  # grayscale (N, H, W)
+        shape = (*shape, 1)
+    if len(shape) != 4 or shape[-1] not in (1, 3, 4) or 0 in shape:
+        raise UserError(f"{path}: {image_key} must be (N, H, W) or (N, H, W, 1|3|4) with no zero size, got {headers[image_key][0]}")
+    if dtype != np.uint8:
+        raise UserError(f"{path}: {image_key} must be uint8 (0..255), got {dtype}")
+    if max(shape[1], shape[2]) > MAX_NPZ_SIDE or shape[1] * shape[2] > max_image_pixels():
+        raise UserError(f"{path}: {image_key} declares images of {shape[1]}x{shape[2]} pixels, beyond the limit "
+                        f"({PIXEL_LIMIT_ENV}, side at most {MAX_NPZ_SIDE})")
+    count = shape[0]
+    label_key = NPZ_LABEL_KEYS[NPZ_IMAGE_KEYS.index(image_key)]
+    group_key = next((k for k in NPZ_GROUP_KEYS if k in headers), None)
+    for key in (label_key, group_key):
+        if key in headers and (int(np.prod(headers[key][0])) != count or headers[key][1].kind not in "iu"):
+            what = "group" if key == group_key else "class index"
+            raise UserError(f"{path}: {key} must hold one integer {what} per image ({count}), got shape "
+                            f"{headers[key][0]} of {headers[key][1]}")
+    wanted = [image_key] + [k for k in (label_key, group_key, "class_names") if k in headers]
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {name: archive[name] for name in wanted}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError) as e:
+        raise UserError(f"cannot read {path} as .npz: {' '.join(str(e).split()) or type(e).__name__}") from None
+    images = contents[image_key].reshape(shape)[..., :3]  # drop alpha
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
-    resized = np.stack([fit_square(image, image_size, crop) for image in images])
 
-    labels, class_names = None, ()
-    label_key = NPZ_LABEL_KEYS[NPZ_IMAGE_KEYS.index(image_key)]
-    if label_key in contents:
+    labels, class_names, groups = None, (), None
+    if group_key is not None:
+        groups = contents[group_key].reshape(-1).astype(np.int64)
+    if label_key in contents and choice is not None:
         labels = contents[label_key].reshape(-1).astype(np.int64)
-        if len(labels) != len(images):
-            raise UserError(f"{path}: {len(labels)} labels for {len(images)} images")
-        if labels.min() < 0:
-            raise UserError(f"{path}: labels must be non-negative class indices")
-        class_names = _npz_class_names(contents, int(labels.max()) + 1)
+        class_names = _npz_class_names(contents, labels, path)
+        labels, keep, class_names = _npz_choice(labels, class_names, choice, path)
+        if keep is not None:
+            images = images[keep]
+            groups = None if groups is None else groups[keep]
+    resized = np.stack([fit_square(image, image_size, crop) for image in images])
     return Dataset(
         images=from_uint8(resized),
         labels=labels,
         class_names=class_names,
         files=[],
         source=f"{len(images)} images from {path} ({image_key})",
-        groups=_npz_groups(contents, path, len(images)),
+        groups=groups,
+        labelling={} if labels is None else {"labels_file": str(path), "format": "npz", "label_column": label_key,
+                                             "groups_file": str(path) if groups is not None else None,
+                                             "group_column": group_key if groups is not None else None,
+                                             "class_names": list(class_names)},
     )
 
 
-def _npz_groups(contents: dict, path: Path, count: int) -> np.ndarray | None:
-    key = next((k for k in NPZ_GROUP_KEYS if k in contents), None)
-    if key is None:
-        return None
-    groups = contents[key]
-    if groups.shape != (count,) or groups.dtype.kind not in "iu":
-        raise UserError(f"{path}: {key} must hold one integer group per image ({count}), got {groups.shape} {groups.dtype}")
-    return groups.astype(np.int64)
+def _npz_headers(path: Path) -> dict[str, tuple[tuple, np.dtype]]:
+    """{array name: (shape, dtype)} of an .npz, from the headers alone."""
+    try:
+        headers = {}
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                headers[member[: -len(".npy")]] = (tuple(int(n) for n in shape), dtype)
+        return headers
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read {path} as .npz: {' '.join(str(e).split()) or type(e).__name__}") from None
 
 
-def _npz_class_names(contents: dict, class_count: int) -> tuple[str, ...]:
+def _npz_choice(labels: np.ndarray, class_names: tuple, choice: dict, path: Path):
+    """The label choices on an .npz: (labels, kept image indices or None, class names)."""
+    if not choice["classes"] and choice["binary"] is None and choice["unknown"] == "keep":
+        return labels, None, class_names
+    table = label_files.LabelFile(class_names=tuple(class_names), labels={str(i): int(c) for i, c in enumerate(labels)},
+                                  source=str(path), format="npz", label_column="labels")
+    table = label_files.choose(table, **choice)
+    if not table.left_out:
+        return np.array([table.labels[str(i)] for i in range(len(labels))], np.int64), None, table.class_names
+    keep = np.array([i for i in range(len(labels)) if str(i) in table.labels], np.int64)
+    if len(keep) == 0:
+        raise UserError(f"no image of {path} is left after the class choices")
+    _note(f"left out {len(labels) - len(keep)} of {len(labels)} images of {path} by the class choices")
+    return np.array([table.labels[str(i)] for i in keep], np.int64), keep, table.class_names
+
+
+def _npz_class_names(contents: dict, labels: np.ndarray, path: Path) -> tuple[str, ...]:
+    """Names for an .npz's classes: its `class_names`, else ISIC's three or DermaMNIST's seven.
+    Without `class_names`, the class indices must be 0..K-1 with none missing (a gap is more
+    likely a mistake than an empty class, and a huge index must not make a huge run)."""
+    if len(labels) and labels.min() < 0:
+        raise UserError(f"{path}: labels must be non-negative class indices")
+    present = np.unique(labels)
+    class_count = int(present[-1]) + 1 if len(present) else 0
     if "class_names" in contents:
-        names = tuple(str(n) for n in contents["class_names"])
+        names = tuple(str(n) for n in np.asarray(contents["class_names"]).reshape(-1))
         if len(names) >= class_count:
             return names
+        raise UserError(f"{path}: class_names names {len(names)} classes, but the labels go up to {class_count - 1}")
+    if len(present) != class_count:
+        gaps, previous = [], -1
+        for value in present.tolist():
+            if value > previous + 1:
+                gaps.append(str(previous + 1) if value == previous + 2 else f"{previous + 1}..{value - 1}")
+            previous = value
+        gap = ", ".join(gaps[:SHOWN_NAMES]) + (", ..." if len(gaps) > SHOWN_NAMES else "")
+        raise UserError(
+            f"{path}: labels use classes {', '.join(str(c) for c in present[:6].tolist())}"
+            f"{', ...' if len(present) > 6 else ''} but none of {gap}: class indices must run from 0 with "
+            "no gap (or add a class_names array naming every class)"
+        )
     if class_count <= len(CLASS_NAMES):
         return CLASS_NAMES
     if class_count <= len(DERMAMNIST_CLASS_NAMES):
@@ -608,9 +804,14 @@ def _write_cache(cache_dir, kind: str, key: str, **arrays) -> None:
     try:
         with atomic_file(path) as f:
             np.savez(f, **arrays)
-    except OSError as e:
-        _warn(f"could not write the cache {path} ({e.strerror or e}); the next run will decode again")
+    except (OSError, UserError) as e:
+        reason = getattr(e, "strerror", None) or e
+        _warn(f"could not write the cache {path} ({reason}); the next run will decode again")
 
 
 def _warn(message: str) -> None:
     print(f"warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    print(" ".join(message.split()), file=sys.stderr)

@@ -33,10 +33,7 @@ class MainJob:
     """What the main job runs; the training fields are run_training's."""
 
     out: Path | None = None
-    data: str | None = None
-    labels: str | None = None
-    crop: str = "center"
-    strict: bool = False
+    data: object = None  # a service.data.DataOptions, or a path; None: the embedded dataset
     backend: str = "tf"
     preset: str = "default"
     epochs: int | None = None
@@ -52,10 +49,15 @@ class MainJob:
     utility_test: str | None = None  # its held-out real test set on user data
     utility_settings: object = None  # a service.utility.UtilitySettings; None: its defaults
 
+    def __post_init__(self) -> None:
+        from service.data import DataOptions
+
+        self.data = DataOptions.of(self.data)
+
     def check(self) -> None:
         if self.utility and not self.conditional:
             raise UserError("--utility needs --conditional: the classifier arms need generated images of each class")
-        if self.utility and self.data is not None and self.utility_test is None:
+        if self.utility and self.data.path is not None and self.utility_test is None:
             raise UserError("--utility on your data needs --utility-test PATH: labelled real images held out from --data")
         if self.utility_test is not None and not self.utility:
             raise UserError("--utility-test is only used with --utility")
@@ -87,7 +89,7 @@ def run_main_job(job: MainJob) -> dict:
 
     stage(1, f"training ({job.backend} backend, preset {job.preset}" + (f", {time_budget:.0f} s budget" if time_budget else "") + ")", stages)
     outcome = run_training(
-        out=out, data=job.data, labels=job.labels, crop=job.crop, strict=job.strict, backend=job.backend,
+        out=out, data=job.data, backend=job.backend,
         preset=job.preset, epochs=job.epochs, image_size=job.image_size, batch_size=job.batch_size,
         time_budget=time_budget, seed=job.seed, conditional=job.conditional, progress=job.progress,
     )
@@ -144,7 +146,10 @@ def utility_stage(job: MainJob, run_dir: Path, train: "ImageSet", reference: "Im
     if job.utility_test is None:
         test = as_dataset(reference)
     else:
-        test = data.load_images(job.utility_test, image_size, crop=job.crop, progress=job.progress)
+        # the test set labelled the same way as the training data (same choices; its own label file)
+        options = job.data
+        test = data.DataOptions(**{**vars(options), "path": job.utility_test, "labels": None}).load(
+            image_size, progress=job.progress)
     out = run_dir / "utility"
     settings = dataclasses.replace(job.utility_settings or UtilitySettings(), backend=job.backend)
     summary = run_utility(run_dir, as_dataset(train), test, out, settings, progress=job.progress)
@@ -166,14 +171,13 @@ def reference_sets(job: MainJob, image_size: int) -> tuple[ImageSet, ImageSet]:
     from service.imageio import to_uint8
     from service.training import DEFAULT_DATA_COUNT
 
-    if job.data is None:
+    if job.data.path is None:
         train = data.default_dataset(image_size, count=DEFAULT_DATA_COUNT, progress=job.progress)
         real = data.default_dataset(
             image_size, count=max(job.count, 500), seed=job.seed + REFERENCE_SEED_OFFSET, progress=job.progress
         )
     else:
-        train = data.load_images(job.data, image_size, labels_csv=job.labels, crop=job.crop,
-                                 strict=job.strict, progress=job.progress)
+        train = job.data.load(image_size, progress=job.progress)
         real = train
 
     def as_set(dataset) -> ImageSet:

@@ -55,9 +55,6 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
 def run_training(
     out=None,
     data=None,
-    labels=None,
-    crop: str = "center",
-    strict: bool = False,
     backend: str | None = None,
     preset: str | None = None,
     epochs: int | None = None,
@@ -78,12 +75,14 @@ def run_training(
 ) -> TrainingOutcome:
     """Create (or resume) a run and train it; the function behind `train` and the main job.
 
-    `dataset` (a service.data.Dataset) skips loading; `config_overrides` are GANConfig fields
+    `data`: a service.data.DataOptions (where the images are and how to label them), or just a
+    path; None: the embedded dataset. `dataset` (a service.data.Dataset) skips loading; `config_overrides` are GANConfig fields
     applied like --config. Raises UserError for bad input and TrainingDiverged on NaN/inf.
     """
     import backends
     from service import checkpoint as ckpt
     from service import rundir
+    from service.data import DataOptions
     from service.trainer import SEED_STREAMS, Trainer, check_plan
 
     if epochs is not None and epochs < 1:
@@ -92,11 +91,17 @@ def run_training(
         raise UserError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
     if time_budget is not None:
         check_plan(epochs, time_budget)  # before loading data or a framework
+    options = DataOptions.of(data)
     if resume is not None:
+        label_flags = {
+            "--labels": options.labels, "--label-column": options.label_column, "--classes": options.classes or None,
+            "--binary": options.binary, "--unknown": None if options.unknown == DataOptions.unknown else options.unknown,
+            "--unlabelled": options.unlabelled or None,
+        }
         explicit = {
             "--out": out, "--preset": preset, "--image-size": image_size, "--batch-size": batch_size,
             "--seed": seed, "--config": config_file or config_overrides, "--conditional": conditional or None,
-            "--labels": labels,
+            **label_flags,
         }
         given = [flag for flag, value in explicit.items() if value is not None]
         if given:
@@ -108,12 +113,11 @@ def run_training(
         backend_name = backend or full.get("backend", DEFAULT_BACKEND)
         stored = full.get("data", {})
         if dataset is None:
-            if data is None and stored.get("source") == IN_MEMORY_SOURCE:
+            if options.path is None and stored.get("source") == IN_MEMORY_SOURCE:
                 raise UserError(f"{run_dir} was trained on data passed in memory; give --data to resume it")
-            dataset = _load_dataset(
-                data or stored.get("source"), stored.get("labels"), stored.get("crop", crop),
-                strict, config.image_size, stored.get("default_count", data_count), progress,
-            )
+            recorded = DataOptions.from_record(options.path or stored.get("source"), stored)
+            recorded = DataOptions(**{**vars(recorded), "strict": options.strict})
+            dataset = _load_dataset(recorded, config.image_size, stored.get("default_count", data_count), progress)
         if dataset_fingerprint_of(dataset) != stored.get("fingerprint"):
             raise UserError(f"cannot resume {run_dir}: the data differs from the data the run was trained on")
         training = dict(full.get("training", {}))
@@ -128,25 +132,29 @@ def run_training(
     else:
         if out is None:
             raise UserError("give --out DIR for a new run, or --resume RUN_DIR")
-        image_size = image_size or default_image_size(data, dataset)
-        if data is not None:
-            source = str(Path(data).resolve())
+        image_size = image_size or default_image_size(options.path, dataset)
+        if options.path is not None:
+            source = str(Path(options.path).resolve())
         elif dataset is None:
             source = DEFAULT_SOURCE
         else:
             source = IN_MEMORY_SOURCE
         if dataset is None:
-            dataset = _load_dataset(data, labels, crop, strict, image_size, data_count, progress)
+            dataset = _load_dataset(options, image_size, data_count, progress)
         config = build_config(
             preset or "default", image_size, batch_size, seed, conditional, config_file, config_overrides, dataset
         )
         backend_name = backend or DEFAULT_BACKEND
         if epochs is None and time_budget is None:
             epochs = DEFAULT_EPOCHS
+        labels_file = dataset.labelling.get("labels_file")
         data_info = {
             "source": source,
-            "labels": None if labels is None else str(Path(labels).resolve()),
-            "crop": crop,
+            # the label file actually read (given or found), so --resume reads the same one
+            "labels": str(Path(labels_file).resolve()) if labels_file and Path(labels_file).is_file() else None,
+            "choices": options.choices(),
+            "labelling": dataset.labelling or None,
+            "crop": options.crop,
             "default_count": data_count if source == DEFAULT_SOURCE else None,
             "description": dataset.source,
             "count": len(dataset),
@@ -186,6 +194,7 @@ def run_training(
         else:
             trainer.truncate_metrics()  # a run killed before its first checkpoint starts over
             print(f"warning: {run_dir} has no checkpoint yet; training from the start", file=sys.stderr)
+    print(f"data: {dataset.source}; classes: {dataset.class_counts()}", flush=True)
     result = trainer.run()
     return TrainingOutcome(run_dir=run_dir, config=config, backend_name=backend_name, result=result)
 
@@ -206,12 +215,12 @@ def dataset_fingerprint_of(dataset) -> str:
     return dataset_fingerprint(dataset.images, dataset.labels)
 
 
-def _load_dataset(source, labels, crop, strict, image_size, data_count, progress):
+def _load_dataset(options, image_size, data_count, progress):
     from service import data as data_module
 
-    if source is None or source == DEFAULT_SOURCE:
+    if options.path is None or options.path == DEFAULT_SOURCE:
         return data_module.default_dataset(image_size, count=data_count, progress=progress)
-    return data_module.load_images(source, image_size, labels_csv=labels, crop=crop, strict=strict, progress=progress)
+    return options.load(image_size, progress=progress)
 
 
 def read_config_file(path) -> dict:
@@ -243,7 +252,8 @@ def build_config(preset, image_size, batch_size, seed, conditional, config_file,
     overrides.update({k: v for k, v in explicit.items() if v is not None})
     if conditional or overrides.get("num_classes", 0) > 0:
         if dataset.labels is None:
-            raise UserError("--conditional needs class labels, and this dataset has none (give --labels CSV)")
+            raise UserError("--conditional needs class labels, and this dataset has none (give --labels, or put "
+                            "the images in class subfolders)")
         overrides["num_classes"] = len(dataset.class_names) or int(dataset.labels.max()) + 1
     else:
         overrides["num_classes"] = 0

@@ -75,10 +75,12 @@ def test_ground_truth_csv_is_found_in_the_parent_folder(tmp_path):
 
 
 def test_labels_csv_given_explicitly(tmp_path):
-    make_isic_folder(tmp_path / "isic", classes=(2, 1))
-    os.replace(tmp_path / "isic" / GROUND_TRUTH, tmp_path / "truth.csv")
-    assert load_images(tmp_path / "isic", 32, progress=False).labels is None
-    assert load_images(tmp_path / "isic", 32, labels_csv=tmp_path / "truth.csv", progress=False).labels.tolist() == [2, 1]
+    make_isic_folder(tmp_path / "data" / "isic", classes=(2, 1))
+    (tmp_path / "elsewhere").mkdir()
+    os.replace(tmp_path / "data" / "isic" / GROUND_TRUTH, tmp_path / "elsewhere" / "truth.csv")
+    assert load_images(tmp_path / "data" / "isic", 32, progress=False).labels is None
+    labelled = load_images(tmp_path / "data" / "isic", 32, labels_csv=tmp_path / "elsewhere" / "truth.csv", progress=False)
+    assert labelled.labels.tolist() == [2, 1]
 
 
 def test_several_ground_truth_csvs_warn_and_load_without_labels(tmp_path, capsys):
@@ -86,7 +88,7 @@ def test_several_ground_truth_csvs_warn_and_load_without_labels(tmp_path, capsys
     (folder / "ISIC-2017_Validation_Part3_GroundTruth.csv").write_text("image_id,melanoma,seborrheic_keratosis\n")
     dataset = load_images(folder, 32, progress=False)
     assert dataset.labels is None
-    assert "several ground-truth CSVs" in capsys.readouterr().err
+    assert "several label files" in capsys.readouterr().err
 
 
 def test_any_folder_is_searched_recursively_in_sorted_order(tmp_path):
@@ -95,7 +97,7 @@ def test_any_folder_is_searched_recursively_in_sorted_order(tmp_path):
     write_image(tmp_path / "b" / "c" / "y.JPEG", random_rgb(3))
     (tmp_path / "notes.txt").write_text("not an image")
     write_image(tmp_path / ".hidden" / "x.png", random_rgb(4))
-    dataset = load_images(tmp_path, 32, cache_dir=tmp_path / "cache", progress=False)
+    dataset = load_images(tmp_path, 32, cache_dir=tmp_path / "cache", progress=False, unlabelled=True)
     assert [os.path.relpath(f, tmp_path) for f in dataset.files] == ["a.bmp", "b/c/y.JPEG", "b/z.png"]
     assert dataset.labels is None and dataset.class_names == ()
 
@@ -278,10 +280,10 @@ def test_corrupt_files_are_skipped_with_one_warning(tmp_path, capsys):
         load_images(tmp_path, 32, strict=True, progress=False)
 
 
-def test_csv_missing_a_column(tmp_path):
-    folder = make_isic_folder(tmp_path / "isic", csv_columns=("image_id", "melanoma"))
-    with pytest.raises(UserError, match="lacks column.*seborrheic_keratosis"):
-        load_images(folder, 32, progress=False)
+def test_csv_with_an_unknown_header_lists_the_known_formats(tmp_path):
+    folder = make_isic_folder(tmp_path / "isic", csv_columns=("image_id", "naevus"))
+    with pytest.raises(UserError, match="unknown header .columns: image_id, naevus.; known formats: ISIC 2016"):
+        load_images(folder, 32, labels_csv=folder / GROUND_TRUTH, progress=False)
 
 
 def test_csv_with_bad_values(tmp_path):
@@ -311,7 +313,7 @@ def test_csv_rows_without_image_warn_or_fail_under_strict(tmp_path, capsys):
 
 def test_labels_csv_not_found(tmp_path):
     folder = make_isic_folder(tmp_path / "isic")
-    with pytest.raises(UserError, match="labels CSV not found"):
+    with pytest.raises(UserError, match="labels file not found"):
         load_images(folder, 32, labels_csv=tmp_path / "nope.csv", progress=False)
 
 

@@ -8,7 +8,8 @@ import sys
 from backends import BACKENDS
 from backends.config import SUPPORTED_IMAGE_SIZES
 from backends.presets import PRESETS
-from service.data import CROP_MODES
+from service.data import CROP_MODES, DataOptions
+from service.labels import UNKNOWN_CHOICES
 from service.training import DEFAULT_BACKEND
 
 
@@ -21,16 +22,41 @@ def add_seed(p: argparse.ArgumentParser) -> None:
 
 
 def add_data(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """--data and every option of how it is read and labelled (read back with data_options)."""
     p.add_argument(
         "--data",
         metavar="PATH",
         required=required,
-        help="ISIC 2017 folder, any image folder, or a DermaMNIST-style .npz "
-        "(default: the embedded stand-in dataset)",
+        help="a folder of images (labelled by a label file beside it or by class subfolders), "
+        "WebDataset tar shards, or a DermaMNIST-style .npz (default: the embedded stand-in dataset)",
     )
-    p.add_argument("--labels", metavar="CSV", help="ground-truth CSV (image_id,melanoma,seborrheic_keratosis)")
+    p.add_argument("--labels", metavar="CSV", help="label file: any ISIC 2016-2020 or HAM10000 ground-truth "
+                   "or metadata CSV (default: the one in the data folder or its parent)")
+    add_label_choices(p)
     add_crop(p)
     p.add_argument("--strict", action="store_true", help="stop on the first unreadable image instead of skipping it")
+
+
+def add_label_choices(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label-column", metavar="COLUMN",
+                   help="the column that holds the class (e.g. target or diagnosis in ISIC 2020; default: the format's own)")
+    p.add_argument("--classes", metavar="A,B,...", help="keep these classes only (the other images are left out)")
+    p.add_argument("--binary", metavar="NAME", help="two classes: NAME against the rest (not_NAME, NAME)")
+    p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="drop",
+                   help="the UNK / unknown diagnosis: drop its images (default) or keep it as a class")
+    p.add_argument("--unlabelled", action="store_true", help="ignore labels and class subfolders")
+
+
+def label_choices(args) -> dict:
+    """The label choices of add_label_choices, as keyword arguments of service.data.load_images."""
+    classes = tuple(c.strip() for c in (args.classes or "").split(",") if c.strip())
+    return {"label_column": args.label_column, "classes": classes, "binary": args.binary,
+            "unknown": args.unknown, "unlabelled": args.unlabelled}
+
+
+def data_options(args) -> DataOptions:
+    """The data options of add_data as one object."""
+    return DataOptions(path=args.data, labels=args.labels, crop=args.crop, strict=args.strict, **label_choices(args))
 
 
 def add_crop(p: argparse.ArgumentParser) -> None:
@@ -51,7 +77,7 @@ def add_training(p: argparse.ArgumentParser) -> None:
     add_image_size(p)
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training cleanly after this many seconds")
-    p.add_argument("--conditional", action="store_true", help="condition G and D on the three ISIC classes")
+    p.add_argument("--conditional", action="store_true", help="condition G and D on the data's classes")
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ def add_arguments(p):
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (PNG files or tar shards, and manifest.csv)")
     p.add_argument("--workers", type=int, metavar="K", help="Ray tasks at a time (default: the CPUs of the machine or cluster); 0: no Ray, one in-process loop")
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--class", dest="class_name", metavar="NAME", help="class to generate on a conditional run (default: cycle the classes by index)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="class to generate on a conditional run, by name or index (default: cycle the classes by index)")
     p.add_argument("--seed", type=int, default=0, help="base seed: image i's noise is keyed by (seed, i) (default: 0)")
     add_backend(p)
     p.add_argument("--batch-size", type=int, default=50, metavar="B", help="images per forward pass (default: 50)")
@@ -32,7 +32,7 @@ def run(args) -> int:
     from service.generation import describe, generate_in_process, generate_on_ray, plan_job
 
     job = plan_job(
-        args.run, args.count, args.out, seed=args.seed, class_name=args.class_name,
+        args.run, args.count, args.out, seed=args.seed, class_name=run_class(args.run, args.class_name),
         backend=args.backend, batch_size=args.batch_size, shard_size=args.shard_size, output_format=args.output_format,
     )
     if args.in_process or args.workers == 0:
@@ -50,3 +50,20 @@ def run(args) -> int:
         file=sys.stdout,
     )
     return 0
+
+
+def run_class(run_dir, given: str | None) -> str | None:
+    """--class as one of the run's class names: a name (exact, else without regard to case) or
+    an index; a one-line UserError listing the run's classes otherwise."""
+    if given is None:
+        return None
+    from service.errors import UserError
+    from service.generation.job import run_class_names
+    from service.labels import class_index
+    from service.rundir import load_config
+
+    config, full = load_config(run_dir)
+    names = run_class_names(config, full)
+    if not names:
+        raise UserError(f"--class {given}: this run is unconditional (trained without classes)")
+    return names[class_index(given, names, "--class")]

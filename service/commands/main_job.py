@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.commands.common import add_backend, add_data, add_progress, add_seed, add_training, show_progress
+from service.commands.common import (
+    add_backend, add_data, add_progress, add_seed, add_training, data_options, show_progress,
+)
 from service.main_job import DEFAULT_COUNT, MainJob, run_main_job, summary_lines
 
 
@@ -41,8 +43,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     job = MainJob(
-        out=Path(args.out) if args.out else None, data=args.data, labels=args.labels, crop=args.crop,
-        strict=args.strict, backend=args.backend, preset=args.preset, epochs=args.epochs,
+        out=Path(args.out) if args.out else None, data=data_options(args), backend=args.backend, preset=args.preset, epochs=args.epochs,
         image_size=args.image_size, batch_size=args.batch_size, time_budget=args.time_budget, seed=args.seed,
         conditional=args.conditional, count=args.count, workers=args.workers, progress=show_progress(args),
         utility=args.utility, utility_test=args.utility_test,

@@ -14,7 +14,9 @@ data, not an internal error. SIGINT/SIGTERM save a checkpoint and exit 0.
 
 from __future__ import annotations
 
-from service.commands.common import add_backend, add_data, add_progress, add_seed, add_training, show_progress
+from service.commands.common import (
+    add_backend, add_data, add_progress, add_seed, add_training, data_options, show_progress,
+)
 from service.training import DEFAULT_DATA_COUNT, outcome_lines, run_training
 
 
@@ -36,10 +38,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     outcome = run_training(
         out=args.out,
-        data=args.data,
-        labels=args.labels,
-        crop=args.crop,
-        strict=args.strict,
+        data=data_options(args),
         backend=args.backend,
         preset=args.preset,
         epochs=args.epochs,
