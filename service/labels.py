@@ -193,7 +193,7 @@ def _parse(path: Path, layout: _Layout, header: list[str], body: list[list[str]]
         return row[i].strip() if i < len(row) else ""
 
     where = lambda line, image_id: f"labels file {path} line {line} ({image_id})"  # noqa: E731
-    values: dict[str, str] = {}  # image id -> class name, as the file says it
+    values: dict[str, str] = {}  # image id -> class name
     first_seen: dict[str, int] = {}
     groups: dict[str, str] = {}
     for line, row in enumerate(body, start=first_line):
@@ -212,7 +212,7 @@ def _parse(path: Path, layout: _Layout, header: list[str], body: list[list[str]]
                 raise UserError(f"{where(line, image_id)}: {state}; each row needs exactly one 1 among {', '.join(layout.columns)}")
             if len(active) > 1:
                 raise UserError(f"{where(line, image_id)}: {' and '.join(active)} are both 1; at most one may be")
-            name = active[0] if active else None  # None: the implicit first class
+            name = active[0] if active else _negative(layout)
         else:
             name = _normal(cell(row, layout.columns[0]))
             if not name:
@@ -246,9 +246,8 @@ def _class_names(layout: _Layout, values: dict[str, str | None]) -> tuple[tuple[
     if layout.kind == "one-hot":
         return layout.columns, {c: i for i, c in enumerate(layout.columns)}
     if layout.kind == "implicit":
-        negative = "nevus" if layout.columns == IMPLICIT_COLUMNS else f"not_{layout.columns[0]}"
-        names = (negative, *layout.columns)
-        return names, {None: 0, **{c: i + 1 for i, c in enumerate(layout.columns)}}
+        names = (_negative(layout), *layout.columns)
+        return names, {c: i for i, c in enumerate(names)}
     column = layout.columns[0]
     distinct = set(values.values())
     if distinct <= {"0", "1"}:
@@ -256,6 +255,11 @@ def _class_names(layout: _Layout, values: dict[str, str | None]) -> tuple[tuple[
         return names, {"0": 0, "1": 1}
     ordered = sorted(distinct, key=lambda v: (0, float(v), v) if _is_number(v) else (1, 0.0, v))
     return tuple(ordered), {v: i for i, v in enumerate(ordered)}
+
+
+def _negative(layout: _Layout) -> str:
+    """The class of a row with no 1 in an ISIC 2017-style file."""
+    return "nevus" if layout.columns == IMPLICIT_COLUMNS else f"not_{layout.columns[0]}"
 
 
 def _flag(text: str, column: str, where: str) -> bool:
