@@ -188,11 +188,12 @@ def progress_callback(settings: TuneSettings):
 
 
 def load_dataset(data: str | None, image_size: int, labels_csv=None, crop: str = "center",
-                 max_images: int | None = None, seed: int = 0):
+                 max_images: int | None = None, seed: int = 0, **label_choices):
+    """The search's data; `label_choices` are service.data.load_images's (label_column, classes, ...)."""
     from service.data import default_dataset, load_images
 
     if data:
-        dataset = load_images(data, image_size, labels_csv=labels_csv, crop=crop, progress=False)
+        dataset = load_images(data, image_size, labels_csv=labels_csv, crop=crop, progress=False, **label_choices)
         if max_images and len(dataset) > max_images:
             keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:max_images])
             dataset = dataset.subset(keep)

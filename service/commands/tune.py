@@ -6,7 +6,7 @@ from pathlib import Path
 
 from backends.presets import PRESETS
 from service.commands.common import (
-    add_backend, add_data, add_image_size, add_progress, add_seed, int_list, show_progress,
+    add_backend, add_data, add_image_size, add_progress, add_seed, int_list, label_choices, show_progress,
 )
 from service.errors import UserError
 
@@ -23,7 +23,7 @@ def add_arguments(p):
     add_backend(p)
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="base recipe for the fields not searched (default: default)")
     add_image_size(p)
-    p.add_argument("--conditional", action="store_true", help="condition G and D on the three ISIC classes")
+    p.add_argument("--conditional", action="store_true", help="condition G and D on the data's classes")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs reserved per trial (default: 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G", help="GPUs reserved per trial (default: 0)")
     p.add_argument("--widths", default="16,32,64", metavar="LIST", help="base widths to try (default: 16,32,64)")
@@ -36,7 +36,8 @@ def add_arguments(p):
 
 
 SEARCH_FILE = "search.json"  # what a search was asked, so --resume can rebuild it
-SEARCH_OPTIONS = ("data", "labels", "crop", "trials", "time_budget", "epochs", "backend", "preset", "image_size",
+SEARCH_OPTIONS = ("data", "labels", "label_column", "classes", "binary", "unknown", "unlabelled", "crop",
+                  "trials", "time_budget", "epochs", "backend", "preset", "image_size",
                   "conditional", "cpus_per_trial", "gpus_per_trial", "widths", "batch_sizes", "max_images",
                   "holdout", "seed")
 
@@ -67,7 +68,7 @@ def run(args) -> int:
         from service.ray_cluster import probe_address
 
         probe_address(args.address)  # fail fast, before loading data
-    dataset = load_dataset(args.data, image_size, labels_csv=args.labels, crop=args.crop,
+    dataset = load_dataset(args.data, image_size, labels_csv=args.labels, crop=args.crop, **label_choices(args),
                            max_images=args.max_images, seed=args.seed)
     if args.conditional and dataset.labels is None:
         raise UserError("--conditional needs class labels, and this dataset has none")
