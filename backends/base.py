@@ -1,6 +1,6 @@
 """The Backend interface: what the trainer and the generator need, and no more.
 
-Arrays cross the seam as NumPy: images float32 NHWC in [-1, 1], z float (B, latent_dim),
+Arrays cross the seam as NumPy: images float32 NHWC in [-1, 1], z float (B, config.z_size),
 labels int (B,) class indices or None. Weights and optimizer state are flat dicts of NumPy
 arrays with the names of `backends.spec`, identical in every backend.
 """

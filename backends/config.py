@@ -35,6 +35,9 @@ class GANConfig:
     # side of G's first feature map (and of D's last); 0: the thesis's rule (`base_size`)
     base_side: int = 0
     spectral_norm: bool = False  # D's kernels divided by their largest singular value (Miyato et al. 2018)
+    # G adds a per-pixel noise map, scaled by a learned per-channel strength, after the
+    # convolution of each upsampling block but the last (StyleGAN's noise inputs; backends.spec)
+    noise_inputs: bool = False
     # --- noise ---
     noise: str = "uniform"  # "uniform" in [-1, 1] (the thesis) or "normal"
     # --- optimiser: Adam, Keras 3 semantics ---
@@ -97,8 +100,9 @@ class GANConfig:
                 f"base_side must be 0 (the thesis's rule) or a power of two >= 2 at most a quarter "
                 f"of image_size ({self.image_size}), got {self.base_side}"
             )
-        if not isinstance(self.spectral_norm, bool):
-            raise ConfigError(f"spectral_norm must be true or false, got {self.spectral_norm!r}")
+        for name in ("spectral_norm", "noise_inputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:
@@ -116,6 +120,8 @@ class GANConfig:
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.margin < 0 or self.max_rebalance_steps < 0:
             raise ConfigError("margin and max_rebalance_steps must be >= 0")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2^63), got {self.seed!r}")
         for name in ("lr_g", "lr_d", "epsilon"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
@@ -150,6 +156,24 @@ class GANConfig:
     def base_size(self) -> int:
         """Side of G's first feature map (the thesis: 4 at 64x64, 2 at 32x32; else `base_side`)."""
         return self.image_size // (2**self.num_upsamplings)
+
+    @property
+    def noise_map_sides(self) -> tuple[int, ...]:
+        """Sides of G's per-pixel noise maps, one per upsampling block that ends in a batch norm
+        (every block but the output one), coarse to fine; () without noise inputs."""
+        if not self.noise_inputs:
+            return ()
+        return tuple(self.base_size * 2**block for block in range(1, self.num_upsamplings))
+
+    @property
+    def noise_map_size(self) -> int:
+        """Numbers in all of G's noise maps together (0 without noise inputs)."""
+        return sum(side * side for side in self.noise_map_sides)
+
+    @property
+    def z_size(self) -> int:
+        """Width of G's noise vector z: the latent, then the noise maps (backends.noise)."""
+        return self.latent_dim + self.noise_map_size
 
     def replace(self, **changes) -> "GANConfig":
         return dataclasses.replace(self, **changes)

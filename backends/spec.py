@@ -11,6 +11,7 @@ Parameters per layer kind (shapes follow Keras):
          trainable (moving averages), but they are weights and travel in checkpoints.
   With `spectral_norm`, D's dense and conv layers also hold sn_u (units,) or (filters,), the
   power iteration's vector: not trainable, a weight that travels in checkpoints.
+  noise: strength (channels,), trainable, initialised to zero (StyleGAN's noise strengths).
 
 Optimizer state: "opt/<net>/m/<weight name>", "opt/<net>/v/<weight name>" for each trainable
 weight of <net>, and "opt/<net>/iterations" (int64 scalar).
@@ -18,6 +19,14 @@ weight of <net>, and "opt/<net>/iterations" (int64 scalar).
 Semantics both backends follow:
 - G's input is z (plus the one-hot label when conditional); D's input is the image (plus the
   one-hot label broadcast to extra channels when conditional). D outputs one logit.
+- With `noise_inputs` (StyleGAN's noise inputs), z is the latent then the per-pixel noise maps
+  (GANConfig.z_size; backends.noise draws them). G's first layer, "noise_inputs", takes the
+  maps out of its input vector [latent | maps | one-hot label] (map j: the next side_j * side_j
+  values, row-major, as a (side_j, side_j, 1) image) and passes [latent | one-hot label] on to
+  dense_0. In each upsampling block but the last, a "noise_<i>" layer right after the
+  convolution (before the batch norm) adds map i-1 times its strength to every channel:
+  out[b, y, x, c] = in[b, y, x, c] + map[b, y, x] * strength[c]. The maps are G's input, in
+  training and in inference alike, so an image depends on its z alone.
 - With `pack` p > 1 (PacGAN, Lin et al. 2018), D's input is p consecutive images of the batch
   (each with its label planes) concatenated along channels, image j of a group taking
   channels j*C' .. (j+1)*C' - 1; D gives one logit per group. D's step packs real images with
@@ -65,7 +74,9 @@ EMA_NET = "generator_ema"  # the averaged generator's weights: G's layer names u
 
 @dataclass(frozen=True)
 class Layer:
-    kind: str  # dense conv upsample bn relu leaky_relu tanh dropout reshape flatten minibatch_std
+    # dense conv upsample bn relu leaky_relu tanh dropout reshape flatten minibatch_std, and
+    # with noise inputs noise_inputs (the split of G's input) and noise (a map's add)
+    kind: str
     name: str
     args: dict = field(default_factory=dict)
 
@@ -92,11 +103,18 @@ def fuses_with_next(layers: list[Layer], index: int) -> bool:
     return after.kind == "conv" and after.args["stride"] == 1 and after.args["padding"] == "same"
 
 
+NOISE_KINDS = ("noise_inputs", "noise")
+
+
 def generator_spec(cfg: GANConfig) -> list[Layer]:
     n = cfg.num_upsamplings
     s = cfg.base_size
     c0 = _filters(cfg, n - 1)
-    layers = [
+    layers = []
+    if cfg.noise_inputs:
+        args = {"latent": cfg.latent_dim, "sides": cfg.noise_map_sides, "classes": cfg.num_classes}
+        layers.append(Layer("noise_inputs", "noise_inputs", args))
+    layers += [
         Layer("dense", "dense_0", {"units": c0 * s * s, "in": cfg.latent_dim + cfg.num_classes}),
         Layer("bn", "bn_0", _bn_args(c0 * s * s)),
         Layer("relu", "relu_0"),
@@ -117,6 +135,8 @@ def generator_spec(cfg: GANConfig) -> list[Layer]:
         if last:
             layers.append(Layer("tanh", f"tanh_{i}"))
         else:
+            if cfg.noise_inputs:  # map i-1 has this block's side, s * 2**i
+                layers.append(Layer("noise", f"noise_{i}", {"channels": cout, "map": i - 1, "side": s * 2**i}))
             layers.append(Layer("bn", f"bn_{i}", _bn_args(cout)))
             layers.append(Layer("relu", f"relu_{i}"))
         cin = cout
@@ -164,6 +184,8 @@ def layer_param_shapes(layer: Layer) -> dict[str, tuple[int, ...]]:
     if layer.kind == "bn":
         c = (a["channels"],)
         return {"gamma": c, "beta": c, "moving_mean": c, "moving_variance": c}
+    if layer.kind == "noise":
+        return {"strength": (a["channels"],)}
     return {}
 
 

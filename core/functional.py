@@ -347,6 +347,42 @@ def moving_average(moving, batch_value, momentum):
     return moving * momentum + batch_value * (1.0 - momentum)
 
 
+# --- per-pixel noise inputs (StyleGAN) ----------------------------------------------------
+# A network's input vector holds its noise maps after the first `latent` values: the split
+# takes them out (each a (B, side, side, 1) image), an injection adds one, scaled per channel.
+
+
+def noise_inputs_split(x, latent, sides):
+    """[latent | maps | rest] (B, latent + sum(side^2) + R) -> ([latent | rest], [maps])."""
+    maps, start = [], latent
+    for side in sides:
+        maps.append(x[:, start : start + side * side].reshape(-1, side, side, 1))
+        start += side * side
+    return np.concatenate([x[:, :latent], x[:, start:]], axis=1), maps
+
+
+def noise_inputs_split_backward(drest, dmaps, latent):
+    """The input vector's gradient from those of [latent | rest] and of each map."""
+    batch = drest.shape[0]
+    return np.concatenate([drest[:, :latent], *(d.reshape(batch, -1) for d in dmaps), drest[:, latent:]], axis=1)
+
+
+def noise_forward(x, noise, strength):
+    """x + noise * strength: noise (B, H, W, 1) one value per pixel, strength (C,) per channel."""
+    out = noise * strength
+    out += x
+    return out, (noise, strength)
+
+
+def noise_backward(dout, cache, need_param_grads=True):
+    """(dx, dnoise, dstrength or None); dx is dout itself (the add's gradient)."""
+    noise, strength = cache
+    flat = dout.reshape(-1, dout.shape[-1])
+    dnoise = (flat @ strength).reshape(noise.shape)
+    dstrength = noise.reshape(-1) @ flat if need_param_grads else None
+    return dout, dnoise, dstrength
+
+
 # --- minibatch standard deviation (Karras et al. 2018) --------------------------------------
 
 MBSTD_EPSILON = 1e-8

@@ -330,6 +330,58 @@ class MinibatchStd(Layer):
         return F.minibatch_std_backward(dout, self._cache) if need_input_grad else None
 
 
+class NoiseMaps:
+    """The per-pixel noise maps of a network's current forward pass (StyleGAN's noise inputs),
+    shared by its NoiseInputs layer, which sets `maps` from the input vector, and its
+    NoiseInjection layers, which each read one and leave that map's gradient in `gradients` for
+    NoiseInputs' backward pass. One per network: a Sequential passes one array from layer to
+    layer, and the maps go to later layers beside it."""
+
+    def __init__(self, count: int):
+        self.maps: list = [None] * count
+        self.gradients: list = [None] * count
+
+
+class NoiseInputs(Layer):
+    """Takes the noise maps out of the input vector [latent | maps | rest] into `context` and
+    passes [latent | rest] on (functional.noise_inputs_split)."""
+
+    def __init__(self, name, latent, sides, context: NoiseMaps):
+        super().__init__(name)
+        if len(sides) != len(context.maps):
+            raise ValueError(f"{len(sides)} noise maps for a context of {len(context.maps)}")
+        self.latent, self.sides, self.context = int(latent), tuple(sides), context
+
+    def forward(self, x, training=True):
+        out, self.context.maps[:] = F.noise_inputs_split(x, self.latent, self.sides)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        if not need_input_grad:
+            return None
+        return F.noise_inputs_split_backward(dout, self.context.gradients, self.latent)
+
+
+class NoiseInjection(Layer):
+    """x + map * strength: map `index` of `context` (B, H, W, 1), one learned strength per
+    channel, zero at the start (functional.noise_forward)."""
+
+    def __init__(self, name, channels, index, context: NoiseMaps, dtype=np.float32):
+        super().__init__(name)
+        self.index, self.context = int(index), context
+        self.parameters = {"strength": np.zeros(channels, dtype)}
+
+    def forward(self, x, training=True):
+        out, self._cache = F.noise_forward(x, self.context.maps[self.index], self.parameters["strength"])
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        # the map's gradient is one small product; it is always left for NoiseInputs
+        dx, self.context.gradients[self.index], dstrength = F.noise_backward(dout, self._cache, need_param_grads)
+        self._set_gradients(strength=dstrength)
+        return dx if need_input_grad else None
+
+
 class Reshape(Layer):
     def __init__(self, name, shape):
         super().__init__(name)

@@ -213,3 +213,61 @@ def test_minibatch_std_values_per_group_and_a_clear_error_for_a_ragged_batch():
     assert out[0, 0, 0, 2] != out[2, 0, 0, 2]
     with pytest.raises(ValueError, match="groups of 2"):
         core.MinibatchStd("mbstd", 2).forward(x[:3])
+
+
+def test_noise_injection_gradients_of_its_input_strength_and_map():
+    rng = np.random.default_rng(13)
+    maps = core.NoiseMaps(1)
+    maps.maps[0] = rng.standard_normal((3, 4, 5, 1))
+    layer = core.NoiseInjection("noise", 6, 0, maps, np.float64)
+    layer.parameters["strength"][:] = rng.standard_normal(6)
+    x = rng.standard_normal((3, 4, 5, 6))
+    check_layer(layer, x, rng)
+    upstream = rng.standard_normal(x.shape)
+    layer.forward(x)
+    layer.backward(upstream)
+    idx = np.arange(maps.maps[0].size)
+    numeric = numerical_gradient(lambda: float(np.sum(layer.forward(x) * upstream)), maps.maps[0], idx)
+    assert relative_error(maps.gradients[0], numeric) < TOLERANCE
+
+
+def test_noise_inputs_route_each_map_to_its_layer_and_every_gradient_back():
+    """A small G with noise inputs: input vector [latent 3 | map 4x4 | map 8x8 | label 2]; the
+    gradient of the whole vector (maps included) and of every parameter, numerically."""
+    rng = np.random.default_rng(14)
+    maps = core.NoiseMaps(2)
+    layers = [
+        core.NoiseInputs("noise_inputs", 3, (4, 8), maps),
+        core.Dense("dense_0", 5, 2 * 2 * 3, rng, np.float64),
+        core.Reshape("reshape_0", (2, 2, 3)),
+        core.UpSampleConv2D("conv_1", 3, 4, 4, 2, rng, np.float64),
+        core.NoiseInjection("noise_1", 4, 0, maps, np.float64),
+        core.BatchNormActivation("bn_1", 4, dtype=np.float64),
+        core.UpSampleConv2D("conv_2", 4, 2, 3, 2, rng, np.float64),
+        core.NoiseInjection("noise_2", 2, 1, maps, np.float64),
+        core.Tanh("tanh_2"),
+    ]
+    model = core.Sequential(layers, prefix="generator/")
+    for name, value in model.parameters().items():
+        value[...] = rng.standard_normal(value.shape) * (0.5 if name.endswith("kernel") else 1.0)
+    x = rng.standard_normal((3, 3 + 16 + 64 + 2))
+    upstream = rng.standard_normal(model.forward(x).shape)
+
+    def loss():
+        return float(np.sum(model.forward(x) * upstream))
+
+    loss()
+    dx = model.backward(upstream)
+    checks = {"input": (x, dx), **{n: (p, model.gradients()[n]) for n, p in model.parameters().items()}}
+    assert "generator/noise_2/strength" in checks
+    for name, (array, analytic) in checks.items():
+        idx = np.arange(array.size) if name == "input" else sample_indices(rng, array.size, SAMPLES)
+        numeric = numerical_gradient(loss, array, idx)
+        if name == "generator/conv_1/bias":  # a batch norm follows: zero in exact arithmetic
+            assert np.abs(analytic).max() < 1e-12 and np.abs(numeric).max() < 1e-8
+            continue
+        err = relative_error(analytic.reshape(-1)[idx], numeric)
+        assert err < TOLERANCE, f"d/d{name}: relative error {err:.2e}"
+    # every part of the input reaches the output: latent, both maps and the label
+    for part in (slice(0, 3), slice(3, 19), slice(19, 83), slice(83, 85)):
+        assert np.abs(dx[:, part]).max() > 0

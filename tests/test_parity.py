@@ -45,6 +45,10 @@ CASES = {
     "64-spectral-norm-conditional": dict(image_size=64, num_classes=3, spectral_norm=True),
     "32-ema-no-rampup": dict(image_size=32, base_side=4, ema_kimg=0.01, ema_rampup=0.0),
     "64-ema-conditional": dict(image_size=64, num_classes=3, ema_kimg=0.02),
+    # noise strengths set away from their zero start (the `pair` fixture), so the maps count
+    "64-noise-inputs": dict(image_size=64, noise_inputs=True, beta_1=0.5),
+    "32-noise-inputs-conditional-ema": dict(image_size=32, base_side=4, num_classes=3, noise_inputs=True, ema_kimg=0.02),
+    "32-noise-inputs-float32": dict(image_size=32, base_side=4, noise_inputs=True, minibatch_std=2, dtype="float32"),
 }
 
 
@@ -57,7 +61,7 @@ def parity_config(**overrides) -> GANConfig:
 def make_batch(config: GANConfig, seed: int):
     rng = np.random.default_rng(seed)
     real = rng.uniform(-1, 1, (BATCH, config.image_size, config.image_size, config.channels))
-    z = rng.uniform(-1, 1, (BATCH, config.latent_dim))
+    z = rng.uniform(-1, 1, (BATCH, config.z_size))  # with noise inputs, the maps too
     labels = rng.integers(0, config.num_classes, BATCH) if config.num_classes else None
     return real.astype(config.dtype), z.astype(config.dtype), labels
 
@@ -84,11 +88,17 @@ def biases_before_batch_norm(config: GANConfig) -> list[str]:
     """Biases of layers a batch norm follows: their gradient is zero in exact arithmetic."""
     names = []
     for net in spec.NETS:
-        layers = spec.net_spec(config, net)
+        layers = [layer for layer in spec.net_spec(config, net) if layer.kind != "noise"]  # noise adds no constant
         for layer, after in zip(layers, layers[1:]):
             if layer.kind in ("dense", "conv") and after.kind == "bn":
                 names.append(f"{net}/{layer.name}/bias")
     return names
+
+
+def with_random_noise_strengths(weights: dict, seed: int) -> dict:
+    """The weights with every noise strength (G's and the average's) drawn from N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal(v.shape).astype(v.dtype) if n.endswith("/strength") else v for n, v in weights.items()}
 
 
 def synchronise(source, target) -> None:
@@ -101,6 +111,7 @@ def synchronise(source, target) -> None:
 def pair(request):
     config = parity_config(**CASES[request.param])
     tf_backend, np_backend = TFBackend(config), NumpyBackend(config)
+    tf_backend.set_weights(with_random_noise_strengths(tf_backend.get_weights(), seed=3))
     synchronise(tf_backend, np_backend)
     return tf_backend, np_backend, TOLERANCE[config.dtype]
 
@@ -128,8 +139,8 @@ def test_forward_losses_and_every_gradient_agree(pair):
     trainable = [n for n in spec.weight_shapes(config) if spec.is_trainable(n)]
     assert sorted(expected["grads"]) == sorted(trainable)
     assert_arrays_match(expected["grads"], actual["grads"], tol, "gradients")
-    # The test compares something: every layer's kernel receives a gradient.
-    assert all(np.abs(expected["grads"][n]).max() > 0 for n in trainable if n.endswith("kernel"))
+    # The test compares something: every layer's kernel (and noise strength) receives a gradient.
+    assert all(np.abs(expected["grads"][n]).max() > 0 for n in trainable if n.endswith(("kernel", "strength")))
 
 
 def test_one_train_step_leaves_the_same_weights_and_optimizer_state(pair):

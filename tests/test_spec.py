@@ -76,6 +76,7 @@ def test_optimizer_state_names_cover_trainable_weights_only():
         ("diffaugment", "flip"),
         ("batch_size", 0),
         ("spectral_norm", "yes"),
+        ("noise_inputs", "yes"),
     ],
 )
 def test_bad_config_values_name_the_field(field, value):
@@ -135,3 +136,31 @@ def test_generator_averaging_adds_an_untrained_copy_of_every_generator_weight():
     assert not any(spec.is_trainable(n) for n in averaged)
     assert spec.optimizer_state_shapes(config) == spec.optimizer_state_shapes(config.replace(ema_kimg=0))
     assert spec.count_parameters(config) == spec.count_parameters(config.replace(ema_kimg=0))
+
+
+def test_noise_inputs_add_a_trained_zero_started_strength_per_channel_after_each_inner_block():
+    config = preset_config("default", image_size=64, noise_inputs=True)  # as a screen's override sets it
+    plain = config.replace(noise_inputs=False)
+    shapes = spec.weight_shapes(config)
+    added = {n: s for n, s in shapes.items() if n not in spec.weight_shapes(plain)}
+    # blocks 1-3 end in a batch norm (8x8, 16x16, 32x32: 64, 32, 16 channels); the output block has none
+    assert config.noise_map_sides == (8, 16, 32) and config.z_size == 100 + 8 * 8 + 16 * 16 + 32 * 32
+    assert {n: s for n, s in added.items() if n.startswith("generator/")} == {
+        "generator/noise_1/strength": (64,), "generator/noise_2/strength": (32,), "generator/noise_3/strength": (16,)
+    }
+    assert sorted(added) == sorted([*(n for n in added if n.startswith("generator/")),
+                                    *(spec.ema_name(n) for n in added if n.startswith("generator/"))])
+    assert all(shapes[n] == s for n, s in spec.weight_shapes(plain).items())  # nothing else changes
+    assert "opt/generator/m/generator/noise_3/strength" in spec.optimizer_state_shapes(config)
+    assert spec.count_parameters(config)["generator"] == spec.count_parameters(plain)["generator"] + 64 + 32 + 16
+    layers = [l.name for l in spec.generator_spec(config)]
+    assert layers[0] == "noise_inputs"
+    assert layers[layers.index("conv_2") + 1] == "noise_2" and layers[layers.index("noise_2") + 1] == "bn_2"
+    assert spec.generator_spec(config)[layers.index("dense_0")].args["in"] == 100  # the maps bypass dense_0
+    assert plain.z_size == plain.latent_dim and plain.noise_map_sides == ()
+
+
+def test_a_config_saved_before_noise_inputs_existed_has_them_off():
+    saved = preset_config("default", image_size=32).to_dict()
+    del saved["noise_inputs"]
+    assert GANConfig.from_dict(saved).noise_inputs is False

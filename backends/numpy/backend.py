@@ -70,8 +70,8 @@ class NumpyBackend(Backend):
 
     def _generator_input(self, z, labels) -> np.ndarray:
         z = np.asarray(z, dtype=self.dtype)
-        if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
-            raise ValueError(f"z must have shape (batch, {self.config.latent_dim}), got {z.shape}")
+        if z.ndim != 2 or z.shape[1] != self.config.z_size:
+            raise ValueError(f"z must have shape (batch, {self.config.z_size}), got {z.shape}")
         labels = self._labels(labels, z.shape[0])
         return z if labels is None else np.concatenate([z, self._one_hot(labels)], axis=1)
 

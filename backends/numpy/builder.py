@@ -30,9 +30,11 @@ def build_network(
     prefix: str | None = None,
 ) -> core.Sequential:
     """The network `net` of the spec, its weights named "<prefix><layer>/<param>" (prefix
-    "<net>/" unless given: the averaged generator is G's layers under spec.EMA_NET)."""
+    "<net>/" unless given: the averaged generator is G's layers under spec.EMA_NET). With noise
+    inputs, G's NoiseInputs layer and its NoiseInjection layers share one core.NoiseMaps."""
     dtype = np.dtype(config.dtype)
     layers_spec = spec.net_spec(config, net)
+    noise_maps = core.NoiseMaps(len(config.noise_map_sides)) if net == "generator" else None
     built = []
     index = 0
     while index < len(layers_spec):
@@ -78,6 +80,10 @@ def build_network(
             built.append(core.MinibatchStd(layer.name, a["group"]))
         elif layer.kind == "flatten":
             built.append(core.Flatten(layer.name))
+        elif layer.kind == "noise_inputs":
+            built.append(core.NoiseInputs(layer.name, a["latent"], a["sides"], noise_maps))
+        elif layer.kind == "noise":
+            built.append(core.NoiseInjection(layer.name, a["channels"], a["map"], noise_maps, dtype))
         else:
             raise ValueError(f"{net}: layer kind {layer.kind!r} is not supported by the numpy backend")
         index += 1

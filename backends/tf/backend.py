@@ -153,7 +153,7 @@ class TFBackend(Backend):
         c = self.config
         specs = {
             "images": tf.TensorSpec([None, c.image_size, c.image_size, c.channels], self.float_dtype),
-            "z": tf.TensorSpec([None, c.latent_dim], self.float_dtype),
+            "z": tf.TensorSpec([None, c.z_size], self.float_dtype),
         }
         signature = [specs[p] for p in parts]
         if self.conditional:

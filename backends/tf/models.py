@@ -172,7 +172,7 @@ def dtype_policy(config: GANConfig) -> str:
 
 def input_shape(config: GANConfig, net: str) -> tuple[int, ...]:
     if net == "generator":
-        return (config.latent_dim + config.num_classes,)
+        return (config.z_size + config.num_classes,)
     return (config.image_size, config.image_size, (config.channels + config.num_classes) * config.pack)
 
 
@@ -215,23 +215,98 @@ def _keras_layer(layer: spec.Layer, net: str, config: GANConfig, seed: int, poli
     raise ValueError(f"spec layer kind {layer.kind!r} has no Keras counterpart")
 
 
-def build_network(config: GANConfig, net: str, name: str | None = None) -> keras.Sequential:
-    """The network `net` as a built Keras Sequential (called `name`, default `net`); initial
-    weights and dropout seeds derive from config.seed (distinct per layer and per network)."""
+class NoiseInjection(keras.layers.Layer):
+    """features + noise_map * strength (backends.spec's "noise" layer; the NumPy core's
+    core.NoiseInjection): called on [features (B, H, W, C), noise_map (B, H, W, 1)], one
+    learned strength per channel, zero at the start."""
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+
+    def build(self, input_shape):
+        self.strength = self.add_weight(name="strength", shape=(self.channels,), initializer="zeros")
+
+    def call(self, inputs):
+        features, noise_map = inputs
+        return features + tf.cast(noise_map, features.dtype) * tf.cast(self.strength, features.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+def split_noise_inputs(z, layer: spec.Layer, policy: str):
+    """The spec's "noise_inputs" layer on a symbolic input: [latent | maps | label] ->
+    ([latent | label], [each map as a (side, side, 1) image]), made of Keras's own layers
+    (Reshape, Cropping1D, Concatenate) so that an exported generator needs nothing else."""
+    a = layer.args
+    width = a["latent"] + sum(side * side for side in a["sides"]) + a["classes"]
+    column = keras.layers.Reshape((width, 1), name=f"{layer.name}_column", dtype=policy)(z)
+
+    def part(start, size, shape, label):
+        cropping = (start, width - start - size)
+        cropped = keras.layers.Cropping1D(cropping, name=f"{layer.name}_{label}_crop", dtype=policy)(column)
+        return keras.layers.Reshape(shape, name=f"{layer.name}_{label}", dtype=policy)(cropped)
+
+    rest, maps, start = part(0, a["latent"], (a["latent"],), "latent"), [], a["latent"]
+    for index, side in enumerate(a["sides"]):
+        maps.append(part(start, side * side, (side, side, 1), f"map_{index}"))
+        start += side * side
+    if a["classes"]:
+        label = part(start, a["classes"], (a["classes"],), "label")
+        rest = keras.layers.Concatenate(name=f"{layer.name}_latent_and_label", dtype=policy)([rest, label])
+    return rest, maps
+
+
+def add_noise(features, noise_map, layer: spec.Layer, policy: str, portable: bool):
+    """The spec's "noise" layer on symbolic inputs: NoiseInjection, or with `portable` the same
+    function in Keras's own layers: Dense(1 -> channels, no bias) on the map (its kernel, of
+    shape (1, channels), is the strength) and Add."""
+    if not portable:
+        return NoiseInjection(layer.args["channels"], name=layer.name, dtype=policy)([features, noise_map])
+    scaled = keras.layers.Dense(
+        layer.args["channels"], use_bias=False, kernel_initializer="zeros", name=layer.name, dtype=policy
+    )(noise_map)
+    return keras.layers.Add(name=f"{layer.name}_add", dtype=policy)([features, scaled])
+
+
+def build_network(config: GANConfig, net: str, name: str | None = None, portable: bool = False) -> keras.Model:
+    """The network `net` as a built Keras model (called `name`, default `net`): a Sequential,
+    or with noise inputs a functional model (each noise layer takes its map from the split of
+    the input as a second input). Initial weights and dropout seeds derive from config.seed
+    (distinct per layer and per network; the noise layers take no seed, so the other layers'
+    initial weights are the same with or without them). `portable`: Keras's own layers only
+    (for export): the fused upsample-convolution as its two layers, noise as in `add_noise`."""
     policy = dtype_policy(config)
     net_offset = spec.NETS.index(net) * 1000
-    layers = [keras.Input(shape=input_shape(config, net), dtype="float64" if policy == "float64" else "float32")]
+    inputs = keras.Input(shape=input_shape(config, net), dtype="float64" if policy == "float64" else "float32")
     spec_layers = spec.net_spec(config, net)
-    fuse = config.extra.get("fuse_upsample_conv", True)
-    skip_next = False
+    functional = any(layer.kind in spec.NOISE_KINDS for layer in spec_layers)
+    fuse = config.extra.get("fuse_upsample_conv", True) and not portable
+    layers, outputs, noise_maps = [inputs], inputs, []
+
+    def chain(keras_layer):
+        nonlocal outputs
+        layers.append(keras_layer)
+        if functional:
+            outputs = keras_layer(outputs)
+
+    position, skip_next = 0, False  # position: the index among the spec's layers that are not noise layers
     for index, layer in enumerate(spec_layers):
-        seed = config.seed * 10007 + net_offset + index
+        if layer.kind == "noise_inputs":
+            outputs, noise_maps = split_noise_inputs(outputs, layer, policy)
+            continue
+        if layer.kind == "noise":
+            outputs = add_noise(outputs, noise_maps[layer.args["map"]], layer, policy, portable)
+            continue
+        seed = config.seed * 10007 + net_offset + position
+        position += 1
         if skip_next:
             skip_next = False
             continue
         if fuse and spec.fuses_with_next(spec_layers, index):
             conv = spec_layers[index + 1]
-            layers.append(
+            chain(
                 UpSampleConv2D(
                     conv.args["filters"],
                     conv.args["kernel"],
@@ -242,25 +317,29 @@ def build_network(config: GANConfig, net: str, name: str | None = None) -> keras
             )
             skip_next = True
             continue
-        layers.append(_keras_layer(layer, net, config, seed, policy))
+        chain(_keras_layer(layer, net, config, seed, policy))
+    if functional:
+        return keras.Model(inputs, outputs, name=name or net)
     return keras.Sequential(layers, name=name or net)
 
 
-def weight_variables(config: GANConfig, net: str, model: keras.Sequential) -> dict:
+def weight_variables(config: GANConfig, net: str, model: keras.Model) -> dict:
     """Shared weight name -> Keras variable, in spec order; shapes checked against the spec."""
     variables = {}
     for layer in spec.net_spec(config, net):
         params = spec.layer_param_shapes(layer)
         keras_layer = model.get_layer(layer.name) if params else None
         for param, shape in params.items():
-            variable = getattr(keras_layer, param)  # Keras names its variables' attributes as the spec does
+            variable = getattr(keras_layer, param, None)  # Keras names its variables' attributes as the spec does
+            if variable is None and layer.kind == "noise":  # the portable form (add_noise): a (1, channels) kernel
+                variable, shape = keras_layer.kernel, (1, *shape)
             if tuple(variable.shape) != tuple(shape):
                 raise AssertionError(f"{net}/{layer.name}/{param}: Keras shape {variable.shape}, spec {shape}")
             variables[f"{net}/{layer.name}/{param}"] = variable
     return variables
 
 
-def dropout_seed_variables(config: GANConfig, net: str, model: keras.Sequential) -> dict:
+def dropout_seed_variables(config: GANConfig, net: str, model: keras.Model) -> dict:
     """"rng/tf/<net>/<layer>/seed" -> the seed-state variable of each active Dropout layer."""
     states = {}
     for layer in spec.net_spec(config, net):
