@@ -17,7 +17,9 @@ previous one with a warning.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import UserError
-from service.files import atomic_file
+from service.files import atomic_file, make_folder, remove_file
 from service.rundir import CHECKPOINT_DIR
 
 CHECKSUM_KEY = "meta/sha256"
@@ -67,7 +69,15 @@ def list_checkpoints(run_dir) -> list[Path]:
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    found, odd = [], []
+    for entry in os.scandir(folder):
+        if m := _NAME.match(entry.name):
+            if entry.is_file(follow_symlinks=False):
+                found.append((int(m.group(1)), Path(entry.path)))
+            else:
+                odd.append(entry.name)
+    if odd:
+        print(f"warning: {folder}: {', '.join(sorted(odd))} is not a regular file; ignored", file=sys.stderr)
     return [p for _, p in sorted(found)]
 
 
@@ -80,19 +90,21 @@ def step_of(path) -> int:
 
 def save_checkpoint(run_dir, step: int, arrays: dict[str, np.ndarray], keep: int = 3) -> Path:
     """Write RUN/checkpoints/ckpt-<step>.npz atomically with an embedded checksum; keep the last `keep`."""
-    folder = checkpoint_dir(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(checkpoint_dir(run_dir))
     payload = {name: np.asarray(value) for name, value in arrays.items() if name != CHECKSUM_KEY}
     for name, value in payload.items():
         if value.dtype == object:
             raise TypeError(f"checkpoint array {name!r} has dtype object; only plain arrays are stored")
     payload[CHECKSUM_KEY] = np.frombuffer(arrays_sha256(payload), dtype=np.uint8)
     final = checkpoint_path(run_dir, step)
-    with atomic_file(final, durable=True) as f:
-        np.savez(f, **payload)
+    try:
+        with atomic_file(final, durable=True) as f:
+            np.savez(f, **payload)
+    except OSError as e:  # e.g. a full disk: the temp file is gone, the older checkpoints stay whole
+        raise UserError(f"cannot write checkpoint {final}: {e.strerror or e}; the checkpoints before it are kept") from None
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
-            old.unlink(missing_ok=True)
+            remove_file(old)
     return final
 
 
@@ -111,6 +123,41 @@ def load_checkpoint(path) -> dict[str, np.ndarray]:
         raise CorruptCheckpoint(f"checkpoint {path} has no checksum ({CHECKSUM_KEY})")
     if bytes(np.asarray(stored, dtype=np.uint8)) != arrays_sha256(arrays):
         raise CorruptCheckpoint(f"checkpoint {path} fails its checksum (torn or modified)")
+    return arrays
+
+
+# what `Trainer.restore` reads besides the weights: a checkpoint without them cannot resume
+RESUME_KEYS = ("meta/step", "meta/epoch", "meta/batch_in_epoch", "rng/trainer/permutation",
+               "rng/trainer/state", "rng/trainer/inc", "rng/trainer/has_uint32", "rng/trainer/uinteger")
+
+
+def check_arrays(arrays: dict[str, np.ndarray], config, path, resume: bool = False) -> None:
+    """UserError (one line) unless the checkpoint holds every weight of `config`'s model with
+    its shape, only finite weights and optimizer moments, and, to resume, the counters and RNG
+    state; checked before any work starts, so a broken file never gives black images or a
+    traceback mid-way."""
+    from backends.spec import weight_shapes
+
+    for name, shape in weight_shapes(config).items():
+        if name not in arrays:
+            raise UserError(f"checkpoint {path} lacks {name}; it was not written for this run's model")
+        if tuple(arrays[name].shape) != tuple(shape):
+            raise UserError(f"checkpoint {path}: {name} has shape {tuple(arrays[name].shape)}, the model needs {tuple(shape)}")
+    for name, value in arrays.items():
+        if not name.startswith(("rng/", "meta/")) and value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise UserError(f"checkpoint {path} holds non-finite values in {name} (the run diverged); "
+                            "use an earlier checkpoint or train again")
+    if resume:
+        missing = [name for name in RESUME_KEYS if name not in arrays]
+        if missing:
+            raise UserError(f"checkpoint {path} lacks {missing[0]}, so it cannot be resumed "
+                            "(the trainer writes it; was the file changed?)")
+
+
+def load_verified(path, config) -> dict[str, np.ndarray]:
+    """A checkpoint read (load_checkpoint) and checked against the model (check_arrays)."""
+    arrays = load_checkpoint(path)
+    check_arrays(arrays, config, path)
     return arrays
 
 

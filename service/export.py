@@ -69,6 +69,7 @@ def export_generator(run_dir, out, fmt: str = "keras") -> dict:
     refuse_link(out, f"--out {out}")
     if out.exists():
         raise UserError(f"--out {out} already exists; choose a new path")
+    _check_latest_checkpoint(run_dir)
     model, config, checkpoint = build_generator_model(run_dir)
     try:
         with temp_path_beside(out, durable=True, folder=fmt == "savedmodel") as temp:
@@ -84,3 +85,12 @@ def export_generator(run_dir, out, fmt: str = "keras") -> dict:
         "inputs": "[z, label]" if config.num_classes else "z", "latent_dim": config.latent_dim,
         "noise": config.noise, "image_size": config.image_size,
     }
+
+
+def _check_latest_checkpoint(run_dir) -> None:
+    """The checkpoint export would read, whole, of this run's model and finite (one line if not)."""
+    from service.checkpoint import latest_checkpoint, load_verified
+    from service.rundir import load_config
+
+    config, _ = load_config(run_dir)
+    load_verified(latest_checkpoint(run_dir), config)

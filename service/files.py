@@ -222,17 +222,28 @@ def claim_output_folder(path: str | os.PathLike, command: str, option: str = "--
     """
     folder = Path(path)
     shown = f"{option} {folder}"
-    refuse_link(folder, shown)
+    if check_output_folder(folder, command, option, ours_if):
+        return folder
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(folder)
-    except FileExistsError:
-        pass
+    except FileExistsError:  # made meanwhile by someone else: check it again
+        if check_output_folder(folder, command, option, ours_if):
+            return folder
     except OSError as e:
         raise UserError(f"cannot create {shown}: {e.strerror or e}") from None
-    else:
-        write_marker(folder, command)
-        return folder
+    write_marker(folder, command)
+    return folder
+
+
+def check_output_folder(path: str | os.PathLike, command: str, option: str = "--out", ours_if=None) -> bool:
+    """claim_output_folder's checks, writing nothing: True if `path` is `command`'s folder
+    already (its marker), False if it may be claimed (missing, empty, or `ours_if`), else UserError."""
+    folder = Path(path)
+    shown = f"{option} {folder}"
+    refuse_link(folder, shown)
+    if not os.path.lexists(folder):
+        return False
     if not folder.is_dir():
         raise UserError(f"{shown} exists and is not a folder")
     marker = read_marker(folder)
@@ -240,14 +251,13 @@ def claim_output_folder(path: str | os.PathLike, command: str, option: str = "--
         if marker.get("command") != command:
             raise UserError(f"{shown} is the output folder of `{marker.get('command')}`, not of `{command}`; "
                             "choose another folder")
-        return folder
+        return True
     try:
         empty = not any(os.scandir(folder))
     except OSError as e:
         raise UserError(f"cannot read {shown}: {e.strerror or e}") from None
     if empty or (ours_if is not None and ours_if(folder)):
-        write_marker(folder, command)
-        return folder
+        return False
     raise UserError(f"{shown} is a folder the tool did not make (it holds other files); "
                     "choose a new or empty folder")
 

@@ -79,10 +79,13 @@ def run_main_job(job: MainJob) -> dict:
     from service.training import outcome_lines, run_training
     from service.validation import validate_sets
 
+    from service.rundir import check_run_dir
+
     job.check()
     started = time.perf_counter()
     stages = STAGES + job.utility
     out = job.out or Path("runs") / time.strftime("main-%Y%m%d-%H%M%S")
+    check_run_dir(out)  # a folder the tool did not make: one line before any stage starts
     time_budget = job.time_budget
     if job.epochs is None and time_budget is None:
         time_budget = DEFAULT_TIME_BUDGET

@@ -26,6 +26,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ from backends.noise import sample_noise
 from backends.rng_state import rng_from_arrays, rng_to_arrays
 from service import checkpoint as ckpt
 from service.errors import UserError
-from service.files import write_text
-from service.rundir import LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_DIR
+from service.files import append_lines, make_folder, output_lock, write_text
+from service.rundir import LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_DIR, claim_run_dir
 
 SAMPLE_GRID_SIZE = 64  # images in each epoch's fixed-noise sample grid (8 x 8)
 # SeedSequence([seed, stream]) keeps the trainer's streams apart; config.json records them
@@ -296,8 +297,10 @@ class Trainer:
         )
         return arrays
 
-    def restore(self, arrays: dict[str, np.ndarray]) -> None:
-        """Continue from a checkpoint's arrays (weights, optimizer, RNG streams, counters)."""
+    def restore(self, arrays: dict[str, np.ndarray], path=None) -> None:
+        """Continue from a checkpoint's arrays (weights, optimizer, RNG streams, counters);
+        a checkpoint that lacks any of them, or holds non-finite weights, is a UserError."""
+        ckpt.check_arrays(arrays, self.config, path or "to resume", resume=True)
         parts = ckpt.split_arrays(arrays)
         meta = parts["meta"]
         for name in ("meta/batch_size", "meta/dataset_count"):
@@ -338,6 +341,7 @@ class Trainer:
         path = self.run_dir / METRICS_FILE
         if not path.exists():
             return
+        claim_run_dir(self.run_dir)  # never rewrite the metrics.jsonl of a folder that is not a run of ours
         kept = []
         for line in path.read_text().splitlines():
             try:
@@ -379,22 +383,30 @@ class Trainer:
         self._fraction_at_start = self.planned_fraction
         if self._finished_epochs():
             return self._result("nothing_to_do", started, start_step)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / SAMPLES_DIR).mkdir(exist_ok=True)
+        claim_run_dir(self.run_dir)
+        with output_lock(self.run_dir, "a run"):
+            try:
+                status = self._train(started)
+            except OSError as e:  # a full disk, a folder made read-only: the checkpoints written stay whole
+                kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written in this session"
+                raise UserError(f"cannot write to {self.run_dir}: {e.strerror or e}; {kept}") from None
+        return self._result(status, started, start_step)
+
+    def _train(self, started: float) -> str:
+        make_folder(self.run_dir / SAMPLES_DIR)
         bar = self._progress_bar()
-        metrics_file = open(self.run_dir / METRICS_FILE, "a")
         status = "completed"
         try:
-            while not self._finished_epochs():
-                status = self._run_epoch(started, bar, metrics_file)
-                if status != "completed":
-                    break
+            with append_lines(self.run_dir / METRICS_FILE) as metrics_file:
+                while not self._finished_epochs():
+                    status = self._run_epoch(started, bar, metrics_file)
+                    if status != "completed":
+                        break
         finally:
-            metrics_file.close()
             bar.close()
             if self.loss_curve:
                 self._plot_losses()
-        return self._result(status, started, start_step)
+        return status
 
     def _run_epoch(self, started: float, bar, metrics_file) -> str:
         config, backend = self.config, self.backend
@@ -547,7 +559,10 @@ class Trainer:
 
         metrics = self.run_dir / METRICS_FILE
         if metrics.exists():
-            plot_loss_curve(metrics, self.run_dir / LOSS_CURVE_FILE)
+            try:
+                plot_loss_curve(metrics, self.run_dir / LOSS_CURVE_FILE)
+            except (OSError, UserError) as e:  # a plot is not worth the run: say so and go on
+                print(f"warning: no loss curve: {e}", file=sys.stderr)
 
     def _result(self, status: str, started: float, start_step: int) -> TrainResult:
         seconds = time.perf_counter() - started

@@ -18,6 +18,7 @@ Output folder:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import sys
@@ -29,9 +30,11 @@ import numpy as np
 
 from backends.config import ConfigError, GANConfig
 from service.errors import UserError
+from service.files import claim_output_folder, write_json, write_text
 
 METRIC = "swd"
 EXPERIMENT_NAME = "tune"
+TUNE_COMMAND = "tune"  # the command named in OUT's marker (service.files)
 DIFFAUGMENT_ON = "translation"  # colour augmentation cost most of real images' variety (docs/presets.md)
 # Hyperparameters the search varies; every other GANConfig field comes from the base config.
 SEARCHED = ("lr_g", "lr_d", "beta_1", "margin", "width", "batch_size", "diffaugment")
@@ -234,7 +237,7 @@ def run_tune(settings: TuneSettings, dataset, resume: bool = False, trial=run_tr
         )
     heldout_uint8 = to_uint8(heldout.images)
     swd_images = min(settings.swd_images, len(heldout))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out_dir, TUNE_COMMAND, ours_if=lambda folder: (folder / EXPERIMENT_NAME).is_dir())
     base = base_config.to_dict()
     local_cpus = None if (settings.address or os.environ.get("RAY_ADDRESS")) else os.cpu_count()
 
@@ -298,10 +301,11 @@ def summarise(results, out_dir: Path, base: dict) -> dict:
         )
     rows.sort(key=lambda r: (r["best_swd"] == "", r["best_swd"] if r["best_swd"] != "" else 0.0))
     table = out_dir / "trials.csv"
-    with open(table, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["trial_id"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(table, text.getvalue())
     scored = [r for r in rows if r["best_swd"] != ""]
     if not scored:
         errors = [str(r.error).splitlines()[-1] for r in results if r.error]
@@ -309,12 +313,10 @@ def summarise(results, out_dir: Path, base: dict) -> dict:
         raise UserError(f"no trial finished an epoch within the time budget{detail}")
     best = results.get_best_result(metric=METRIC, mode="min", scope="all")
     best_config = trial_config(base, best.config)
-    from service.files import write_json
-
     write_json(out_dir / "best_config.json", best_config.to_dict())
     best_checkpoint = best.get_best_checkpoint(METRIC, "min") if best.best_checkpoints else None
     if best_checkpoint is not None:
-        (out_dir / "best_checkpoint").write_text(best_checkpoint.path + "\n")
+        write_text(out_dir / "best_checkpoint", best_checkpoint.path + "\n")
     return {
         "rows": rows,
         "table": table,

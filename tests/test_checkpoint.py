@@ -127,8 +127,13 @@ def test_run_dir_config_round_trips_and_refuses_to_overwrite(tmp_path):
     assert full["backend"] == "numpy" and full["data"]["count"] == 12 and full["seeds"] == {"trainer": 0}
     assert full["training"] == {"epochs": 2} and full["created"]
     assert (run / "checkpoints").is_dir() and (run / "samples").is_dir()
+    # a run that saved no checkpoint (its start failed) does not block its --out
+    create_run_dir(run, config, "numpy", {"count": 5}, {})
+    assert load_config(run)[1]["data"] == {"count": 5}
+    ckpt.save_checkpoint(run, 1, sample_arrays(1))
     with pytest.raises(UserError, match="already holds a run"):
         create_run_dir(run, config, "numpy", {}, {})
+    assert load_config(run)[1]["data"] == {"count": 5}
 
 
 def test_load_config_of_a_non_run_is_a_user_error(tmp_path):

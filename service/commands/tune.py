@@ -44,8 +44,9 @@ SEARCH_OPTIONS = ("data", "labels", "label_column", "classes", "binary", "unknow
 
 def run(args) -> int:
     from backends.presets import preset_config
-    from service.files import write_json
+    from service.files import claim_output_folder, write_json
     from service.rundir import dataset_fingerprint
+    from service.tune import TUNE_COMMAND
     from service.training import default_image_size
     from service.tune import TuneSettings, load_dataset, print_summary, run_tune
 
@@ -76,6 +77,7 @@ def run(args) -> int:
     record = Path(args.out) / SEARCH_FILE
     if resume and args.fingerprint != fingerprint:
         raise UserError(f"cannot resume {args.out}: the data differs from the data the search started on")
+    claim_output_folder(args.out, TUNE_COMMAND, ours_if=lambda folder: (folder / SEARCH_FILE).is_file())
     if not resume:
         if (Path(args.out) / "tune").exists():
             raise UserError(f"{args.out} already holds a search; continue it with --resume {args.out}, or choose another --out")

@@ -5,6 +5,7 @@ docstring. The runners (service.generation.runners) execute it in process or on 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -18,7 +19,9 @@ from backends import BACKENDS
 from backends.config import GANConfig
 from backends.noise import sample_noise
 from service.errors import UserError
-from service.files import TEMP_PREFIX, atomic_file, write_json
+from service.files import (
+    TEMP_PREFIX, atomic_file, claim_output_folder, make_folder, output_lock, refuse_link, remove_file, write_json,
+)
 
 MANIFEST_FILE = "manifest.csv"
 STATE_DIR = ".generation"
@@ -29,6 +32,8 @@ PARTS_DIR = "parts"
 MANIFEST_COLUMNS = ("index", "file", "class", "seed", "checkpoint_sha256", "device")
 DEFAULT_SHARD_SIZE = 250
 DEFAULT_BATCH_SIZE = 50
+MAX_COUNT = 10**9  # images in one job: file names and manifest indices have 9 digits
+GENERATE_COMMAND = "generate"  # the command named in OUT's marker (service.files)
 # Fields a re-run must share with the job already in OUT (they decide the bytes and the layout).
 _IDENTITY_FIELDS = ("checkpoint_sha256", "count", "seed", "class_name", "backend", "shard_size", "output_format")
 OUTPUT_FORMATS = ("png", "tar")  # a PNG file per image, or a WebDataset tar shard per shard
@@ -146,11 +151,11 @@ def plan_job(
     output_format: str = "png",
 ) -> GenerationJob:
     """Check the inputs and pin the job to the run's latest checkpoint."""
-    from service.checkpoint import file_sha256, latest_checkpoint
+    from service.checkpoint import file_sha256, latest_checkpoint, load_verified
     from service.rundir import load_config
 
-    if count < 1:
-        raise UserError(f"--count must be a positive number of images, got {count}")
+    if not 1 <= count <= MAX_COUNT:
+        raise UserError(f"--count must be a positive number of images, at most {MAX_COUNT:,}; got {count}")
     if not 0 <= seed < 2**64:
         raise UserError(f"--seed must be in [0, 2^64), got {seed}")
     if batch_size < 1 or shard_size < 1:
@@ -159,10 +164,12 @@ def plan_job(
         raise UserError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    refuse_link(out_dir, f"--out {out_dir}")
     config, full = load_config(run_dir)
     class_names = run_class_names(config, full)
     check_class(class_name, class_names)
     checkpoint = latest_checkpoint(run_dir)
+    load_verified(checkpoint, config)  # damaged, misshapen or non-finite: one line, before OUT is touched
     return GenerationJob(
         run_dir=str(Path(run_dir).resolve()),
         checkpoint=str(checkpoint.resolve()),
@@ -179,15 +186,35 @@ def plan_job(
     )
 
 
+def is_old_generation_folder(folder) -> bool:
+    """A folder `generate` wrote before output folders carried a marker: it holds .generation/job.json."""
+    return (Path(folder) / STATE_DIR / JOB_FILE).is_file()
+
+
+@contextlib.contextmanager
+def open_out_dir(job: GenerationJob, resume: bool = False):
+    """OUT claimed as `generate`'s folder (service.files) and locked while the block runs,
+    then checked to hold this same job (prepare_out_dir); yields the shards already done.
+    A second job on the same OUT fails at once, naming the process that holds it."""
+    if resume and not is_old_generation_folder(job.out_dir):
+        raise UserError(f"--resume: {job.out_dir} holds no generation job to resume")
+    claim_output_folder(job.out_dir, GENERATE_COMMAND, ours_if=is_old_generation_folder)
+    with output_lock(job.out_dir, "a generation job"):
+        yield prepare_out_dir(job, resume)
+
+
 def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
-    """Create OUT or check it holds this same job; clear torn temp files; return done shards."""
+    """Check OUT (claimed by open_out_dir) holds this same job or start it there; clear torn
+    temp files; return done shards."""
     out_dir = Path(job.out_dir)
     job_file = out_dir / STATE_DIR / JOB_FILE
     if job_file.is_file():
         try:
             recorded = json.loads(job_file.read_text())
-        except json.JSONDecodeError as e:
+        except (OSError, ValueError) as e:
             raise UserError(f"{job_file} is unreadable ({e}); remove it or choose another --out") from None
+        if not isinstance(recorded, dict):
+            raise UserError(f"{job_file} is not a generation job; remove it or choose another --out")
         mine = job.identity()
         recorded.setdefault("output_format", "png")  # jobs written before tar output existed
         differing = [k for k in mine if recorded.get(k) != mine[k]]
@@ -199,25 +226,27 @@ def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
     else:
         if resume:
             raise UserError(f"--resume: {out_dir} holds no generation job to resume")
-        if out_dir.exists() and (any(out_dir.glob("img_*.png")) or any(out_dir.glob("shard-*.tar"))):
+        if any(out_dir.glob("img_*.png")) or any(out_dir.glob("shard-*.tar")):
             raise UserError(f"{out_dir} already holds images from elsewhere; choose an empty --out")
-        try:
-            _parts_dir(out_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create {out_dir}: {e.strerror or e}") from None
+        make_folder(out_dir / STATE_DIR)
+        make_folder(_parts_dir(out_dir))
         write_json(job_file, {**job.identity(), "run_dir": job.run_dir, "checkpoint": job.checkpoint})
-    _parts_dir(out_dir).mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir / STATE_DIR)
+    make_folder(_parts_dir(out_dir))
     for torn in list(out_dir.glob(TEMP_PREFIX + "*")) + list(_parts_dir(out_dir).glob(TEMP_PREFIX + "*")):
-        torn.unlink(missing_ok=True)  # left by a killed writer; never a finished file
+        remove_file(torn)  # left by a killed writer of this job (the folder is ours); never a finished file
     done, damaged = set(), []
     for part in _parts_dir(out_dir).glob("shard_*.csv"):
-        shard = int(part.stem.split("_")[1])
+        try:
+            shard = int(part.stem.split("_")[1])
+        except ValueError:
+            continue  # not a part this job wrote
         if shard >= job.num_shards:
             continue
         if shard_outputs_intact(job, shard):
             done.add(shard)
         else:  # its images went missing or its tar was cut short: the shard is done again
-            part.unlink()
+            remove_file(part)
             damaged.append(shard)
     if damaged:
         print(f"warning: {len(damaged)} finished shard(s) in {out_dir} lost or damaged their output "
@@ -226,10 +255,12 @@ def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
 
 
 def shard_outputs_intact(job: GenerationJob, shard: int) -> bool:
-    """Whether a finished shard's files are all there: its PNG files, or its tar shard whole
-    (every member's header and data readable)."""
+    """Whether a finished shard's files are all there: its manifest part whole, and its PNG
+    files or its tar shard whole (every member's header and data readable)."""
     out_dir = Path(job.out_dir)
     indices = job.shard_range(shard)
+    if not _part_lists(job, shard):
+        return False
     if job.output_format == "png":
         return all((out_dir / image_file_name(i)).is_file() for i in indices)
     try:
@@ -239,6 +270,16 @@ def shard_outputs_intact(job: GenerationJob, shard: int) -> bool:
         return False
     expected = {f"{tar_member_key(i)}.{ext}" for i in indices for ext in ("png", "json")}
     return set(names) == expected
+
+
+def _part_lists(job: GenerationJob, shard: int) -> bool:
+    """Whether a shard's manifest part lists exactly its indices, in order, with their files."""
+    try:
+        lines = part_path(job.out_dir, shard).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    expected = [f"{i},{manifest_file(job, i)}," for i in job.shard_range(shard)]
+    return len(lines) == len(expected) and all(line.startswith(start) for line, start in zip(lines, expected))
 
 
 def merge_manifest(job: GenerationJob) -> Path:

@@ -26,8 +26,8 @@ import numpy as np
 from service.errors import UserError
 from service.files import write_bytes
 from service.generation.job import (
-    GenerationJob, class_index_for, image_file_name, manifest_file, merge_manifest, noise_for_indices, part_path,
-    prepare_out_dir, tar_member_key, tar_shard_name,
+    GenerationJob, class_index_for, image_file_name, manifest_file, merge_manifest, noise_for_indices, open_out_dir,
+    part_path, tar_member_key, tar_shard_name,
 )
 
 DEFAULT_TASK_RETRIES = 3
@@ -140,15 +140,17 @@ def generate_in_process(job: GenerationJob, resume: bool = False, progress: bool
     does not depend on the thread count).
     """
     started = time.perf_counter()
-    done = prepare_out_dir(job, resume)
-    backend = load_generator(job.run_dir, job.checkpoint, job.backend)
-    todo = [s for s in range(job.num_shards) if s not in done]
-    with _progress(job, done, progress) as bar:
-        for shard in todo:
-            bar.update(write_shard(backend, job, shard))
-    merge_manifest(job)
+    shards_run = 0
+    with open_out_dir(job, resume) as done:
+        backend = load_generator(job.run_dir, job.checkpoint, job.backend)
+        with _progress(job, done, progress) as bar:
+            for shard in range(job.num_shards):  # one at a time: never a list of every shard
+                if shard not in done:
+                    bar.update(write_shard(backend, job, shard))
+                    shards_run += 1
+        merge_manifest(job)
     return GenerationResult(
-        Path(job.out_dir), job.count, len(todo), len(done), time.perf_counter() - started,
+        Path(job.out_dir), job.count, shards_run, len(done), time.perf_counter() - started,
         {os.getpid(): _peak_rss_bytes()}, _peak_rss_bytes(),
     )
 
@@ -182,42 +184,42 @@ def generate_on_ray(
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     started = time.perf_counter()
-    done = prepare_out_dir(job, resume)
-    local_cpus = workers or os.cpu_count() or 1
-    with ray_session(address, num_cpus=None if (address or os.environ.get("RAY_ADDRESS")) else local_cpus) as ray:
-        workers = workers or cluster_cpus()
-        gpus = cluster_gpus()
-        task = ray.remote(shard_task).options(
-            num_cpus=1,
-            num_gpus=1 if gpus >= 1 else 0,
-            max_retries=max_retries,
-            retry_exceptions=True,
-            runtime_env={"env_vars": thread_env(1)},
-        )
-        # one task per GPU where there are GPUs (each task takes a whole one)
-        max_in_flight = min(workers, int(gpus)) if gpus >= 1 else workers
-        job_ref = ray.put(job)
-        todo = (s for s in range(job.num_shards) if s not in done)
-        pending: dict = {}
-        peaks: dict[int, int] = {}
-        shards_run = 0
-        with _progress(job, done, progress) as bar:
-            while True:
-                while len(pending) < max_in_flight:
-                    shard = next(todo, None)
-                    if shard is None:
+    with open_out_dir(job, resume) as done:
+        local_cpus = workers or os.cpu_count() or 1
+        with ray_session(address, num_cpus=None if (address or os.environ.get("RAY_ADDRESS")) else local_cpus) as ray:
+            workers = workers or cluster_cpus()
+            gpus = cluster_gpus()
+            task = ray.remote(shard_task).options(
+                num_cpus=1,
+                num_gpus=1 if gpus >= 1 else 0,
+                max_retries=max_retries,
+                retry_exceptions=True,
+                runtime_env={"env_vars": thread_env(1)},
+            )
+            # one task per GPU where there are GPUs (each task takes a whole one)
+            max_in_flight = min(workers, int(gpus)) if gpus >= 1 else workers
+            job_ref = ray.put(job)
+            todo = (s for s in range(job.num_shards) if s not in done)
+            pending: dict = {}
+            peaks: dict[int, int] = {}
+            shards_run = 0
+            with _progress(job, done, progress) as bar:
+                while True:
+                    while len(pending) < max_in_flight:
+                        shard = next(todo, None)
+                        if shard is None:
+                            break
+                        pending[task.remote(job_ref, shard)] = shard
+                    if not pending:
                         break
-                    pending[task.remote(job_ref, shard)] = shard
-                if not pending:
-                    break
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    shard = pending.pop(ref)
-                    _, written, pid, peak = ray.get(ref)
-                    peaks[pid] = max(peaks.get(pid, 0), peak)
-                    shards_run += 1
-                    bar.update(written)
-    merge_manifest(job)
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    for ref in ready:
+                        shard = pending.pop(ref)
+                        _, written, pid, peak = ray.get(ref)
+                        peaks[pid] = max(peaks.get(pid, 0), peak)
+                        shards_run += 1
+                        bar.update(written)
+        merge_manifest(job)
     return GenerationResult(
         Path(job.out_dir), job.count, shards_run, len(done), time.perf_counter() - started,
         peaks, _peak_rss_bytes(),

@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from service.errors import UserError
-from service.files import copy_regular_file, write_json
+from service.files import claim_output_folder, copy_regular_file, output_lock, refuse_link, write_json
 from service.imageio import save_grid, to_uint8
 from service.validation import maps, memorization, metrics
 from service.validation.report import write_report
@@ -40,6 +40,7 @@ MIN_REAL_IMAGES = 2 * (metrics.DENSITY_COVERAGE_K + 1)  # two halves, each enoug
 MIN_FAKE_IMAGES = metrics.DENSITY_COVERAGE_K + 1
 MIN_TRAIN_IMAGES = 2
 SAMPLE_GRID_IMAGES = 64
+VALIDATE_COMMAND = "validate"  # the command named in the report folder's marker (service.files)
 PER_CLASS_MAX_IMAGES = 500  # per class and set: per-class values cost at most ~half the main ones
 
 # ----------------------------------------------------------------------------- inputs
@@ -164,6 +165,7 @@ def validate_sets(
     """
     if out_dir is None:
         raise UserError("validate_sets needs an out_dir")
+    refuse_link(out_dir, f"--out {out_dir}")
     # One OpenMP thread for scikit-learn's k-NN and t-SNE: their many short parallel regions
     # spin and contend on shared cores (measured 10-50x slower under load); BLAS keeps its threads.
     with threadpool_limits(limits=1, user_api="openmp"):
@@ -182,18 +184,26 @@ def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_n
     train_groups = _check_labels("training group", train_groups, len(train)) if train is not None else real_groups
     if real_groups is not None and len(np.unique(real_groups)) < 2:
         raise UserError("the real images all belong to one group; a real-vs-real reference needs two or more")
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {out_dir}: {e.strerror}") from None
-    inception = InceptionFeatures(inception_weights) if inception_weights else None  # fail before the long steps
-
-    audit_train = train if train is not None else real
     half_a, half_b = _halves(len(real), seed, real_groups)
     if min(len(half_a), len(half_b)) < metrics.DENSITY_COVERAGE_K + 1:
         raise UserError(f"splitting the real images by group leaves halves of {len(half_a)} images; "
                         f"the reference needs at least {metrics.DENSITY_COVERAGE_K + 1} on each side")
+    inception = InceptionFeatures(inception_weights) if inception_weights else None  # fail before the long steps
+    out_dir = claim_output_folder(out_dir, VALIDATE_COMMAND, ours_if=is_old_report_folder)
+    with output_lock(out_dir, "a report"):
+        return _write_validation(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress,
+                                 inception, seed, real_groups, train_groups, half_a, half_b, started)
+
+
+def is_old_report_folder(folder) -> bool:
+    """A report folder the tool wrote before output folders carried a marker."""
+    return (Path(folder) / "metrics.json").is_file() and (Path(folder) / "report.html").is_file()
+
+
+def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress,
+                      inception, seed, real_groups, train_groups, half_a, half_b, started) -> dict:
+
+    audit_train = train if train is not None else real
     timings: dict[str, float] = {}
     steps = ["features", "swd + feature metrics", "reference (real halves)", "memorization audit", "maps", "report"]
     if real_labels is not None and fake_labels is not None:
