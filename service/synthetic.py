@@ -30,6 +30,7 @@ docs/embedded_dataset_128.png: the first 16 at 128x128) are made with
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ import cv2
 import numpy as np
 
 from service.errors import UserError
+from service.files import make_folder, refuse_link, write_bytes, write_text
 
 GENERATOR_VERSION = 4  # bump when the drawing changes, so cached copies are rebuilt
 ISIC_CLASS_COUNTS = (1372, 254, 374)  # nevus, melanoma, seborrheic keratosis in ISIC 2017 training
@@ -145,15 +147,13 @@ def write_isic_layout(out_dir: str | os.PathLike, count: int, seed: int = 0, pro
     if count < 1:
         raise UserError(f"count must be at least 1, got {count}")
     out = Path(out_dir).expanduser()
+    refuse_link(out, f"--out {out}")
     if out.exists() and not out.is_dir():
         raise UserError(f"output path exists and is not a folder: {out}")
     if out.is_dir() and any(out.iterdir()):
         # Old images beside a new ground-truth CSV would make a layout that does not load.
         raise UserError(f"output folder is not empty: {out}; choose a new or empty folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create folder {out}: {e.strerror}") from None
+    make_folder(out)
     labels = class_layout(count, seed)
 
     def write_one(index: int) -> None:
@@ -161,21 +161,24 @@ def write_isic_layout(out_dir: str | os.PathLike, count: int, seed: int = 0, pro
         image = make_image(seed, index, int(labels[index]), shape, work_size=ISIC_WORK_SIZE)
         image = _add_grain(image, np.random.default_rng([seed, index, 0x6A]))
         stem = out / f"ISIC_{index:07d}"
-        written = cv2.imwrite(f"{stem}.jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-        written = written and cv2.imwrite(f"{stem}_superpixels.png", _superpixel_png(shape, seed, index))
-        if not written:
-            raise UserError(f"cannot write {stem}.jpg or its superpixels in {out}")
+        jpeg_ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        png_ok, png = cv2.imencode(".png", _superpixel_png(shape, seed, index))
+        if not (jpeg_ok and png_ok):
+            raise UserError(f"cannot encode {stem}.jpg or its superpixels")
+        write_bytes(f"{stem}.jpg", jpeg.tobytes())
+        write_bytes(f"{stem}_superpixels.png", png.tobytes())
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         for _ in tqdm(pool.map(write_one, range(count)), total=count, desc="writing images",
                       unit="img", file=sys.stderr, disable=not progress, leave=False):
             pass
 
-    with open(out / GROUND_TRUTH_NAME, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image_id", "melanoma", "seborrheic_keratosis"])
-        for index, cls in enumerate(labels):
-            writer.writerow([f"ISIC_{index:07d}", f"{float(cls == MELANOMA):.1f}", f"{float(cls == KERATOSIS):.1f}"])
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["image_id", "melanoma", "seborrheic_keratosis"])
+    for index, cls in enumerate(labels):
+        writer.writerow([f"ISIC_{index:07d}", f"{float(cls == MELANOMA):.1f}", f"{float(cls == KERATOSIS):.1f}"])
+    write_text(out / GROUND_TRUTH_NAME, table.getvalue())
     return {"out_dir": str(out), "count": count, "class_counts": class_counts(count), "seed": seed}
 
 

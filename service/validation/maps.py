@@ -22,6 +22,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
+from service.files import atomic_file
 from service.validation.features import resize_images
 
 TSNE_MAX_POINTS = 1000
@@ -117,7 +118,8 @@ def save_thumbnail_map(path, coords, images_uint8, is_generated, title: str) -> 
     axis.set_yticks([])
     figure.suptitle(title, fontsize=14, y=1 - 0.1 / (height + title_inches))
     axis.legend(handles=_legend_handles(int(np.sum(~is_generated)), int(np.sum(is_generated))), loc="upper right", fontsize=11, framealpha=0.9)
-    figure.savefig(path)
+    with atomic_file(path) as f:
+        figure.savefig(f, format="png")
 
 
 def save_scatter_map(path, coords, is_generated, title: str, axis_labels: tuple[str, str]) -> None:
@@ -132,7 +134,8 @@ def save_scatter_map(path, coords, is_generated, title: str, axis_labels: tuple[
     axis.set_title(title, fontsize=11)
     axis.legend(markerscale=3, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_file(path) as f:
+        figure.savefig(f, format="png")
 
 
 def save_maps(out_dir, real_features, fake_features, real_uint8, fake_uint8, seed: int = 0) -> dict:

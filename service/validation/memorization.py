@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from service.files import atomic_file
 from service.validation.features import resize_images
 
 AUDIT_SIZE = 32
@@ -246,7 +247,8 @@ def save_pairs_panel(path, audit: dict, fake_uint8: np.ndarray, train_uint8: np.
         f"red: ratio < {COPY_RATIO_THRESHOLD}",
         fontsize=10, y=1 - 0.08 / (height + title_inches),
     )
-    figure.savefig(path)
+    with atomic_file(path) as f:
+        figure.savefig(f, format="png")
     return listing
 
 
@@ -279,4 +281,5 @@ def save_ratio_histogram(path, fake_ratio: np.ndarray, reference_ratio: np.ndarr
     axis.set_ylabel("density")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_file(path) as f:
+        figure.savefig(f, format="png")
