@@ -16,7 +16,10 @@ the aligned distance is the least over the 8 x 49 alignments.
 Finding the nearest training image under alignment, for every generated image: candidates
 first, the CANDIDATES nearest of all 8 turned versions of the training images by a coarse
 descriptor (the 4x4 average of the image blurred further, less its mean colour: little changed
-by a shift of a few pixels), then the exact aligned distance to each candidate.
+by a shift of a few pixels), then the exact aligned distance to each candidate. Per batch of
+queries the descriptor distances to every turned training image are one matrix product; the
+candidates are picked without sorting that whole matrix (see AlignedIndex.candidates), and the
+exact distances to all of a query's candidates at all shifts are one batched product.
 
 For a generated image g with aligned-nearest training image t:
     ratio(g) = d(g, t) / d(t, nearest other training image of t)
@@ -47,7 +50,7 @@ OFFSETS = [(dy, dx) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1) for dx in range(-
 COPY_RATIO_THRESHOLD = 0.5
 PANEL_PAIRS = 16
 SAME_IMAGE_DISTANCE = 1e-6  # RMS; one grey level on one pixel of 26x26x3 is 9e-5
-QUERY_BATCH = 32
+QUERY_BATCH = 64  # queries per descriptor product: large enough for BLAS, small enough for memory
 AUDIT_SPACE = {
     "description": f"pixels resized to {AUDIT_SIZE}x{AUDIT_SIZE} (INTER_AREA), RGB in [0, 1], Gaussian blur "
     f"sigma {AUDIT_BLUR}; RMS difference of the central {WINDOW}x{WINDOW} windows, each less its mean "
@@ -84,47 +87,73 @@ def _shifted_windows(prepared: np.ndarray) -> np.ndarray:
     return view.reshape(len(prepared), len(OFFSETS), -1)
 
 
-def _turn_orders(channels: int) -> np.ndarray:
-    """(TURNS, C*W*W): turn k of a flattened central window is window[orders[k]]. The window is
-    centred and square, so turning the image turns the window; blur and area resizing commute
-    with turns, so turned images need not be prepared again."""
-    index = np.arange(channels * WINDOW * WINDOW).reshape(channels, WINDOW, WINDOW).transpose(1, 2, 0)[None]
-    return np.stack([turn(index, k)[0].transpose(2, 0, 1).reshape(-1) for k in range(TURNS)])
-
-
 class AlignedIndex:
     """The training images and all 8 turns of each, ready for aligned nearest-neighbour queries.
 
-    Candidate c stands for turn c // count of training image c % count. The central windows of
-    every turn, less their mean colour, are kept: 8 x 2028 float32 per training image (130 MB
-    for 2,000 images). A query is compared with its candidates at all shifts by one product of
-    its shifted windows with their windows.
+    Candidate c stands for turn c // count of training image c % count. Only the central
+    window of each training image (less its mean colour) is kept, 2028 float32 (8 KB) per image
+    (200 MB for 25,000 images); a candidate's turned window is copied from it when a query
+    needs it (the window is centred and square, so turning the image turns the window; blur
+    and area resizing commute with turns, so turned images need not be prepared again). The index is plain arrays, so it pickles cheaply and
+    Ray shares it through its object store without copies.
     """
 
     def __init__(self, train_prepared: np.ndarray, groups: np.ndarray | None = None):
         self.count = len(train_prepared)
         self.groups = None if groups is None else np.asarray(groups)
+        self.channels = train_prepared.shape[3]
         window = train_prepared[:, MAX_SHIFT : MAX_SHIFT + WINDOW, MAX_SHIFT : MAX_SHIFT + WINDOW].transpose(0, 3, 1, 2)
         window = (window - window.mean(axis=(2, 3), keepdims=True)).reshape(self.count, -1)
-        self.windows = np.concatenate([window[:, order] for order in _turn_orders(train_prepared.shape[3])])
-        self.window_norms = np.tile(np.einsum("ij,ij->i", window, window), TURNS)
+        self.windows = np.ascontiguousarray(window, dtype=np.float32)
+        self.window_norms = np.einsum("ij,ij->i", self.windows, self.windows)
         descriptors = _descriptors(train_prepared)
         turned = np.concatenate([turn(descriptors, k) for k in range(TURNS)])
-        self.descriptors = turned.reshape(len(turned), -1)
-        self.descriptor_norms = np.einsum("ij,ij->i", self.descriptors, self.descriptors)
+        turned = turned.reshape(len(turned), -1).astype(np.float32)
+        # one product gives |d|^2 - 2 q.d for every turned training descriptor d: the query's
+        # descriptor is extended by a 1, the training side by its squared norm
+        self.descriptor_matrix = np.ascontiguousarray(
+            np.concatenate([-2.0 * turned, np.einsum("ij,ij->i", turned, turned)[:, None]], axis=1).T)
         largest_group = 1 if groups is None else int(np.unique(groups, return_counts=True)[1].max())
         self.exclusion_margin = TURNS * largest_group
 
     def candidates(self, descriptors: np.ndarray, fetch: int) -> np.ndarray:
-        """(B, fetch) candidates nearest to each descriptor, nearest first (brute force: one
-        product with every turned training descriptor)."""
-        squared = self.descriptor_norms[None, :] - 2.0 * descriptors @ self.descriptors.T
-        if fetch < squared.shape[1]:
-            nearest = np.argpartition(squared, fetch - 1, axis=1)[:, :fetch]
+        """(B, fetch) candidates nearest to each descriptor, nearest first.
+
+        One product with every turned training descriptor gives (B, 8, count) squared distances
+        (less the query's own norm, the same for every candidate). Selecting from all 8 x count
+        would cost most of the query's time; instead the fetch-th smallest of the per-image
+        minima over turns, t, bounds the answer: at least `fetch` (turn, image) pairs lie at or
+        below t, so the fetch nearest pairs are among the turns of the images whose minimum is
+        at or below t (usually few more than fetch images), which are then ranked exactly.
+        """
+        extended = np.concatenate([descriptors.astype(np.float32), np.ones((len(descriptors), 1), np.float32)], axis=1)
+        squared = extended @ self.descriptor_matrix  # B, TURNS * count
+        total = squared.shape[1]
+        if fetch >= self.count:  # the bound below needs `fetch` distinct images: rank every pair
+            nearest = np.argpartition(squared, fetch - 1, axis=1)[:, :fetch] if fetch < total else \
+                np.tile(np.arange(total), (len(squared), 1))
         else:
-            nearest = np.tile(np.arange(squared.shape[1]), (len(squared), 1))
+            per_image = squared.reshape(len(squared), TURNS, self.count).min(axis=1)
+            bound = np.partition(per_image, fetch - 1, axis=1)[:, fetch - 1]
+            turn_offsets = (np.arange(TURNS) * self.count)[:, None]
+            nearest = np.empty((len(squared), fetch), np.int64)
+            for row in range(len(squared)):
+                within = (turn_offsets + np.flatnonzero(per_image[row] <= bound[row])).reshape(-1)
+                nearest[row] = within[np.argpartition(squared[row, within], fetch - 1)[:fetch]]
         order = np.argsort(np.take_along_axis(squared, nearest, 1), axis=1, kind="stable")
         return np.take_along_axis(nearest, order, 1)
+
+    def candidate_windows(self, found: np.ndarray) -> np.ndarray:
+        """(B, K, C*W*W): the central window of each candidate, turned as the candidate says
+        (a strided copy per turn: much cheaper than gathering by index)."""
+        owners, turns = found % self.count, found // self.count
+        grid = self.windows.reshape(self.count, self.channels, WINDOW, WINDOW)
+        out = np.empty((*found.shape, self.windows.shape[1]), np.float32)
+        for k in np.unique(turns):
+            chosen = turns == k
+            turned = np.rot90(grid[owners[chosen]], k // 2, axes=(2, 3))
+            out[chosen] = (turned[..., ::-1] if k % 2 else turned).reshape(int(chosen.sum()), -1)
+        return out
 
     def nearest(self, queries_prepared: np.ndarray, exclude_self: bool = False) -> dict:
         """For each query: aligned distance to its nearest training image, that image's index,
@@ -151,8 +180,8 @@ class AlignedIndex:
                 # the query, the training windows being centred already
                 sums = windows.reshape(len(batch), len(OFFSETS), batch.shape[3], -1).sum(axis=-1)
                 norms = np.einsum("bsd,bsd->bs", windows, windows) - np.sum(sums * sums, axis=-1) / (WINDOW * WINDOW)
-                cross = np.matmul(windows, self.windows[found].transpose(0, 2, 1))  # B, SHIFTS, K
-                squared = (norms[:, :, None] + self.window_norms[found][:, None, :] - 2.0 * cross) / size
+                cross = np.matmul(windows, self.candidate_windows(found).transpose(0, 2, 1))  # B, SHIFTS, K
+                squared = (norms[:, :, None] + self.window_norms[found % self.count][:, None, :] - 2.0 * cross) / size
                 squared[~np.broadcast_to(usable[:, None, :], squared.shape)] = np.inf
                 if exclude_self:  # a training image stored twice: the gap is to the nearest *different* one
                     squared[squared <= SAME_IMAGE_DISTANCE**2] = np.inf
@@ -164,6 +193,9 @@ class AlignedIndex:
                 results["nearest"].append(chosen % self.count)
                 results["turn"].append(chosen // self.count)
                 results["shift"].append(np.asarray(OFFSETS)[shift])
+        if not results["distance"]:
+            return {"distance": np.zeros(0, np.float32), "nearest": np.zeros(0, np.int64), "turn": np.zeros(0, np.int64),
+                    "shift": np.zeros((0, 2), np.int64)}
         return {key: np.concatenate(value) for key, value in results.items()}
 
 
