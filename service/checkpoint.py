@@ -133,12 +133,12 @@ RESUME_KEYS = ("meta/step", "meta/epoch", "meta/batch_in_epoch", "rng/trainer/pe
 
 def check_arrays(arrays: dict[str, np.ndarray], config, path, resume: bool = False) -> None:
     """UserError (one line) unless the checkpoint holds every weight of `config`'s model with
-    its shape, only finite weights and optimizer moments, and, to resume, the counters and RNG
-    state; checked before any work starts, so a broken file never gives black images or a
-    traceback mid-way."""
+    its shape (config None: the backend checks them as it loads), only finite weights and
+    optimizer moments, and, to resume, the counters and RNG state; checked before any work
+    starts, so a broken file never gives black images or a traceback mid-way."""
     from backends.spec import weight_shapes
 
-    for name, shape in weight_shapes(config).items():
+    for name, shape in (weight_shapes(config) if config is not None else {}).items():
         if name not in arrays:
             raise UserError(f"checkpoint {path} lacks {name}; it was not written for this run's model")
         if tuple(arrays[name].shape) != tuple(shape):

@@ -60,7 +60,7 @@ def refuse_link(path: str | os.PathLike, what: str | None = None) -> None:
     except FileNotFoundError:
         return
     except OSError as e:
-        raise UserError(f"cannot check {os.fspath(path)}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from None  # e.g. a file as its folder
     if stat.S_ISLNK(mode):
         raise UserError(f"{what or os.fspath(path)} is a symbolic link; give a path that is not a link "
                         "(the tool never writes through one)")

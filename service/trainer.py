@@ -300,7 +300,7 @@ class Trainer:
     def restore(self, arrays: dict[str, np.ndarray], path=None) -> None:
         """Continue from a checkpoint's arrays (weights, optimizer, RNG streams, counters);
         a checkpoint that lacks any of them, or holds non-finite weights, is a UserError."""
-        ckpt.check_arrays(arrays, self.config, path or "to resume", resume=True)
+        ckpt.check_arrays(arrays, None, path or "to resume", resume=True)  # shapes: set_weights below
         parts = ckpt.split_arrays(arrays)
         meta = parts["meta"]
         for name in ("meta/batch_size", "meta/dataset_count"):

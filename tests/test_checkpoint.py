@@ -153,3 +153,26 @@ def test_dataset_fingerprint_sees_pixels_and_labels():
     assert dataset_fingerprint(changed, np.array([0, 1])) != base
     assert dataset_fingerprint(images, np.array([1, 0])) != base
     assert dataset_fingerprint(images, None) != base
+
+
+def test_a_folder_named_like_a_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
+    ckpt.save_checkpoint(tmp_path, 1, sample_arrays(1))
+    ckpt.checkpoint_path(tmp_path, 2).mkdir()
+    assert ckpt.list_checkpoints(tmp_path) == [ckpt.checkpoint_path(tmp_path, 1)]
+    assert "ckpt-000000002.npz is not a regular file; ignored" in capsys.readouterr().err
+
+
+def test_check_arrays_names_what_is_missing_misshapen_or_not_finite():
+    from backends.spec import weight_shapes
+
+    config = GANConfig(image_size=32, width=4, max_width=16, latent_dim=8)
+    arrays = {name: np.zeros(shape, np.float32) for name, shape in weight_shapes(config).items()}
+    ckpt.check_arrays(arrays, config, "c.npz")
+    name = next(iter(arrays))
+    for broken, message in (({**arrays, name: arrays[name][..., :1]}, "has shape"),
+                            ({k: v for k, v in arrays.items() if k != name}, f"lacks {name}"),
+                            ({**arrays, "opt/generator/m/x": np.array([np.inf], np.float32)}, "non-finite values in opt/")):
+        with pytest.raises(UserError, match=message):
+            ckpt.check_arrays(broken, config, "c.npz")
+    with pytest.raises(UserError, match="lacks meta/step, so it cannot be resumed"):
+        ckpt.check_arrays(arrays, config, "c.npz", resume=True)

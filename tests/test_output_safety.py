@@ -302,6 +302,14 @@ def test_training_on_a_full_disk_is_one_line_and_leaves_no_torn_checkpoint(tmp_p
     assert not list((out / "checkpoints").glob("*.npz"))
 
 
+
+def test_export_where_its_folder_cannot_be_made_is_one_line(tmp_path, capsys, random_run):
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["export", "--run", str(random_run), "--out", str(tmp_path / "a-file" / "G.keras")]) == 2
+    one_line_error(capsys, "cannot write")
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
 # --------------------------------------------------------------------------- broken inputs: one line
 
 
