@@ -19,9 +19,12 @@ def add_arguments(p):
 
 def run(args) -> int:
     from service.export import export_generator
+    from service.rundir import load_config
 
     written = export_generator(args.run, args.out, args.format)
+    maps = load_config(args.run)[0].noise_map_size  # G's noise inputs: z's tail (service.export)
+    then = f", then {maps} standard normal noise-map values" if maps else ""
     print(f"exported the {written['weights']} of {written['checkpoint']} as a {written['format']} model: {written['path']}")
-    print(f"inputs: {written['inputs']} (z: {written['latent_dim']} {written['noise']} numbers); "
+    print(f"inputs: {written['inputs']} (z: {written['latent_dim']} {written['noise']} numbers{then}); "
           f"output: {written['image_size']}x{written['image_size']} RGB in [-1, 1]")
     return 0
