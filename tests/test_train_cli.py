@@ -50,9 +50,9 @@ def tiny_data(tmp_path):
     return {"data": str(data), "unlabelled": str(unlabelled), "config": str(config)}
 
 
-def train_args(tiny_data, out, *extra):
+def train_args(tiny_data, out, *extra, backend="numpy"):
     return [
-        "train", "--data", tiny_data["data"], "--out", str(out), "--backend", "numpy",
+        "train", "--data", tiny_data["data"], "--out", str(out), "--backend", backend,
         "--config", tiny_data["config"], "--image-size", "32", "--no-progress", *extra,
     ]
 
@@ -148,9 +148,9 @@ def test_resume_refuses_model_flags_and_finished_runs_do_nothing(tmp_path, tiny_
     assert "nothing to do" in capsys.readouterr().out
 
 
-def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, tiny_data, capsys):
+def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, tiny_data, capsys, backend_name):
     out = tmp_path / "run"
-    assert main(train_args(tiny_data, out, "--epochs", "2")) == 0
+    assert main(train_args(tiny_data, out, "--epochs", "2", backend=backend_name)) == 0
     newest = ckpt.latest_checkpoint(out)
     newest.write_bytes(newest.read_bytes()[:-200])  # torn
     capsys.readouterr()
@@ -203,17 +203,18 @@ def step_lines(run_dir) -> list[dict]:
 # before the decay (step 5) or after it has begun (step 17); checkpoints every 4 steps, so the
 # killed run has trained past its last checkpoint and the resume replays those steps.
 @pytest.mark.parametrize("kill_step", [5, 17], ids=["before-decay", "during-decay"])
-def test_kill_9_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, tiny_data, kill_step):
+def test_kill_9_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, tiny_data, kill_step, backend_name):
     epochs, steps = 8, 24
     killed = tmp_path / "killed"
-    train_then_sigkill(kill_step, train_args(tiny_data, killed, "--epochs", str(epochs), "--checkpoint-every", "4"))
+    train_then_sigkill(kill_step, train_args(tiny_data, killed, "--epochs", str(epochs), "--checkpoint-every", "4",
+                                             backend=backend_name))
     _, arrays = ckpt.load_latest_valid(killed)
     assert int(arrays["meta/step"]) == (kill_step - 1) // 4 * 4  # the last checkpoint before the kill
     assert step_lines(killed)[-1]["step"] == kill_step - 1  # trained past it
     assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
 
     straight = tmp_path / "straight"
-    assert main(train_args(tiny_data, straight, "--epochs", str(epochs))) == 0
+    assert main(train_args(tiny_data, straight, "--epochs", str(epochs), backend=backend_name)) == 0
     assert ckpt.step_of(ckpt.latest_checkpoint(straight)) == steps
     assert_same_state(state_without_timings(straight), state_without_timings(killed))
     resumed, reference = step_lines(killed), step_lines(straight)
@@ -222,13 +223,14 @@ def test_kill_9_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, t
     assert (reference[kill_step - 1]["lr_scale"] < 1.0) == (kill_step > steps // 2)  # the case is what it says
 
 
-def test_kill_9_of_a_time_budget_run_resumes_its_schedule_where_it_stopped(tmp_path, tiny_data):
+def test_kill_9_of_a_time_budget_run_resumes_its_schedule_where_it_stopped(tmp_path, tiny_data, backend_name):
     """A run planned by time, killed after its rates began to fall, resumed with a new budget:
     the steps continue without gap or repeat, and the rates go on falling from where the
     checkpoint left them instead of starting again at full strength."""
     run = tmp_path / "timed"
     # the fake clock reads 4 times a step, so 10 s of it last about 25 steps on any machine
-    train_then_sigkill(19, train_args(tiny_data, run, "--time-budget", "10", "--checkpoint-every", "2"), fake_clock=0.1)
+    train_then_sigkill(19, train_args(tiny_data, run, "--time-budget", "10", "--checkpoint-every", "2", backend=backend_name),
+                       fake_clock=0.1)
     _, arrays = ckpt.load_latest_valid(run)
     checkpoint_step = int(arrays["meta/step"])
     assert checkpoint_step == 18
@@ -263,3 +265,26 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, tiny_data):
     last_step = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]["step"]
     assert ckpt.step_of(ckpt.latest_checkpoint(out)) == last_step
     ckpt.load_checkpoint(ckpt.latest_checkpoint(out))  # verifies
+
+
+@pytest.mark.parametrize("first, then", [("numpy", "tf"), ("tf", "numpy")])
+def test_resume_in_the_other_backend_continues_the_same_run(tmp_path, tiny_data, capsys, first, then):
+    """Checkpoints are backend-neutral: a run resumed in the other backend goes on from its
+    step, with the trainer's random stream where a straight run would have it."""
+    def args(out, *extra):
+        argv = train_args(tiny_data, out, *extra)
+        argv[argv.index("--backend") + 1] = first
+        return argv
+
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    assert main(args(resumed, "--epochs", "1")) == 0
+    assert main(["train", "--resume", str(resumed), "--backend", then, "--epochs", "2", "--no-progress"]) == 0
+    assert main(args(straight, "--epochs", "2")) == 0
+    assert json.loads((resumed / "config.json").read_text())["backend"] == then
+    assert [m["step"] for m in step_lines(resumed)] == list(range(1, 7))
+    _, after = ckpt.load_latest_valid(resumed)
+    _, reference = ckpt.load_latest_valid(straight)
+    assert int(after["meta/step"]) == int(reference["meta/step"]) == 6
+    for name in ("rng/trainer/state", "rng/trainer/inc", "rng/trainer/permutation"):
+        np.testing.assert_array_equal(after[name], reference[name], err_msg=name)
+    assert all(np.isfinite(v).all() for n, v in after.items() if v.dtype.kind == "f")
