@@ -20,6 +20,7 @@ COMMANDS = {
     "train": ("service.commands.train", "train a DCGAN on a dataset; writes a run directory"),
     "generate": ("service.commands.generate", "generate images from a run's checkpoint, on Ray"),
     "validate": ("service.commands.validate", "compare real and generated images; writes a report"),
+    "audit": ("service.commands.audit", "every generated image against the training set: likely copies, on Ray"),
     "tune": ("service.commands.tune", "hyperparameter trials on Ray Tune"),
     "sample-data": ("service.commands.sample_data", "write the embedded stand-in dataset in ISIC 2017 layout"),
     "export": ("service.commands.export", "write a run's generator as a standard Keras 3 model"),

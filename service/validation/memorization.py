@@ -212,10 +212,7 @@ def memorization_audit(train_uint8: np.ndarray, fake_uint8: np.ndarray, train_gr
     gaps = index.nearest(train, exclude_self=True)["distance"]
     nearest, distance = found["nearest"], found["distance"]
     gap = gaps[nearest]
-    # no other image to measure a gap against (one training image, one group, or copies of one
-    # image only): only an exact copy is a copy
-    usable = np.isfinite(gap)
-    ratio = np.where(usable, distance / np.where(usable, gap, 1.0), np.where(distance > SAME_IMAGE_DISTANCE, np.inf, 0.0))
+    ratio = copy_ratios(distance, gap)
     copies = ratio < COPY_RATIO_THRESHOLD
     return {
         "nearest_train": nearest,
@@ -231,14 +228,25 @@ def memorization_audit(train_uint8: np.ndarray, fake_uint8: np.ndarray, train_gr
     }
 
 
+def copy_ratios(distance: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """ratio = distance to the nearest training image / that image's gap (module docstring).
+    With no other image to measure a gap against (one training image, one group, or copies of
+    one image only) only an exact copy is a copy: ratio 0, else inf."""
+    usable = np.isfinite(gap)
+    return np.where(usable, distance / np.where(usable, gap, 1.0), np.where(distance > SAME_IMAGE_DISTANCE, np.inf, 0.0))
+
+
 def audit_summary(audit: dict) -> dict:
     """The JSON-able part of an audit."""
     return {key: audit[key] for key in ("copy_share", "copies", "median_ratio", "threshold")}
 
 
-def save_pairs_panel(path, audit: dict, fake_uint8: np.ndarray, train_uint8: np.ndarray, pairs: int = PANEL_PAIRS) -> list[dict]:
+def save_pairs_panel(path, audit: dict, fake_uint8: np.ndarray, train_uint8: np.ndarray, pairs: int = PANEL_PAIRS,
+                     fake_ids=None) -> list[dict]:
     """PNG of the `pairs` closest (lowest ratio) pairs: generated | nearest training image.
 
+    fake_ids: the number each generated image is shown and listed by (default: its position
+    in fake_uint8; the streaming audit passes the images' indices in the generated set).
     One canvas composed in NumPy and drawn once (32 matplotlib subplots took seconds).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -261,8 +269,9 @@ def save_pairs_panel(path, audit: dict, fake_uint8: np.ndarray, train_uint8: np.
         left = gap + column * (pair_width + 3 * gap)
         for offset, image in ((0, fake_uint8[fake_index]), (tile + gap, aligned)):
             canvas[top : top + tile, left + offset : left + offset + tile] = cv2.resize(image, (tile, tile), interpolation=interpolation)
-        captions.append((left + pair_width / 2, top - 4, f"gen {fake_index} | train {train_index}: ratio {ratio:.2f}", ratio < COPY_RATIO_THRESHOLD))
-        listing.append({"generated": int(fake_index), "train": train_index, "ratio": ratio, "turn": turned,
+        shown = int(fake_index if fake_ids is None else fake_ids[fake_index])
+        captions.append((left + pair_width / 2, top - 4, f"gen {shown} | train {train_index}: ratio {ratio:.2f}", ratio < COPY_RATIO_THRESHOLD))
+        listing.append({"generated": shown, "train": train_index, "ratio": ratio, "turn": turned,
                         "shift_px": [int(v) for v in audit["shift"][fake_index]]})
 
     dpi, title_inches = 100, 0.4

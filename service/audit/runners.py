@@ -1,0 +1,145 @@
+"""Runners of an audit: the shards one after another in this process (`workers=0`), or as
+Ray tasks on a local Ray or a cluster, at most `workers` at a time. Both write the same rows.
+
+The training index is built once, here in the driver; on Ray it is put in the object store
+once and every task reads it from there (one copy per node, shared by the node's workers).
+The driver plans shards one at a time and keeps only the window of tasks in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from service.audit.index import TrainingIndex, build_training_index
+from service.audit.job import AuditJob, open_out_dir, shard_done
+from service.audit.shard import audit_shard
+from service.audit.source import GeneratedSet, iter_shards
+from service.audit.summary import merge_rows, write_summary
+from service.errors import UserError
+from service.generation.runners import _peak_rss_bytes
+
+DEFAULT_TASK_RETRIES = 3
+
+
+@dataclass
+class AuditResult:
+    out_dir: Path
+    count: int
+    copies: int
+    shards_run: int
+    shards_skipped: int
+    seconds: float = 0.0
+    index_seconds: float = 0.0
+    summary: dict = field(default_factory=dict)
+    worker_peak_rss: dict = field(default_factory=dict)  # worker pid -> peak RSS bytes
+    driver_peak_rss: int = 0
+
+
+def run_shard_task(index: TrainingIndex, job: AuditJob, shard) -> tuple[int, int, int, int, int]:
+    """Body of a Ray task: (shard, images, likely copies, worker pid, worker peak RSS bytes)."""
+    return (*audit_shard(index, job, shard), _peak_rss_bytes())
+
+
+def run_audit(
+    source: GeneratedSet,
+    train_uint8: np.ndarray,
+    out_dir,
+    train_groups=None,
+    train_files=(),
+    train_name: str = "",
+    workers: int | None = 0,
+    address: str | None = None,
+    progress: bool = False,
+    max_retries: int = DEFAULT_TASK_RETRIES,
+    shard_task: Callable = run_shard_task,
+) -> AuditResult:
+    """Audit every image of `source` against the training images; rows, summary and panel in
+    out_dir. workers=0: in this process; None or K >= 1: Ray tasks (K at a time; None: every
+    CPU of the cluster). A re-run on the same out_dir skips the shards already done."""
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be >= 0, got {workers}")
+    started = time.perf_counter()
+    index = build_training_index(train_uint8, train_groups, train_files)
+    index_seconds = time.perf_counter() - started
+    job = AuditJob(source, train_name, index.fingerprint, str(Path(out_dir).resolve()))
+    with open_out_dir(job):
+        if workers == 0:
+            shards_run, skipped, peaks = _in_process(index, job, progress)
+        else:
+            shards_run, skipped, peaks = _on_ray(index, job, workers, address, progress, max_retries, shard_task)
+        tally = merge_rows(job, index)
+        summary = write_summary(job, index, train_uint8, tally, shards_run + skipped)
+    return AuditResult(Path(job.out_dir), tally.count, tally.copies, shards_run, skipped, time.perf_counter() - started,
+                       index_seconds, summary, peaks, _peak_rss_bytes())
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="audit", disable=not enabled, file=sys.stderr)
+
+
+def _in_process(index: TrainingIndex, job: AuditJob, progress: bool):
+    shards_run = skipped = 0
+    with _progress(job.source.count, progress) as bar:
+        for shard in iter_shards(job.source):  # one at a time: never a list of every shard
+            if shard_done(job.out_dir, shard):
+                skipped += 1
+            else:
+                audit_shard(index, job, shard)
+                shards_run += 1
+            bar.update(len(shard.rows))
+    return shards_run, skipped, {os.getpid(): _peak_rss_bytes()}
+
+
+def _on_ray(index: TrainingIndex, job: AuditJob, workers, address, progress, max_retries, shard_task):
+    from service.ray_cluster import cluster_cpus, ray_session, thread_env
+
+    local_cpus = workers or os.cpu_count() or 1
+    with ray_session(address, num_cpus=None if (address or os.environ.get("RAY_ADDRESS")) else local_cpus) as ray:
+        workers = workers or cluster_cpus()
+        task = ray.remote(shard_task).options(
+            num_cpus=1, max_retries=max_retries, retry_exceptions=True, runtime_env={"env_vars": thread_env(1)},
+        )
+        index_ref, job_ref = ray.put(index), ray.put(job)
+        shards = iter_shards(job.source)
+        pending: dict = {}
+        peaks: dict[int, int] = {}
+        shards_run = skipped = 0
+        with _progress(job.source.count, progress) as bar:
+            while True:
+                while len(pending) < workers:
+                    shard = next(shards, None)
+                    if shard is None:
+                        break
+                    if shard_done(job.out_dir, shard):
+                        skipped += 1
+                        bar.update(len(shard.rows))
+                        continue
+                    pending[task.remote(index_ref, job_ref, shard)] = shard
+                if not pending:
+                    break
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    shard = pending.pop(ref)
+                    try:
+                        _, count, _, pid, peak = ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:
+                        if isinstance(e.cause, UserError):  # bad input found by a task: one line, as in process
+                            raise e.cause from None
+                        raise
+                    peaks[pid] = max(peaks.get(pid, 0), peak)
+                    shards_run += 1
+                    bar.update(count)
+    return shards_run, skipped, peaks
+
+
+def describe(result: AuditResult) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items() if k != "summary"}

@@ -1,0 +1,180 @@
+"""The generated set an audit reads, cut into shards without listing it whole.
+
+Two forms:
+- a folder `generate` wrote (its manifest.csv lists index and file of every image, PNG files or
+  members of tar shards): the manifest is streamed; PNG rows are cut every `shard_size` rows,
+  and the rows of one tar shard form one audit shard (its images are read in one pass);
+- a .tar file or a folder of .tar shards without a manifest (WebDataset style, from elsewhere):
+  each tar, in name order, is one shard; an image's index is its position in that order.
+
+A shard is its number and its (index, file) rows; file is what the manifest names (NAME.png or
+SHARD.tar:KEY.png), relative to the folder. The driver plans shards one at a time, so its
+memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import tarfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from service.errors import UserError
+from service.generation.job import MANIFEST_FILE
+
+DEFAULT_SHARD_SIZE = 1000
+KINDS = ("manifest", "tars")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass(frozen=True)
+class Shard:
+    number: int
+    rows: tuple[tuple[int, str], ...]  # (index, file) in index order
+
+
+@dataclass(frozen=True)
+class GeneratedSet:
+    folder: str  # resolved; files are relative to it
+    kind: str  # "manifest" or "tars"
+    shard_size: int
+    fingerprint: str  # sha256 of the manifest, or of the tars' names and sizes
+    tars: tuple[str, ...] = ()  # kind "tars": the shard files, in order
+    count: int = 0  # images in the set (open_generated_set counts them)
+
+    def identity(self) -> dict:
+        return {"fake": self.folder, "fake_kind": self.kind, "fake_fingerprint": self.fingerprint,
+                "shard_size": self.shard_size}
+
+
+def open_generated_set(path, shard_size: int = DEFAULT_SHARD_SIZE) -> GeneratedSet:
+    """The generated set at `path`, checked enough to fail early with one line."""
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be positive, got {shard_size}")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"--fake: no such file or folder: {path}")
+    if path.is_file():
+        if path.suffix.lower() != ".tar":
+            raise UserError(f"--fake {path}: give a folder `generate` wrote (with {MANIFEST_FILE}), a .tar shard or a folder of them")
+        return _counted(GeneratedSet(str(path.parent.resolve()), "tars", shard_size, _tars_fingerprint([path]), (path.name,)))
+    manifest = path / MANIFEST_FILE
+    if manifest.is_file():
+        _check_manifest_header(manifest)
+        source = GeneratedSet(str(path.resolve()), "manifest", shard_size, _file_sha256(manifest))
+    else:
+        tars = sorted(p for p in path.glob("*.tar") if p.is_file())
+        if not tars:
+            raise UserError(f"--fake {path}: no {MANIFEST_FILE} and no .tar shards; give a folder `generate` wrote")
+        source = GeneratedSet(str(path.resolve()), "tars", shard_size, _tars_fingerprint(tars), tuple(p.name for p in tars))
+    return _counted(source)
+
+
+def _counted(source: GeneratedSet) -> GeneratedSet:
+    """The set with its image count, every row checked on the way (one streaming pass over the
+    manifest or the tars' headers), so a damaged set fails before anything is written."""
+    count = sum(len(shard.rows) for shard in iter_shards(source))
+    if count == 0:
+        raise UserError(f"--fake {source.folder}: lists no images")
+    return replace(source, count=count)
+
+
+def _check_manifest_header(manifest: Path) -> None:
+    try:
+        with open(manifest, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{manifest} is unreadable ({e})") from None
+    missing = [c for c in ("index", "file") if c not in header]
+    if missing:
+        raise UserError(f"{manifest} has no {' or '.join(missing)} column; is it a manifest `generate` wrote?")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tars_fingerprint(tars: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for tar in tars:
+        digest.update(f"{tar.name}\0{tar.stat().st_size}\n".encode())
+    return digest.hexdigest()
+
+
+def iter_shards(source: GeneratedSet) -> Iterator[Shard]:
+    """The set's shards in order, planned one at a time."""
+    if source.kind == "manifest":
+        yield from _manifest_shards(source)
+    else:
+        yield from _tar_shards(source)
+
+
+def _manifest_rows(manifest: Path) -> Iterator[tuple[int, str]]:
+    """(index, file) of every manifest row, checked: indices 0, 1, 2, ... and a file each."""
+    with open(manifest, newline="") as f:
+        for line, record in enumerate(csv.DictReader(f), start=2):
+            try:
+                index, file = int(record["index"]), record["file"]
+            except (TypeError, ValueError):
+                raise UserError(f"{manifest}, line {line}: not an index and a file; the manifest is damaged") from None
+            if index != line - 2 or not file:
+                raise UserError(f"{manifest}, line {line}: index {index}, expected {line - 2}; the manifest is damaged")
+            yield index, file
+
+
+def _manifest_shards(source: GeneratedSet) -> Iterator[Shard]:
+    rows: list[tuple[int, str]] = []
+    number, current_tar = 0, None
+    for index, file in _manifest_rows(Path(source.folder) / MANIFEST_FILE):
+        tar = file.partition(":")[0] if ":" in file else None
+        if rows and (tar != current_tar or (tar is None and len(rows) >= source.shard_size)):
+            yield Shard(number, tuple(rows))
+            number, rows = number + 1, []
+        current_tar = tar
+        rows.append((index, file))
+    if rows:
+        yield Shard(number, tuple(rows))
+
+
+def _tar_shards(source: GeneratedSet) -> Iterator[Shard]:
+    start = 0
+    for number, name in enumerate(source.tars):
+        members = _tar_image_members(Path(source.folder) / name)
+        yield Shard(number, tuple((start + k, f"{name}:{member}") for k, member in enumerate(members)))
+        start += len(members)
+
+
+def _tar_image_members(path: Path) -> list[str]:
+    """Names of a tar's image members, in order (headers only: the data is skipped)."""
+    try:
+        with tarfile.open(path) as archive:
+            return [m.name for m in archive if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
+    except (OSError, tarfile.TarError) as e:
+        raise UserError(f"{path}: cut short or damaged tar shard ({' '.join(str(e).split())})") from None
+
+
+def read_shard_images(source: GeneratedSet, shard: Shard) -> np.ndarray:
+    """uint8 RGB NHWC images of a shard, in its row order."""
+    from service.data import load_generated_images
+
+    images = load_generated_images(source.folder, [file for _, file in shard.rows])
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise UserError(f"shard {shard.number} of {source.folder}: images are not RGB ({images.shape})")
+    return images
+
+
+def first_image_side(source: GeneratedSet) -> int:
+    """The side of the set's first image (the training images are loaded at it)."""
+    first = next(iter_shards(source))
+    image = read_shard_images(source, Shard(first.number, first.rows[:1]))[0]
+    if image.shape[0] != image.shape[1]:
+        raise UserError(f"generated images must be square, got {image.shape[1]}x{image.shape[0]}")
+    return int(image.shape[0])

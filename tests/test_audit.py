@@ -1,0 +1,177 @@
+"""The streaming audit (`audit`): a planted copy among generated images is found whatever the
+worker count, with the same rows; a resumed audit equals an uninterrupted one; the summary;
+tar shards; bad input is one line and writes nothing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from service import audit
+from service.imageio import encode_png, save_png
+from service.run import main
+from test_validation import lesion_like_images
+
+COUNT, SHARD, TRAIN = 300, 50, 150
+PLANTED_AT, PLANTED_FROM = 137, 42
+
+
+def planted_copy(train: np.ndarray) -> np.ndarray:
+    """Training image PLANTED_FROM mirrored and shifted by 2 px (edges repeated)."""
+    mirrored = np.ascontiguousarray(train[PLANTED_FROM][:, ::-1])
+    return cv2.warpAffine(mirrored, np.float32([[1, 0, 2], [0, 1, -2]]), (32, 32), borderMode=cv2.BORDER_REPLICATE)
+
+
+def write_generated_folder(folder: Path, images: np.ndarray) -> Path:
+    """A folder as `generate` writes it: img_*.png and manifest.csv."""
+    folder.mkdir(parents=True)
+    lines = ["index,file,class,seed,checkpoint_sha256,device"]
+    for i, image in enumerate(images):
+        save_png(folder / f"img_{i:09d}.png", image)
+        lines.append(f"{i},img_{i:09d}.png,,0,0,cpu")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit-sets")
+    train = lesion_like_images(TRAIN, seed=1)
+    np.savez(root / "train.npz", images=train)
+    fake = lesion_like_images(COUNT, seed=2)
+    fake[PLANTED_AT] = planted_copy(train)
+    return root / "train.npz", train, write_generated_folder(root / "synth", fake), fake
+
+
+def run(sets, out, workers=0, **kwargs):
+    train_path, train, synth, _ = sets
+    source = audit.open_generated_set(synth, SHARD)
+    return audit.run_audit(source, train, out, train_name=str(train_path), workers=workers, **kwargs)
+
+
+def rows(out: Path) -> list[dict]:
+    with open(out / audit.ROWS_FILE, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def in_process(sets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit") / "out"
+    return run(sets, out), out
+
+
+def test_the_planted_copy_is_found_and_each_image_has_one_row(in_process):
+    result, out = in_process
+    found = rows(out)
+    assert [int(r["index"]) for r in found] == list(range(COUNT))
+    assert [r["file"] for r in found[:2]] == ["img_000000000.png", "img_000000001.png"]
+    copies = [r for r in found if r["likely_copy"] == "1"]
+    assert [int(r["index"]) for r in copies] == [PLANTED_AT]
+    assert int(copies[0]["train_index"]) == PLANTED_FROM
+    assert (int(copies[0]["turn"]) % 2, float(copies[0]["ratio"])) == (1, pytest.approx(0, abs=0.05))  # mirrored
+    assert result.count == COUNT and result.copies == 1 and result.shards_run == COUNT // SHARD
+
+
+def test_the_summary_counts_and_the_panel(in_process):
+    import json
+
+    result, out = in_process
+    summary = json.loads((out / audit.SUMMARY_FILE).read_text())
+    assert (summary["generated"], summary["training"], summary["copies"], summary["shards"]) == (COUNT, TRAIN, 1, COUNT // SHARD)
+    assert summary["copy_share"] == pytest.approx(1 / COUNT)
+    assert summary["training_images_copied"] == 1
+    assert 0.7 < summary["median_ratio"] < 1.6  # novel images sit about a gap away
+    first = summary["closest_pairs"][0]
+    assert (first["generated"], first["train"], first["file"]) == (PLANTED_AT, PLANTED_FROM, f"img_{PLANTED_AT:09d}.png")
+    assert len(summary["closest_pairs"]) == 16
+    ratios = [pair["ratio"] for pair in summary["closest_pairs"]]
+    assert ratios == sorted(ratios)
+    assert cv2.imread(str(out / audit.PANEL_FILE)) is not None
+
+
+def test_two_ray_workers_give_the_same_rows(sets, in_process, tmp_path):
+    _, reference = in_process
+    result = run(sets, tmp_path / "ray", workers=2)
+    assert (tmp_path / "ray" / audit.ROWS_FILE).read_bytes() == (reference / audit.ROWS_FILE).read_bytes()
+    assert (tmp_path / "ray" / audit.SUMMARY_FILE).read_bytes() == (reference / audit.SUMMARY_FILE).read_bytes()
+    assert result.shards_run == COUNT // SHARD and len(result.worker_peak_rss) >= 1
+
+
+def test_a_resumed_audit_equals_an_uninterrupted_one(sets, in_process, tmp_path):
+    _, reference = in_process
+    out = tmp_path / "out"
+    run(sets, out)
+    audit.part_path(out, 3).unlink()  # as if killed before shard 3 finished
+    (out / audit.ROWS_FILE).unlink()
+    (out / ".tmp-half-written.csv").write_text("torn")  # a killed writer's temp file
+    again = run(sets, out)
+    assert (again.shards_run, again.shards_skipped) == (1, COUNT // SHARD - 1)
+    assert (out / audit.ROWS_FILE).read_bytes() == (reference / audit.ROWS_FILE).read_bytes()
+    assert not (out / ".tmp-half-written.csv").exists()
+
+
+def test_tar_shards_without_a_manifest(sets, in_process, tmp_path):
+    """A folder of WebDataset tar shards from elsewhere: each tar is a shard; an image's index
+    is its position in name order."""
+    _, _, _, fake = sets
+    _, reference = in_process
+    folder = tmp_path / "tars"
+    folder.mkdir()
+    for shard, start in enumerate(range(0, COUNT, 120)):
+        with tarfile.open(folder / f"part-{shard}.tar", "w") as archive:
+            for i in range(start, min(start + 120, COUNT)):
+                data = encode_png(fake[i])
+                member = tarfile.TarInfo(f"{i:06d}.png")
+                member.size = len(data)
+                archive.addfile(member, io.BytesIO(data))
+    train_path, train, _, _ = sets
+    result = audit.run_audit(audit.open_generated_set(folder), train, tmp_path / "out", train_name=str(train_path))
+    found, expected = rows(tmp_path / "out"), rows(reference)
+    assert result.shards_run == 3 and len(found) == COUNT
+    assert found[PLANTED_AT]["file"] == f"part-1.tar:{PLANTED_AT:06d}.png"
+    columns = ("index", "train_index", "turn", "shift_y", "shift_x", "ratio", "likely_copy")
+    assert [[r[c] for c in columns] for r in found] == [[r[c] for c in columns] for r in expected]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing fake", "--fake: no such file or folder"),
+    ("no manifest", "no manifest.csv and no .tar shards"),
+    ("damaged manifest", "expected 1"),
+    ("one training image", "needs at least 2"),
+    ("negative workers", "--workers must be >= 0"),
+    ("another command's folder", "is the output folder of `validate`"),
+])
+def test_bad_input_is_exit_2_with_one_line_and_nothing_written(sets, tmp_path, capsys, case, message):
+    train_path, train, synth, _ = sets
+    fake, out, extra = str(synth), tmp_path / "out", []
+    if case == "missing fake":
+        fake = str(tmp_path / "nowhere")
+    elif case == "no manifest":
+        (tmp_path / "empty").mkdir()
+        fake = str(tmp_path / "empty")
+    elif case == "damaged manifest":
+        damaged = tmp_path / "damaged"
+        damaged.mkdir()
+        (damaged / "manifest.csv").write_text("index,file\n0,img_000000000.png\n2,img_000000002.png\n")
+        fake = str(damaged)
+    elif case == "one training image":
+        np.savez(tmp_path / "one.npz", images=train[:1])
+        train_path = tmp_path / "one.npz"
+    elif case == "negative workers":
+        extra = ["--workers", "-1"]
+    elif case == "another command's folder":
+        out.mkdir()
+        (out / ".lesiongan.json").write_text('{"tool": "lesiongan", "command": "validate"}')
+    before = sorted(os.listdir(out)) if out.exists() else None
+    code = main(["audit", "--fake", fake, "--train", str(train_path), "--out", str(out), "--workers", "0",
+                 "--no-progress", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert (sorted(os.listdir(out)) if out.exists() else None) == before
