@@ -331,10 +331,11 @@ def test_grid_labels_give_whole_rows_per_class():
 
 
 @pytest.fixture
-def make_backend():
+def make_backend(backend_name):
+    """Real backends, each in turn (conftest's backend_name): the trainer's promises hold on both."""
     import backends
 
-    return lambda config: backends.get("numpy", config)
+    return lambda config: backends.get(backend_name, config)
 
 
 def weights_equal(a: dict, b: dict) -> bool:
@@ -363,7 +364,8 @@ def test_two_epoch_run_writes_the_run_directory(tmp_path, make_backend):
     arrays = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))
     assert int(arrays["meta/step"]) == 6
     assert any(k.startswith("opt/") for k in arrays)
-    assert sorted(k for k in arrays if k.startswith("rng/numpy/")) == sorted(make_backend(config).get_rng_state())
+    backend = make_backend(config)
+    assert sorted(k for k in arrays if k.startswith(f"rng/{backend.name}/")) == sorted(backend.get_rng_state())
 
 
 @pytest.mark.parametrize("lr_decay_from", [1.0, 0.25], ids=["constant-rates", "decaying-rates"])
@@ -400,10 +402,13 @@ def test_stop_and_resume_in_process_gives_identical_weights(tmp_path, make_backe
 
 
 @pytest.mark.parametrize("image_size", [32, 64, 128, 256])
-def test_each_image_size_trains_two_steps(tmp_path, make_backend, image_size):
+def test_each_image_size_trains_two_steps(tmp_path, image_size):
+    import backends
+
+    # the architecture at each size, once: test_spec and test_parity hold the two backends to it
     config = tiny_config(image_size=image_size, batch_size=2, max_rebalance_steps=1)
     trainer = Trainer(
-        make_backend(config), tiny_images(4, size=image_size), run_dir=tmp_path, epochs=1,
+        backends.get("numpy", config), tiny_images(4, size=image_size), run_dir=tmp_path, epochs=1,
         progress=False, sample_grid=False, loss_curve=False,
     )
     result = trainer.run()
