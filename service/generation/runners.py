@@ -179,10 +179,12 @@ def generate_on_ray(
     """
     import time
 
-    from service.ray_cluster import cluster_cpus, cluster_gpus, ray_session, thread_env
+    from service.ray_cluster import cluster_cpus, cluster_gpus, probe_address, ray_session, thread_env
 
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    if address:
+        probe_address(address)  # an unreachable cluster: one line before OUT is made
     started = time.perf_counter()
     with open_out_dir(job, resume) as done:
         local_cpus = workers or os.cpu_count() or 1
