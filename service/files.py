@@ -74,7 +74,8 @@ def atomic_file(path: str | os.PathLike, durable: bool = False):
     Raises OSError as open() would.
     """
     with temp_path_beside(path, durable) as temp_path:
-        with open(temp_path, "wb") as f:
+        fd = os.open(temp_path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "wb") as f:
             yield f
             if durable:
                 f.flush()

@@ -58,10 +58,10 @@ def is_old_run_dir(folder) -> bool:
     return isinstance(full, dict) and isinstance(full.get("model"), dict) and "backend" in full
 
 
-def claim_run_dir(run_dir) -> Path:
+def claim_run_dir(run_dir, option: str = "--out") -> Path:
     """RUN as the `train` command's folder (service.files.claim_output_folder): made now, or
     made by `train` before; any other existing folder is refused."""
-    return claim_output_folder(run_dir, RUN_COMMAND, ours_if=is_old_run_dir)
+    return claim_output_folder(run_dir, RUN_COMMAND, option, ours_if=is_old_run_dir)
 
 
 def check_run_dir(run_dir) -> None:
@@ -122,7 +122,7 @@ def update_config(run_dir, **sections) -> dict:
     """Replace top-level sections of RUN/config.json (e.g. training targets on resume)."""
     _, full = load_config(run_dir)
     full.update(sections)
-    claim_run_dir(run_dir)
+    claim_run_dir(run_dir, "run folder")
     with output_lock(run_dir, "a run"):
         write_json(Path(run_dir) / CONFIG_FILE, full, durable=True)
     return full

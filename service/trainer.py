@@ -341,7 +341,7 @@ class Trainer:
         path = self.run_dir / METRICS_FILE
         if not path.exists():
             return
-        claim_run_dir(self.run_dir)  # never rewrite the metrics.jsonl of a folder that is not a run of ours
+        claim_run_dir(self.run_dir, "run folder")  # never rewrite the metrics.jsonl of a folder that is not a run of ours
         kept = []
         for line in path.read_text().splitlines():
             try:
@@ -383,7 +383,7 @@ class Trainer:
         self._fraction_at_start = self.planned_fraction
         if self._finished_epochs():
             return self._result("nothing_to_do", started, start_step)
-        claim_run_dir(self.run_dir)
+        claim_run_dir(self.run_dir, "run folder")
         with output_lock(self.run_dir, "a run"):
             try:
                 status = self._train(started)

@@ -143,7 +143,8 @@ def test_every_command_refuses_a_folder_it_did_not_make_and_touches_nothing(tmp_
                      "--backend", "numpy", "--no-progress"],
         "validate": ["validate", "--real", str(image_folder(tmp_path / "real")), "--fake",
                      str(image_folder(tmp_path / "fake", count=8)), "--out", str(out), "--no-progress"],
-        "tune": ["tune", "--out", str(out), "--max-images", "16", "--image-size", "32", "--no-progress"],
+        "tune": ["tune", "--out", str(out), "--max-images", "16", "--image-size", "32", "--batch-sizes", "8",
+                 "--widths", "8", "--no-progress"],
     }[command]
     assert main(argv) == 2
     one_line_error(capsys, str(out), "did not make")

@@ -156,6 +156,32 @@ def trial_states(out) -> dict[str, str]:
     return states
 
 
+# `tune` with a file gate in its trials: the first trial to start runs, every other one waits
+# for GATE, which the test writes only after killing the driver; so exactly one trial has
+# finished at the kill, on any machine.
+GATED_TUNE = r"""
+import sys
+from service import tune
+first, gate = sys.argv[1:3]
+
+def run_trial(params, **kwargs):  # Tune knows a trainable by its name: the resume passes the real one
+    import os, pathlib, time
+    from service import tune
+    try:
+        os.close(os.open(first, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        deadline = time.monotonic() + 600
+        while not pathlib.Path(gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return tune.run_trial(params, **kwargs)
+
+run_tune = tune.run_tune
+tune.run_tune = lambda *args, **kwargs: run_tune(*args, trial=run_trial, **kwargs)
+from service.run import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
 def test_a_search_whose_driver_was_killed_resumes_without_repeating_finished_trials(ray_cluster, tmp_path):
     import os
     import signal
@@ -164,24 +190,24 @@ def test_a_search_whose_driver_was_killed_resumes_without_repeating_finished_tri
     import time
     from pathlib import Path
 
-    out = tmp_path / "search"
+    out, first, gate = tmp_path / "search", tmp_path / "first", tmp_path / "gate"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "service.run", "tune", "--trials", "3", "--time-budget", "600", "--out", str(out),
-         *TINY_TUNE, "--no-progress"],
+        [sys.executable, "-c", GATED_TUNE, str(first), str(gate),
+         "tune", "--trials", "3", "--time-budget", "600", "--out", str(out), *TINY_TUNE, "--no-progress"],
         cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 600
-        while "TERMINATED" not in trial_states(out).values() and time.monotonic() < deadline:
+        while "TERMINATED" not in trial_states(out).values():
             assert driver.poll() is None, "the search ended before it could be killed"
             time.sleep(0.2)
-        finished = {t for t, status in trial_states(out).items() if status == "TERMINATED"}
-        assert finished and len(finished) < 3
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
         driver.wait()
+        gate.write_text("go")
+    finished = {t for t, status in trial_states(out).items() if status == "TERMINATED"}
+    assert len(finished) == 1
     reports = {t: _reports(out, t) for t in finished}
 
     assert main(["tune", "--resume", str(out), "--no-progress"]) == 0
