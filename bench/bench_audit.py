@@ -1,0 +1,142 @@
+"""The memorization audit at generation scale: time per generated image against 2,000 and
+25,000 training images at 32x32 and 64x64, and the `audit` command's peak memory at two
+generated-set sizes.
+
+Run: `pytest bench/bench_audit.py --benchmark-only -s`
+
+1. Per image: the training index (stand-in images of service.synthetic, through
+   data.default_dataset and its cache: 25,000 is ISIC 2019's size) is built once (its time
+   printed apart: it includes every training image's own gap), then BENCH_AUDIT_QUERIES
+   generated images (stand-in images of another seed) are audited as one shard would be
+   (prepare, candidates, exact aligned distance, ratio), on one core. Prints ms per image (wall
+   and CPU: CPU time is what a shared, loaded machine does not distort) and the 25,000 / 2,000
+   ratio of CPU time (target <= 3).
+2. Memory: `python -m service.run audit --workers 0` in a fresh process on a generated folder
+   (PNG + manifest.csv, 64x64) of each size in BENCH_AUDIT_MEMORY_COUNTS against 2,000 training
+   images; prints each run's peak RSS (VmHWM), wall time and time per image, and the ratio of
+   the two peaks (target: within 10%).
+
+Knobs:
+  BENCH_AUDIT_TRAIN_COUNTS   default 2000,25000
+  BENCH_AUDIT_SIZES          default 32,64
+  BENCH_AUDIT_QUERIES        default 1000
+  BENCH_AUDIT_MEMORY_COUNTS  default 2000,20000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_COUNTS = tuple(int(c) for c in os.environ.get("BENCH_AUDIT_TRAIN_COUNTS", "2000,25000").split(","))
+SIZES = tuple(int(s) for s in os.environ.get("BENCH_AUDIT_SIZES", "32,64").split(","))
+QUERIES = int(os.environ.get("BENCH_AUDIT_QUERIES", 1000))
+MEMORY_COUNTS = tuple(int(c) for c in os.environ.get("BENCH_AUDIT_MEMORY_COUNTS", "2000,20000").split(","))
+MEMORY_TRAIN = 2000
+DISTINCT_GENERATED = 2000  # the memory case's set repeats these, each copy lightly noised
+
+
+def stand_in(count: int, size: int, seed: int) -> np.ndarray:
+    from service.data import default_cache_dir, default_dataset
+    from service.imageio import to_uint8
+
+    return to_uint8(default_dataset(size, count, seed=seed, cache_dir=default_cache_dir(), progress=False).images)
+
+
+def test_time_per_image(benchmark):
+    from threadpoolctl import threadpool_limits
+
+    from service.audit import build_training_index
+    from service.audit.shard import audit_images
+
+    results = {}
+
+    def measure():
+        for size in SIZES:
+            queries = stand_in(QUERIES, size, seed=7)
+            for count in TRAIN_COUNTS:
+                train = stand_in(count, size, seed=0)
+                with threadpool_limits(limits=1):
+                    started = time.perf_counter()
+                    index = build_training_index(train, None)
+                    built = time.perf_counter() - started
+                    audit_images(index, queries[:64])  # warm-up
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    audit_images(index, queries)
+                    per_image = (time.perf_counter() - started) / len(queries)
+                    cpu_per_image = (time.process_time() - cpu_started) / len(queries)
+                results[(size, count)] = (per_image, built, cpu_per_image)
+                del train, index
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    print(f"\n[audit time per generated image] {QUERIES} queries, one core")
+    for size in SIZES:
+        for count in TRAIN_COUNTS:
+            per_image, built, cpu_per_image = results[(size, count)]
+            print(f"  {size}x{size}, {count:>6} training images: {1000 * per_image:6.2f} ms/image wall, "
+                  f"{1000 * cpu_per_image:6.2f} ms CPU (index and training gaps once: {built:6.1f} s)")
+        if len(TRAIN_COUNTS) == 2:
+            ratio = results[(size, TRAIN_COUNTS[1])][2] / results[(size, TRAIN_COUNTS[0])][2]
+            print(f"  {size}x{size}: {TRAIN_COUNTS[1]} / {TRAIN_COUNTS[0]} training images = {ratio:.2f}x CPU per image (target <= 3)")
+    benchmark.extra_info.update({f"{s}px_{c}_ms": 1000 * results[(s, c)][0] for s in SIZES for c in TRAIN_COUNTS})
+
+
+_AUDIT_RUN = r"""
+import json, sys, time
+from service.run import main
+started = time.perf_counter()
+code = main(sys.argv[1:])
+seconds = time.perf_counter() - started
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"code": code, "seconds": seconds, "peak_rss": peak}))
+"""
+
+
+def write_generated(folder: Path, count: int, distinct: np.ndarray) -> None:
+    """`count` 64x64 PNGs and a manifest: the distinct images repeated, each copy noised."""
+    from service.imageio import encode_png
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = ["index,file,class,seed,checkpoint_sha256,device"]
+    for i in range(count):
+        noise = rng.integers(-3, 4, distinct.shape[1:], dtype=np.int16)
+        image = np.clip(distinct[i % len(distinct)].astype(np.int16) + noise, 0, 255).astype(np.uint8)
+        (folder / f"img_{i:09d}.png").write_bytes(encode_png(image))
+        lines.append(f"{i},img_{i:09d}.png,,0,0,cpu")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_peak_memory_in_the_generated_count(benchmark, tmp_path):
+    train = stand_in(MEMORY_TRAIN, 64, seed=0)
+    np.savez(tmp_path / "train.npz", images=train)
+    distinct = stand_in(DISTINCT_GENERATED, 64, seed=7)
+    runs = {}
+
+    def measure():
+        for count in MEMORY_COUNTS:
+            synth = tmp_path / f"synth-{count}"
+            write_generated(synth, count, distinct)
+            done = subprocess.run(
+                [sys.executable, "-c", _AUDIT_RUN, "audit", "--fake", str(synth), "--train", str(tmp_path / "train.npz"),
+                 "--out", str(tmp_path / f"audit-{count}"), "--workers", "0", "--no-progress"],
+                cwd=REPO, capture_output=True, text=True, check=True,
+            )
+            runs[count] = json.loads(done.stdout.strip().splitlines()[-1])
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    print(f"\n[audit memory] 64x64 generated images, {MEMORY_TRAIN} training images, --workers 0")
+    for count in MEMORY_COUNTS:
+        run = runs[count]
+        print(f"  {count:>7} generated: peak RSS {run['peak_rss'] / 2**20:6.0f} MB, {run['seconds']:6.1f} s "
+              f"({1000 * run['seconds'] / count:.2f} ms/image, index and start-up included)")
+    small, large = (runs[c]["peak_rss"] for c in (MEMORY_COUNTS[0], MEMORY_COUNTS[-1]))
+    print(f"  peak RSS {MEMORY_COUNTS[-1]} / {MEMORY_COUNTS[0]} = {large / small:.2f} (target <= 1.10)")
+    benchmark.extra_info.update({f"peak_rss_{c}": runs[c]["peak_rss"] for c in MEMORY_COUNTS})
