@@ -49,6 +49,7 @@ def test_trainer_overhead(benchmark, backend_name):
     import backends
     from backends.noise import sample_noise
     from service.plots import plot_loss_curve
+    from service.rundir import METRICS_FILE
     from service.trainer import Trainer
 
     config = bench_config()
@@ -83,7 +84,7 @@ def test_trainer_overhead(benchmark, backend_name):
     benchmark.pedantic(bare_then_trainer, rounds=ROUNDS, iterations=1)
 
     started = time.perf_counter()
-    plot_loss_curve(workdir / "run0" / "metrics.jsonl", workdir / "loss_curve.png")
+    plot_loss_curve(workdir / "run0" / METRICS_FILE, workdir / "loss_curve.png")
     plot_seconds = time.perf_counter() - started
 
     bare, train = statistics.median(bare_seconds), statistics.median(trainer_seconds)

@@ -312,7 +312,7 @@ def main() -> None:
 def train_and_score(args, protocol: Protocol, score: Scorer, variant: str, seed: int, out: Path) -> dict:
     from service.generation import generate_in_process, plan_job
     from service.imageio import read_png
-    from service.training import run_training
+    from service.training import TrainingRequest, run_training
 
     preset, overrides = parse_variant(variant)
     conditional = bool(overrides.pop("conditional", False))
@@ -320,11 +320,11 @@ def train_and_score(args, protocol: Protocol, score: Scorer, variant: str, seed:
         raise SystemExit(f"{variant}: a conditional variant needs labelled data (--labels, or labels in the .npz)")
     run_dir = out / f"{variant}+seed={seed}"
     started = time.perf_counter()
-    outcome = run_training(
+    outcome = run_training(TrainingRequest(
         out=run_dir, backend=args.backend, preset=preset, image_size=protocol.image_size, seed=seed,
         epochs=args.epochs, time_budget=None if args.epochs else args.budget, conditional=conditional,
         config_overrides=overrides or None, progress=False, dataset=protocol.train,
-    )
+    ))
     result = outcome.result
     if result.status.startswith("stopped:SIG"):  # Ctrl-C or kill: end the experiment
         raise SystemExit(f"{run_dir.name}: {result.status} at step {result.step}; its checkpoint is in {run_dir}")

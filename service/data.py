@@ -64,6 +64,7 @@ from service.imageio import from_uint8
 from service import labels as label_files
 
 CLASS_NAMES = ("nevus", "melanoma", "seborrheic_keratosis")  # ISIC 2017, in the ground truth's terms
+DEFAULT_DATA_COUNT = 2000  # images of the embedded dataset: the ISIC 2017 training set's size
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SUPERPIXEL_SUFFIX = "_superpixels.png"
 CROP_MODES = ("center", "squash")
@@ -222,7 +223,7 @@ def max_image_pixels() -> int:
     return value
 
 
-def default_dataset(image_size: int, count: int = 2000, seed: int = 0, cache_dir=None, progress: bool = True) -> Dataset:
+def default_dataset(image_size: int, count: int = DEFAULT_DATA_COUNT, seed: int = 0, cache_dir=None, progress: bool = True) -> Dataset:
     """The embedded stand-in dataset (procedural, NOT medical data; see service.synthetic)."""
     from service import synthetic
 

@@ -1,8 +1,12 @@
 """Training a run: the one place that creates or resumes a run directory and trains it.
 
-`run_training` is what the `train` command, the main job and the benchmarks call: it loads
-the data (or takes a Dataset), builds the config (preset < --config JSON < explicit options),
-writes RUN/config.json, restores the last valid checkpoint on resume, and runs the Trainer.
+A `TrainingRequest` is one training job as asked, built once (the `train` command's
+`training_request`, the main job, the benchmarks) and passed through unchanged.
+`run_training(request)` goes in three phases: plan the resume of an existing run
+(`plan_resume`: its config.json decides the model and the data) or make a new run
+(`make_new_run`: load the data, build the config as preset < --config JSON < explicit
+options, write RUN/config.json), then train (`train`: restore the last valid checkpoint on
+resume and run the Trainer).
 """
 
 from __future__ import annotations
@@ -10,18 +14,67 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from backends.config import ConfigError, GANConfig
+from service.data import DEFAULT_DATA_COUNT, DataOptions, Dataset
 from service.errors import UserError
 
 DEFAULT_EPOCHS = 10  # when neither --epochs nor --time-budget is given
-DEFAULT_DATA_COUNT = 2000
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_BACKEND = "tf"
+DEFAULT_PRESET = "default"
 DEFAULT_SOURCE = "default"  # config.json data.source of the embedded dataset
-IN_MEMORY_SOURCE = "in-memory"  # a Dataset handed to run_training by a caller
+IN_MEMORY_SOURCE = "in-memory"  # a Dataset handed over in TrainingRequest.dataset
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """One training job, as asked. None marks an option not given: a new run takes the
+    default, a resumed run what its config.json recorded (and refuses the model and data
+    options, which it cannot change). A field named like a `train` option is that option."""
+
+    # the run: a new one in `out`, or `resume` an existing one
+    out: str | Path | None = None
+    resume: str | Path | None = None
+    # the data: where the images are and how to label them (a bare path or None accepted:
+    # None is the embedded dataset, `data_count` images); `dataset` skips loading
+    data: DataOptions = field(default_factory=DataOptions)
+    data_count: int = DEFAULT_DATA_COUNT
+    dataset: Dataset | None = field(default=None, compare=False)
+    # the model and recipe: preset < config_file < config_overrides < the fields below it
+    backend: str | None = None
+    preset: str | None = None
+    config_file: str | Path | None = None  # JSON of GANConfig fields (e.g. a tune result)
+    config_overrides: dict | None = None  # GANConfig fields, applied like config_file
+    image_size: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    conditional: bool = False
+    # the schedule: epochs is the total to reach; neither it nor time_budget: DEFAULT_EPOCHS
+    epochs: int | None = None
+    time_budget: float | None = None
+    checkpoint_every: int = 0
+    # what the user sees, and the Trainer's hooks
+    progress: bool = True
+    validate: Callable | None = field(default=None, compare=False)
+    on_epoch_end: Callable | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", DataOptions.of(self.data))
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """What training needs once the run directory is settled, new or resumed."""
+
+    run_dir: Path
+    config: GANConfig
+    backend_name: str
+    dataset: Dataset
+    epochs: int | None  # the total to reach; None: until the time budget
 
 
 @dataclass
@@ -30,6 +83,7 @@ class TrainingOutcome:
     config: GANConfig
     backend_name: str
     result: object  # service.trainer.TrainResult
+    dataset: Dataset | None = None  # the images trained on, for later stages (the main job)
 
 
 def outcome_lines(outcome: TrainingOutcome) -> list[str]:
@@ -52,151 +106,240 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
     return lines
 
 
-def run_training(
-    out=None,
-    data=None,
-    backend: str | None = None,
-    preset: str | None = None,
-    epochs: int | None = None,
-    image_size: int | None = None,
-    batch_size: int | None = None,
-    time_budget: float | None = None,
-    seed: int | None = None,
-    conditional: bool = False,
-    resume=None,
-    config_file=None,
-    config_overrides: dict | None = None,
-    checkpoint_every: int = 0,
-    data_count: int = DEFAULT_DATA_COUNT,
-    progress: bool = True,
-    validate=None,
-    on_epoch_end=None,
-    dataset=None,
-) -> TrainingOutcome:
+def run_training(request: TrainingRequest) -> TrainingOutcome:
     """Create (or resume) a run and train it; the function behind `train` and the main job.
+    Raises UserError for bad input and TrainingDiverged on NaN/inf."""
+    check_schedule(request)
+    run = plan_resume(request) if request.resume is not None else make_new_run(request)
+    return train(run, request)
 
-    `data`: a service.data.DataOptions (where the images are and how to label them), or just a
-    path; None: the embedded dataset. `dataset` (a service.data.Dataset) skips loading; `config_overrides` are GANConfig fields
-    applied like --config. Raises UserError for bad input and TrainingDiverged on NaN/inf.
-    """
-    import backends
-    from service import checkpoint as ckpt
+
+def check_schedule(request: TrainingRequest) -> None:
+    """The schedule's options, before loading data or a framework."""
+    from service.trainer import check_plan
+
+    if request.epochs is not None and request.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {request.epochs}")
+    if request.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be >= 0, got {request.checkpoint_every}")
+    if request.time_budget is not None:
+        check_plan(request.epochs, request.time_budget)
+
+
+# ----------------------------------------------------------------------------- plan the resume
+
+
+def plan_resume(request: TrainingRequest) -> PlannedRun:
+    """The run in request.resume as its config.json recorded it: the same model, and the same
+    data (checked by fingerprint); the schedule and the backend may change, and are recorded."""
     from service import rundir
-    from service.data import DataOptions
-    from service.trainer import SEED_STREAMS, Trainer, check_plan
 
-    if epochs is not None and epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {epochs}")
-    if checkpoint_every < 0:
-        raise UserError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-    if time_budget is not None:
-        check_plan(epochs, time_budget)  # before loading data or a framework
-    options = DataOptions.of(data)
-    if resume is not None:
-        label_flags = {
-            "--labels": options.labels, "--label-column": options.label_column, "--classes": options.classes or None,
-            "--binary": options.binary, "--unknown": None if options.unknown == DataOptions.unknown else options.unknown,
-            "--unlabelled": options.unlabelled or None,
-        }
-        explicit = {
-            "--out": out, "--preset": preset, "--image-size": image_size, "--batch-size": batch_size,
-            "--seed": seed, "--config": config_file or config_overrides, "--conditional": conditional or None,
-            **label_flags,
-        }
-        given = [flag for flag, value in explicit.items() if value is not None]
-        if given:
-            raise UserError(
-                f"--resume takes the model, data and seeds from {resume}/config.json; drop {', '.join(given)}"
-            )
-        config, full = rundir.load_config(resume)
-        run_dir = Path(resume)
-        backend_name = backend or full.get("backend", DEFAULT_BACKEND)
-        stored = full.get("data", {})
-        if dataset is None:
-            if options.path is None and stored.get("source") == IN_MEMORY_SOURCE:
-                raise UserError(f"{run_dir} was trained on data passed in memory; give --data to resume it")
-            recorded = DataOptions.from_record(options.path or stored.get("source"), stored)
-            recorded = DataOptions(**{**vars(recorded), "strict": options.strict})
-            dataset = _load_dataset(recorded, config.image_size, stored.get("default_count", data_count), progress)
-        if dataset_fingerprint_of(dataset) != stored.get("fingerprint"):
-            raise UserError(f"cannot resume {run_dir}: the data differs from the data the run was trained on")
-        training = dict(full.get("training", {}))
-        if epochs is not None:
-            training["epochs"] = epochs
-        epochs = training.get("epochs")
-        if epochs is None and time_budget is None:
-            raise UserError(f"{run_dir} was trained to a time budget; give --epochs or --time-budget to resume")
-        if training != full.get("training") or backend_name != full.get("backend"):
-            # checkpoints are backend-neutral, so a run may continue in the other backend: record it
-            rundir.update_config(run_dir, training=training, backend=backend_name)
-    else:
-        if out is None:
-            raise UserError("give --out DIR for a new run, or --resume RUN_DIR")
-        image_size = image_size or default_image_size(options.path, dataset)
-        if options.path is not None:
-            source = str(Path(options.path).resolve())
-        elif dataset is None:
-            source = DEFAULT_SOURCE
-        else:
-            source = IN_MEMORY_SOURCE
-        if dataset is None:
-            dataset = _load_dataset(options, image_size, data_count, progress)
-        config = build_config(
-            preset or "default", image_size, batch_size, seed, conditional, config_file, config_overrides, dataset
+    given = _options_fixed_on_resume(request)
+    if given:
+        raise UserError(
+            f"--resume takes the model, data and seeds from {request.resume}/config.json; drop {', '.join(given)}"
         )
-        backend_name = backend or DEFAULT_BACKEND
-        if epochs is None and time_budget is None:
-            epochs = DEFAULT_EPOCHS
-        labels_file = dataset.labelling.get("labels_file")
-        data_info = {
-            "source": source,
-            # the label file actually read (given or found), so --resume reads the same one
-            "labels": str(Path(labels_file).resolve()) if labels_file and Path(labels_file).is_file() else None,
-            "choices": options.choices(),
-            "labelling": dataset.labelling or None,
-            "crop": options.crop,
-            "default_count": data_count if source == DEFAULT_SOURCE else None,
-            "description": dataset.source,
-            "count": len(dataset),
-            "image_size": config.image_size,
-            "class_names": list(dataset.class_names),
-            "fingerprint": dataset_fingerprint_of(dataset),
-        }
-        seeds = {"config": config.seed, **{name: [config.seed, stream] for name, stream in SEED_STREAMS.items()}}
-        run_dir = rundir.create_run_dir(out, config, backend_name, data_info, seeds, training={"epochs": epochs})
+    config, full = rundir.load_config(request.resume)
+    run_dir = Path(request.resume)
+    backend_name = request.backend or full.get("backend", DEFAULT_BACKEND)
+    dataset = _resumed_dataset(request, run_dir, full.get("data", {}), config.image_size)
+    training = dict(full.get("training", {}))
+    if request.epochs is not None:
+        training["epochs"] = request.epochs
+    epochs = training.get("epochs")
+    if epochs is None and request.time_budget is None:
+        raise UserError(f"{run_dir} was trained to a time budget; give --epochs or --time-budget to resume")
+    if training != full.get("training") or backend_name != full.get("backend"):
+        # checkpoints are backend-neutral, so a run may continue in the other backend: record it
+        rundir.update_config(run_dir, training=training, backend=backend_name)
+    return PlannedRun(run_dir, config, backend_name, dataset, epochs)
+
+
+def _options_fixed_on_resume(request: TrainingRequest) -> list[str]:
+    """The options a resumed run takes from its config.json that the request gives anyway."""
+    options = request.data
+    explicit = {
+        "--out": request.out, "--preset": request.preset, "--image-size": request.image_size,
+        "--batch-size": request.batch_size, "--seed": request.seed,
+        "--config": request.config_file or request.config_overrides, "--conditional": request.conditional or None,
+        "--labels": options.labels, "--label-column": options.label_column, "--classes": options.classes or None,
+        "--binary": options.binary, "--unknown": None if options.unknown == DataOptions.unknown else options.unknown,
+        "--unlabelled": options.unlabelled or None,
+    }
+    return [flag for flag, value in explicit.items() if value is not None]
+
+
+def _resumed_dataset(request: TrainingRequest, run_dir: Path, stored: dict, image_size: int) -> Dataset:
+    """The data to continue on: request.dataset, or the data loaded as config.json recorded it
+    (--data may say where it is now); UserError when it is not the data the run saw."""
+    dataset = request.dataset
+    if dataset is None:
+        if request.data.path is None and stored.get("source") == IN_MEMORY_SOURCE:
+            raise UserError(f"{run_dir} was trained on data passed in memory; give --data to resume it")
+        recorded = DataOptions.from_record(request.data.path or stored.get("source"), stored)
+        recorded = replace(recorded, strict=request.data.strict)
+        dataset = _load_dataset(recorded, image_size, stored.get("default_count", request.data_count), request.progress)
+    if dataset_fingerprint_of(dataset) != stored.get("fingerprint"):
+        raise UserError(f"cannot resume {run_dir}: the data differs from the data the run was trained on")
+    return dataset
+
+
+# ----------------------------------------------------------------------------- make the new run
+
+
+def make_new_run(request: TrainingRequest) -> PlannedRun:
+    """A new run directory in request.out: the data loaded, the config built, RUN/config.json
+    written with what --resume needs to load the same data the same way."""
+    from service import rundir
+    from service.trainer import SEED_STREAMS
+
+    if request.out is None:
+        raise UserError("give --out DIR for a new run, or --resume RUN_DIR")
+    image_size = request.image_size or default_image_size(request.data.path, request.dataset)
+    dataset = request.dataset
+    if dataset is None:
+        dataset = _load_dataset(request.data, image_size, request.data_count, request.progress)
+    config = build_config(request, image_size, dataset)
+    backend_name = request.backend or DEFAULT_BACKEND
+    epochs = request.epochs
+    if epochs is None and request.time_budget is None:
+        epochs = DEFAULT_EPOCHS
+    seeds = {"config": config.seed, **{name: [config.seed, stream] for name, stream in SEED_STREAMS.items()}}
+    run_dir = rundir.create_run_dir(
+        request.out, config, backend_name, _data_record(request, dataset, config), seeds, training={"epochs": epochs}
+    )
+    return PlannedRun(run_dir, config, backend_name, dataset, epochs)
+
+
+def _data_record(request: TrainingRequest, dataset: Dataset, config: GANConfig) -> dict:
+    """config.json's "data": where the images came from, how they were labelled and their
+    fingerprint, so --resume loads the same data the same way and checks it."""
+    options = request.data
+    if options.path is not None:
+        source = str(Path(options.path).resolve())
+    elif request.dataset is None:
+        source = DEFAULT_SOURCE
+    else:
+        source = IN_MEMORY_SOURCE
+    labels_file = dataset.labelling.get("labels_file")
+    return {
+        "source": source,
+        # the label file actually read (given or found), so --resume reads the same one
+        "labels": str(Path(labels_file).resolve()) if labels_file and Path(labels_file).is_file() else None,
+        "choices": options.choices(),
+        "labelling": dataset.labelling or None,
+        "crop": options.crop,
+        "default_count": request.data_count if source == DEFAULT_SOURCE else None,
+        "description": dataset.source,
+        "count": len(dataset),
+        "image_size": config.image_size,
+        "class_names": list(dataset.class_names),
+        "fingerprint": dataset_fingerprint_of(dataset),
+    }
+
+
+def build_config(request: TrainingRequest, image_size: int, dataset: Dataset) -> GANConfig:
+    """The run's GANConfig: the preset, then the request's config file and overrides, then its
+    explicit fields; num_classes from the data when conditional."""
+    from backends.presets import PRESETS, preset_config
+
+    preset = request.preset or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    overrides = {}
+    if request.config_file is not None:
+        overrides.update(read_config_file(request.config_file))
+    overrides.update(request.config_overrides or {})
+    overrides.pop("preset", None)
+    explicit = {"image_size": image_size, "batch_size": request.batch_size, "seed": request.seed}
+    overrides.update({k: v for k, v in explicit.items() if v is not None})
+    overrides["num_classes"] = class_count(dataset, request.conditional or overrides.get("num_classes", 0) > 0)
+    try:
+        config = preset_config(preset, **overrides)
+    except (ConfigError, TypeError) as e:
+        raise UserError(f"bad config: {e}") from None
+    if request.config_file is not None or request.config_overrides:
+        config = config.replace(preset=f"{preset}+custom")
+    return config
+
+
+def class_count(dataset: Dataset, conditional: bool) -> int:
+    """GANConfig.num_classes for a model of `dataset`: its classes when conditional (the
+    named classes, else the largest label + 1), else 0."""
+    if not conditional:
+        return 0
+    if dataset.labels is None:
+        raise UserError("--conditional needs class labels, and this dataset has none (give --labels, or put "
+                        "the images in class subfolders)")
+    return len(dataset.class_names) or int(dataset.labels.max()) + 1
+
+
+def read_config_file(path) -> dict:
+    """GANConfig fields from a JSON file: a flat dict, or a run's config.json ({"model": ...})."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--config file not found: {path}") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--config {path} is not readable JSON: {e}") from None
+    if isinstance(values, dict) and isinstance(values.get("model"), dict):
+        values = values["model"]
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path} must hold a JSON object of config fields")
+    return values
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(run: PlannedRun, request: TrainingRequest) -> TrainingOutcome:
+    """Run the Trainer on a planned run; a resumed run first restores its last valid checkpoint."""
+    import backends
+    from service.trainer import Trainer
 
     try:
-        model = backends.get(backend_name, config)
+        model = backends.get(run.backend_name, run.config)
     except ImportError as e:
-        raise UserError(f"backend {backend_name} is not available here: {e}") from e
+        raise UserError(f"backend {run.backend_name} is not available here: {e}") from e
     trainer = Trainer(
         model,
-        dataset.images,
-        dataset.labels if config.num_classes > 0 else None,
-        run_dir=run_dir,
-        epochs=epochs,
-        time_budget=time_budget,
-        checkpoint_every=checkpoint_every,
-        progress=progress,
-        validate=validate,
-        on_epoch_end=on_epoch_end,
+        run.dataset.images,
+        run.dataset.labels if run.config.num_classes > 0 else None,
+        run_dir=run.run_dir,
+        epochs=run.epochs,
+        time_budget=request.time_budget,
+        checkpoint_every=request.checkpoint_every,
+        progress=request.progress,
+        validate=request.validate,
+        on_epoch_end=request.on_epoch_end,
     )
-    if resume is not None:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ckpt.CheckpointWarning)
-            path, arrays = ckpt.load_latest_valid(run_dir) if ckpt.list_checkpoints(run_dir) else (None, None)
-        for warning in caught:
-            print(f"warning: {warning.message}", file=sys.stderr)
-        if arrays is not None:
-            trainer.restore(arrays)
-            trainer.last_checkpoint = path
-            print(f"resuming {run_dir} from {path.name} (step {trainer.step}, epoch {trainer.epoch})", file=sys.stderr)
-        else:
-            trainer.truncate_metrics()  # a run killed before its first checkpoint starts over
-            print(f"warning: {run_dir} has no checkpoint yet; training from the start", file=sys.stderr)
-    print(f"data: {dataset.source}; classes: {dataset.class_counts()}", flush=True)
+    if request.resume is not None:
+        _restore_last_checkpoint(trainer, run.run_dir)
+    print(f"data: {run.dataset.source}; classes: {run.dataset.class_counts()}", flush=True)
     result = trainer.run()
-    return TrainingOutcome(run_dir=run_dir, config=config, backend_name=backend_name, result=result)
+    return TrainingOutcome(run.run_dir, run.config, run.backend_name, result, run.dataset)
+
+
+def _restore_last_checkpoint(trainer, run_dir: Path) -> None:
+    """The trainer at the run's last valid checkpoint (damaged ones skipped with a warning); a
+    run killed before its first checkpoint starts over."""
+    from service import checkpoint as ckpt
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ckpt.CheckpointWarning)
+        path, arrays = ckpt.load_latest_valid(run_dir) if ckpt.list_checkpoints(run_dir) else (None, None)
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    if arrays is not None:
+        trainer.restore(arrays)
+        trainer.last_checkpoint = path
+        print(f"resuming {run_dir} from {path.name} (step {trainer.step}, epoch {trainer.epoch})", file=sys.stderr)
+    else:
+        trainer.truncate_metrics()
+        print(f"warning: {run_dir} has no checkpoint yet; training from the start", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- the data
 
 
 def default_image_size(data, dataset=None) -> int:
@@ -215,52 +358,9 @@ def dataset_fingerprint_of(dataset) -> str:
     return dataset_fingerprint(dataset.images, dataset.labels)
 
 
-def _load_dataset(options, image_size, data_count, progress):
+def _load_dataset(options: DataOptions, image_size: int, data_count: int, progress: bool) -> Dataset:
     from service import data as data_module
 
     if options.path is None or options.path == DEFAULT_SOURCE:
         return data_module.default_dataset(image_size, count=data_count, progress=progress)
     return options.load(image_size, progress=progress)
-
-
-def read_config_file(path) -> dict:
-    """GANConfig fields from a JSON file: a flat dict, or a run's config.json ({"model": ...})."""
-    try:
-        values = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"--config file not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"--config {path} is not readable JSON: {e}") from None
-    if isinstance(values, dict) and isinstance(values.get("model"), dict):
-        values = values["model"]
-    if not isinstance(values, dict):
-        raise UserError(f"--config {path} must hold a JSON object of config fields")
-    return values
-
-
-def build_config(preset, image_size, batch_size, seed, conditional, config_file, config_overrides, dataset) -> GANConfig:
-    from backends.presets import PRESETS, preset_config
-
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    overrides = {}
-    if config_file is not None:
-        overrides.update(read_config_file(config_file))
-    overrides.update(config_overrides or {})
-    overrides.pop("preset", None)
-    explicit = {"image_size": image_size, "batch_size": batch_size, "seed": seed}
-    overrides.update({k: v for k, v in explicit.items() if v is not None})
-    if conditional or overrides.get("num_classes", 0) > 0:
-        if dataset.labels is None:
-            raise UserError("--conditional needs class labels, and this dataset has none (give --labels, or put "
-                            "the images in class subfolders)")
-        overrides["num_classes"] = len(dataset.class_names) or int(dataset.labels.max()) + 1
-    else:
-        overrides["num_classes"] = 0
-    try:
-        config = preset_config(preset, **overrides)
-    except (ConfigError, TypeError) as e:
-        raise UserError(f"bad config: {e}") from None
-    if config_file is not None or config_overrides:
-        config = config.replace(preset=f"{preset}+custom")
-    return config

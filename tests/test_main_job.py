@@ -41,14 +41,15 @@ def test_main_job_rejects_a_tiny_count(capsys):
 
 def test_main_job_with_utility_adds_the_classifier_arms_to_the_report(tmp_path, tiny_npz, monkeypatch):
     from service.main_job import MainJob, run_main_job, summary_lines
+    from service.training import TrainingRequest
     from service.utility import ARMS, UtilitySettings
 
     monkeypatch.setenv("LESIONGAN_CACHE", str(tmp_path / "cache"))
     images, labels = make_dataset(30, 32, seed=4)  # other images: the held-out test set
     np.savez(tmp_path / "test.npz", train_images=images, train_labels=labels)
-    job = MainJob(out=tmp_path / "run", data=str(tiny_npz), backend="numpy", epochs=1, image_size=32,
-                  batch_size=16, count=20, conditional=True, progress=False, utility=True,
-                  utility_test=str(tmp_path / "test.npz"),
+    training = TrainingRequest(out=tmp_path / "run", data=str(tiny_npz), backend="numpy", epochs=1, image_size=32,
+                               batch_size=16, conditional=True, progress=False)
+    job = MainJob(training=training, count=20, utility=True, utility_test=str(tmp_path / "test.npz"),
                   utility_settings=UtilitySettings(seeds=(0,), max_epochs=2, bootstrap=20))
     outcome = run_main_job(job)
     metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())

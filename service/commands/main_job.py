@@ -8,11 +8,8 @@ The stages live in service.main_job; this module only reads the options.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from service.commands.common import (
-    add_backend, add_data, add_progress, add_seed, add_training, data_options, show_progress,
-)
+from service.commands.common import add_backend, add_data, add_progress, add_seed, add_training
+from service.commands.train import training_request
 from service.main_job import DEFAULT_COUNT, MainJob, run_main_job, summary_lines
 
 
@@ -42,11 +39,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    job = MainJob(
-        out=Path(args.out) if args.out else None, data=data_options(args), backend=args.backend, preset=args.preset, epochs=args.epochs,
-        image_size=args.image_size, batch_size=args.batch_size, time_budget=args.time_budget, seed=args.seed,
-        conditional=args.conditional, count=args.count, workers=args.workers, progress=show_progress(args),
-        utility=args.utility, utility_test=args.utility_test,
-    )
+    job = MainJob(training=training_request(args), count=args.count, workers=args.workers,
+                  utility=args.utility, utility_test=args.utility_test)
     print("\n".join(summary_lines(run_main_job(job))))
     return 0

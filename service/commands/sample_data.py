@@ -6,7 +6,7 @@ sizes, superpixel PNGs, ground-truth CSV) lets users and tests exercise the real
 
 from __future__ import annotations
 
-from service.data import CLASS_NAMES
+from service.data import CLASS_NAMES, DEFAULT_DATA_COUNT
 from service.commands.common import add_progress, add_seed, show_progress
 from service.errors import UserError
 
@@ -15,7 +15,8 @@ MAX_COUNT = 100_000
 
 def add_arguments(parser):
     parser.add_argument("out", metavar="OUT", help="folder to write (created if missing)")
-    parser.add_argument("--count", type=int, default=2000, help="number of images (default: 2000, the ISIC 2017 training set size)")
+    parser.add_argument("--count", type=int, default=DEFAULT_DATA_COUNT,
+                        help=f"number of images (default: {DEFAULT_DATA_COUNT}, the ISIC 2017 training set size)")
     add_seed(parser)
     add_progress(parser)
 

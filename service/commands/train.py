@@ -14,10 +14,13 @@ data, not an internal error. SIGINT/SIGTERM save a checkpoint and exit 0.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from service.commands.common import (
     add_backend, add_data, add_progress, add_seed, add_training, data_options, show_progress,
 )
-from service.training import DEFAULT_DATA_COUNT, outcome_lines, run_training
+from service.data import DEFAULT_DATA_COUNT
+from service.training import TrainingRequest, outcome_lines, run_training
 
 
 def add_arguments(parser) -> None:
@@ -27,7 +30,7 @@ def add_arguments(parser) -> None:
     add_backend(parser)
     add_training(parser)
     add_seed(parser)
-    parser.add_argument("--config", metavar="JSON", help="JSON file of GANConfig fields (e.g. a tune result); overrides the preset")
+    parser.add_argument("--config", dest="config_file", metavar="JSON", help="JSON file of GANConfig fields (e.g. a tune result); overrides the preset")
     parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N steps (default: epoch ends and stops only)")
     parser.add_argument("--data-count", type=int, default=DEFAULT_DATA_COUNT, metavar="N", help=f"images of the embedded dataset when no --data (default: {DEFAULT_DATA_COUNT})")
     add_progress(parser)
@@ -35,23 +38,14 @@ def add_arguments(parser) -> None:
     parser.set_defaults(backend=None, image_size=None, seed=None, preset=None)
 
 
+def training_request(args) -> TrainingRequest:
+    """The parsed options as one TrainingRequest: each option into the request's field of the
+    same name, the data options as one DataOptions. The main job's command reads its training
+    options with it too, so a new training option is a parser line and a request field."""
+    options = {f.name: getattr(args, f.name) for f in fields(TrainingRequest) if hasattr(args, f.name)}
+    return TrainingRequest(**{**options, "data": data_options(args), "progress": show_progress(args)})
+
+
 def run(args) -> int:
-    outcome = run_training(
-        out=args.out,
-        data=data_options(args),
-        backend=args.backend,
-        preset=args.preset,
-        epochs=args.epochs,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        time_budget=args.time_budget,
-        seed=args.seed,
-        conditional=args.conditional,
-        resume=args.resume,
-        config_file=args.config,
-        checkpoint_every=args.checkpoint_every,
-        data_count=args.data_count,
-        progress=show_progress(args),
-    )
-    print("\n".join(outcome_lines(outcome)))
+    print("\n".join(outcome_lines(run_training(training_request(args)))))
     return 0

@@ -24,7 +24,7 @@ index (i % num_classes: nevus, melanoma, seborrheic_keratosis, nevus, ...), a ba
 
 from service.generation.job import (
     MANIFEST_FILE, PARTS_DIR, STATE_DIR, GenerationJob, class_indices, image_file_name, manifest_classes, noise_for_indices,
-    plan_job, read_generated, read_manifest,
+    plan_job, read_generated, read_manifest, real_class_indices,
 )
 from service.generation.runners import (
     GenerationResult, describe, generate_in_process, generate_on_ray, load_generator, run_shard_task,
@@ -33,5 +33,5 @@ from service.generation.runners import (
 __all__ = [
     "MANIFEST_FILE", "PARTS_DIR", "STATE_DIR", "GenerationJob", "GenerationResult", "class_indices", "describe", "generate_in_process",
     "generate_on_ray", "image_file_name", "load_generator", "manifest_classes", "noise_for_indices", "plan_job",
-    "read_generated", "read_manifest", "run_shard_task",
+    "read_generated", "read_manifest", "real_class_indices", "run_shard_task",
 ]

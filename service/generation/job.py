@@ -330,6 +330,12 @@ def class_indices(names: list[str] | None, class_names) -> np.ndarray | None:
     return np.array([list(class_names).index(name) for name in names], dtype=np.int64)
 
 
+def real_class_indices(names: list[str] | None, real) -> np.ndarray | None:
+    """Generated images' class names as indices into a real set's classes (a service.data.Dataset),
+    for per-class metrics; None when the real set is unlabelled or as class_indices."""
+    return class_indices(names, real.class_names) if real.labels is not None else None
+
+
 def read_generated(out_dir) -> tuple[np.ndarray, list[str] | None]:
     """A finished job's images (uint8 NHWC, index order) and their class names, if conditional."""
     from service.data import load_generated_images
