@@ -8,7 +8,11 @@ with a checkpoint. The checkpoint is a small run directory (config.json + the ep
 so `generate --run` and `validate` accept it as is. ASHA stops the weakest trials early, and
 the time budget bounds the whole search.
 
+`search` is the `tune` command's search: the data loaded, the base config built, and what was
+asked recorded in OUT/search.json, so `tune --resume OUT` continues the same search.
+
 Output folder:
+    OUT/search.json         the search's options and data fingerprint, for --resume
     OUT/trials.csv          one row per trial: id, status, hyperparameters, best/last SWD, epochs
     OUT/best_config.json    the best trial's GANConfig fields (`train --config` accepts it)
     OUT/best_checkpoint     path of the best trial's best checkpoint (a run directory)
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.config import ConfigError, GANConfig
+from service.data import DEFAULT_DATA_COUNT, DataOptions
 from service.errors import UserError
 from service.files import claim_output_folder, write_json, write_text
 
@@ -38,6 +43,12 @@ TUNE_COMMAND = "tune"  # the command named in OUT's marker (service.files)
 DIFFAUGMENT_ON = "translation"  # colour augmentation cost most of real images' variety (docs/presets.md)
 # Hyperparameters the search varies; every other GANConfig field comes from the base config.
 SEARCHED = ("lr_g", "lr_d", "beta_1", "margin", "width", "batch_size", "diffaugment")
+SEARCH_FILE = "search.json"  # what a search was asked, so --resume can rebuild it
+# The tune command's options a search records in SEARCH_FILE: all but --resume, --address, --progress
+SEARCH_OPTIONS = ("data", "labels", "label_column", "classes", "binary", "unknown", "unlabelled", "crop",
+                  "trials", "time_budget", "epochs", "backend", "preset", "image_size",
+                  "conditional", "cpus_per_trial", "gpus_per_trial", "widths", "batch_sizes", "max_images",
+                  "holdout", "seed")
 
 
 @dataclass
@@ -57,8 +68,16 @@ class TuneSettings:
     address: str | None = None
     base: dict = field(default_factory=dict)  # GANConfig fields shared by every trial
     progress: bool = False  # a bar of trial epochs on stderr instead of Ray Tune's status tables
+    # what `search` builds the data and the base config from
+    data: DataOptions = field(default_factory=DataOptions)
+    max_images: int | None = None  # at most this many images (None: all; the embedded dataset: its default)
+    preset: str = "default"
+    image_size: int | None = None  # None: the data's own size (service.training.default_image_size)
+    conditional: bool = False
 
     def check(self) -> None:
+        if self.max_images is not None and self.max_images < 2:
+            raise UserError(f"--max-images must be >= 2, got {self.max_images}")
         if self.trials < 1:
             raise UserError(f"--trials must be >= 1, got {self.trials}")
         if not self.time_budget > 0:
@@ -190,25 +209,72 @@ def progress_callback(settings: TuneSettings):
     return TrialProgress()
 
 
-def load_dataset(data: str | None, image_size: int, labels_csv=None, crop: str = "center",
-                 max_images: int | None = None, seed: int = 0, **label_choices):
-    """The search's data; `label_choices` are service.data.load_images's (label_column, classes, ...)."""
-    from service.data import default_dataset, load_images
+def load_dataset(data, image_size: int, max_images: int | None = None, seed: int = 0):
+    """The search's data: `data` a service.data.DataOptions, a path, or None for the embedded
+    dataset; at most `max_images` of it, drawn with `seed`."""
+    from service.data import default_dataset
 
-    if data:
-        dataset = load_images(data, image_size, labels_csv=labels_csv, crop=crop, progress=False, **label_choices)
+    data = DataOptions.of(data)
+    if data.path:
+        dataset = data.load(image_size, progress=False)
         if max_images and len(dataset) > max_images:
             keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:max_images])
             dataset = dataset.subset(keep)
         return dataset
-    return default_dataset(image_size, count=max_images or 2000, seed=seed)
+    return default_dataset(image_size, count=max_images or DEFAULT_DATA_COUNT, seed=seed)
 
 
-def run_tune(settings: TuneSettings, dataset, resume: bool = False, trial=run_trial) -> dict:
+def resumed_arguments(folder, arguments: dict, given: list[str]) -> dict:
+    """`arguments` (the tune command's) with the options of the search in `folder` (its
+    search.json) over them, for --resume; UserError when search options are `given` again
+    (only --address and --progress may be) or there is no search to resume."""
+    import json
+
+    folder = Path(folder)
+    if given:
+        raise UserError(f"--resume takes the search's options from {folder / SEARCH_FILE}; drop {', '.join(given)}")
+    try:
+        stored = json.loads((folder / SEARCH_FILE).read_text())
+    except FileNotFoundError:
+        raise UserError(f"--resume {folder}: no search to resume there (no {SEARCH_FILE})") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--resume {folder}: {SEARCH_FILE} is unreadable ({e})") from None
+    if not (folder / EXPERIMENT_NAME).is_dir():
+        raise UserError(f"--resume {folder}: the search never started there (no {EXPERIMENT_NAME}/ folder)")
+    return {**arguments, **stored, "out": str(folder)}
+
+
+def search(settings: TuneSettings, options: dict, resume: bool = False) -> dict:
+    """The tune command's search: its data loaded and checked, the base config built, then
+    run_tune. `options` are the command's (SEARCH_OPTIONS are recorded in search.json; resumed,
+    they hold the recorded data fingerprint, which the data must match)."""
+    from backends.presets import preset_config
+    from service.rundir import dataset_fingerprint
+    from service.training import class_count, default_image_size
+
+    settings.check()  # before loading data
+    image_size = settings.image_size or default_image_size(settings.data.path)
+    if settings.address:
+        from service.ray_cluster import probe_address
+
+        probe_address(settings.address)  # fail fast, before loading data
+    dataset = load_dataset(settings.data, image_size, max_images=settings.max_images, seed=settings.seed)
+    num_classes = class_count(dataset, settings.conditional)
+    fingerprint = dataset_fingerprint(dataset.images, dataset.labels)
+    if resume and options.get("fingerprint") != fingerprint:
+        raise UserError(f"cannot resume {settings.out_dir}: the data differs from the data the search started on")
+    settings.base = preset_config(settings.preset, image_size=image_size, num_classes=num_classes,
+                                  seed=settings.seed).to_dict()
+    record = {**{name: options[name] for name in SEARCH_OPTIONS}, "fingerprint": fingerprint}
+    return run_tune(settings, dataset, resume=resume, record=record)
+
+
+def run_tune(settings: TuneSettings, dataset, resume: bool = False, trial=run_trial, record: dict | None = None) -> dict:
     """Run the search (or, with `resume`, continue the one in settings.out_dir whose driver
     stopped: finished trials are kept, unfinished and errored ones go on from their last
     checkpoints); write trials.csv and best_config.json; return a summary. `trial` is the
-    trainable's body (run_trial; tests wrap it to inject faults)."""
+    trainable's body (run_trial; tests wrap it to inject faults); `record`, what a new search
+    writes to search.json before it starts (`search`'s)."""
     from ray import tune
 
     from service.data import split
@@ -237,7 +303,9 @@ def run_tune(settings: TuneSettings, dataset, resume: bool = False, trial=run_tr
         )
     heldout_uint8 = to_uint8(heldout.images)
     swd_images = min(settings.swd_images, len(heldout))
-    claim_output_folder(out_dir, TUNE_COMMAND, ours_if=lambda folder: (folder / EXPERIMENT_NAME).is_dir())
+    claim_output_folder(out_dir, TUNE_COMMAND, ours_if=_is_old_search)
+    if record is not None and not resume:
+        write_json(out_dir / SEARCH_FILE, record)
     base = base_config.to_dict()
     local_cpus = None if (settings.address or os.environ.get("RAY_ADDRESS")) else os.cpu_count()
 
@@ -257,6 +325,11 @@ def run_tune(settings: TuneSettings, dataset, resume: bool = False, trial=run_tr
                                run_config=_run_config(settings, out_dir))
         results = tuner.fit()
     return summarise(results, out_dir, base)
+
+
+def _is_old_search(folder: Path) -> bool:
+    """A search folder from before output folders carried a marker."""
+    return (folder / SEARCH_FILE).is_file() or (folder / EXPERIMENT_NAME).is_dir()
 
 
 def _tune_config(settings: TuneSettings):
