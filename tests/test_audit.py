@@ -17,6 +17,7 @@ import pytest
 from service import audit
 from service.imageio import encode_png, save_png
 from service.run import main
+from test_cluster import cluster  # noqa: F401 - the two-node cluster fixture
 from test_validation import lesion_like_images
 
 COUNT, SHARD, TRAIN = 300, 50, 150
@@ -175,3 +176,35 @@ def test_bad_input_is_exit_2_with_one_line_and_nothing_written(sets, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert (sorted(os.listdir(out)) if out.exists() else None) == before
+
+
+def gated(started_dir: Path, go: Path):
+    """An audit shard task that marks that it started, then waits for `go` (see test_cluster)."""
+
+    def task(index, job, shard):
+        import time
+
+        (started_dir / f"{shard.number}-{os.getpid()}").touch()
+        deadline = time.monotonic() + 300
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return audit.run_shard_task(index, job, shard)
+
+    return task
+
+
+def test_a_worker_node_lost_mid_audit_still_audits_every_image_once(cluster, sets, in_process, tmp_path):
+    import ray
+
+    from test_cluster import lose_the_worker_node_mid_run
+
+    (head, worker), (_, reference) = cluster, in_process
+    started, go = tmp_path / "started", tmp_path / "go"
+    started.mkdir()
+    ray.init(address=head.address, logging_level="ERROR")
+    result = lose_the_worker_node_mid_run(
+        lambda: run(sets, tmp_path / "out", workers=2, shard_task=gated(started, go)), head, worker, started, go,
+    )
+    assert len(list(started.iterdir())) > COUNT // SHARD  # the lost node's shard was started again
+    assert result.shards_run == COUNT // SHARD
+    assert (tmp_path / "out" / audit.ROWS_FILE).read_bytes() == (reference / audit.ROWS_FILE).read_bytes()
