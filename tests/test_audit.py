@@ -208,3 +208,21 @@ def test_a_worker_node_lost_mid_audit_still_audits_every_image_once(cluster, set
     assert len(list(started.iterdir())) > COUNT // SHARD  # the lost node's shard was started again
     assert result.shards_run == COUNT // SHARD
     assert (tmp_path / "out" / audit.ROWS_FILE).read_bytes() == (reference / audit.ROWS_FILE).read_bytes()
+
+
+def test_validate_samples_the_metrics_and_audits_every_image(sets, tmp_path, capsys):
+    import json
+
+    train_path, _, synth, _ = sets
+    np.savez(tmp_path / "real.npz", images=lesion_like_images(40, seed=5))
+    out = tmp_path / "report"
+    code = main(["validate", "--real", str(tmp_path / "real.npz"), "--fake", str(synth), "--train", str(train_path),
+                 "--out", str(out), "--sample", "60", "--seed", "3", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "metrics.json").read_text())
+    assert (result["counts"]["generated"], result["counts"]["generated_sample"]) == (COUNT, 60)
+    assert result["sample"]["size"] == 60 and result["sample"]["seed"] == 3
+    assert result["real_vs_generated"]["copies"] == 1  # the planted copy, whether sampled or not
+    assert result["memorization"]["closest_pairs"][0]["generated"] == PLANTED_AT
+    assert len(rows(out / "audit")) == COUNT
+    assert "1 of 300 generated images" in " ".join((out / "report.html").read_text().split())

@@ -178,3 +178,28 @@ def first_image_side(source: GeneratedSet) -> int:
     if image.shape[0] != image.shape[1]:
         raise UserError(f"generated images must be square, got {image.shape[1]}x{image.shape[0]}")
     return int(image.shape[0])
+
+
+def sample_indices(count: int, size: int, seed: int) -> np.ndarray:
+    """A fixed random sample of `size` of `count` indices (sorted), from (seed, 5) alone."""
+    return np.sort(np.random.default_rng([seed, 5]).choice(count, size, replace=False))
+
+
+def read_sample(source: GeneratedSet, indices: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
+    """The images at sorted `indices` (uint8 NHWC, in that order) and their class names from the
+    manifest (None when any is unnamed or there is no manifest), read shard by shard."""
+    from service.data import load_generated_images
+
+    wanted = set(int(i) for i in indices)
+    images, files = [], []
+    for shard in iter_shards(source):
+        chosen = [file for index, file in shard.rows if index in wanted]
+        if chosen:
+            images.append(load_generated_images(source.folder, chosen))
+            files.extend(chosen)
+    classes = None
+    if source.kind == "manifest":
+        with open(Path(source.folder) / MANIFEST_FILE, newline="") as f:
+            classes = [row.get("class", "") for row in csv.DictReader(f) if int(row["index"]) in wanted]
+        classes = classes if all(classes) else None
+    return np.concatenate(images), classes

@@ -16,6 +16,8 @@ from service.commands.common import add_crop, add_image_size, add_progress, add_
 from service.training import DEFAULT_IMAGE_SIZE
 from service.errors import UserError
 
+DEFAULT_SAMPLE = 10_000
+
 
 def add_arguments(p):
     p.add_argument("--real", metavar="PATH", required=True, help="real images: ISIC folder, image folder or .npz")
@@ -27,6 +29,11 @@ def add_arguments(p):
     add_crop(p)
     p.add_argument("--run", metavar="RUN_DIR", help="a training run directory: its loss curve goes into the report")
     p.add_argument("--inception-weights", metavar="PATH", help="Keras InceptionV3 weights (.h5/.keras): adds standard FID/KID")
+    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
+                   help="when a generated folder holds more images, the distribution metrics and maps use a fixed random "
+                        f"sample of N (drawn from --seed, recorded) and the memorization audit covers every image (default: {DEFAULT_SAMPLE})")
+    p.add_argument("--workers", type=int, default=0, metavar="K",
+                   help="Ray tasks for the audit of every image when sampling (default: 0, in process)")
     add_seed(p)
     add_progress(p)
 
@@ -59,22 +66,24 @@ def run(args) -> int:
     from service.data import native_image_size
 
     image_size = args.image_size or native_image_size(args.real) or native_image_size(args.fake) or DEFAULT_IMAGE_SIZE
+    source, sample = sample_plan(args)
     real = _load(args.real, image_size, args, args.labels)
-    fake = _load(args.fake, image_size, args)
     train = _load(args.train, image_size, args, args.labels) if args.train else None
 
     from service.generation import class_indices
 
     # generated classes as the real set's class indices; no per-class values if they do not match
-    if fake.labels is not None:
-        fake_names = [fake.class_names[i] for i in fake.labels]
+    if sample is not None:
+        fake_images, fake_names = read_fitted_sample(source, sample, image_size, args.crop)
     else:
-        fake_names = generated_class_names(fake)
+        fake = _load(args.fake, image_size, args)
+        fake_images = fake.images
+        fake_names = [fake.class_names[i] for i in fake.labels] if fake.labels is not None else generated_class_names(fake)
     real_labels, class_names = real.labels, real.class_names
     fake_labels = class_indices(fake_names, class_names) if real_labels is not None else None
     result = validate_sets(
         real.images,
-        fake.images,
+        fake_images,
         train=None if train is None else train.images,
         out_dir=args.out,
         real_labels=real_labels,
@@ -87,6 +96,8 @@ def run(args) -> int:
         real_groups=real.groups,
         train_groups=None if train is None else train.groups,
     )
+    if sample is not None:
+        result = audit_every_image(args, source, sample, train if train is not None else real, result)
     main, reference = result["real_vs_generated"], result["real_vs_real"]
     print(
         f"SWD {main['swd_mean']:.3f} (real vs real {reference['swd_mean']:.3f}), "
@@ -95,3 +106,68 @@ def run(args) -> int:
     )
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
+
+
+def sample_plan(args):
+    """(the generated set, the sorted sample of its indices) when --fake is a generated folder or
+    tar shards holding more than --sample images; (None, None) otherwise (all are loaded)."""
+    from service.audit.source import open_generated_set, sample_indices
+    from service.generation import MANIFEST_FILE
+
+    if args.sample < 1:
+        raise UserError(f"--sample must be a positive number of images, got {args.sample}")
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    fake = Path(args.fake)
+    if not ((fake / MANIFEST_FILE).is_file() or fake.suffix.lower() == ".tar" or (fake.is_dir() and any(fake.glob("*.tar")))):
+        return None, None
+    source = open_generated_set(fake)
+    if source.count <= args.sample:
+        return None, None
+    return source, sample_indices(source.count, args.sample, args.seed)
+
+
+def read_fitted_sample(source, sample, image_size: int, crop: str):
+    """The sampled images at image_size (as load_images fits them) and their class names."""
+    import numpy as np
+
+    from service.audit.source import read_sample
+    from service.data import fit_square
+
+    images, names = read_sample(source, sample)
+    if images.shape[1:3] != (image_size, image_size):
+        images = np.stack([fit_square(image, image_size, crop) for image in images])
+    return images, names
+
+
+def audit_every_image(args, source, sample, train, result: dict) -> dict:
+    """The streaming audit of every generated image into OUT/audit/ (service.audit); its counts,
+    closest pairs and panel replace the sample's in metrics.json and the report."""
+    from service.audit import PANEL_FILE, ROWS_FILE, run_audit
+    from service.files import copy_regular_file, output_lock, write_json
+    from service.imageio import to_uint8
+    from service.validation.report import write_report
+
+    out = Path(args.out)
+    with output_lock(out, "a report"):
+        audited = run_audit(source, to_uint8(train.images), out / "audit", train_groups=train.groups,
+                            train_files=train.files, train_name=str(Path(args.train or args.real).resolve()),
+                            workers=args.workers, progress=show_progress(args))
+        summary = audited.summary
+        result["counts"].update(generated=summary["generated"], generated_sample=len(sample))
+        result["sample"] = {
+            "size": len(sample), "of": summary["generated"], "seed": args.seed, "draw": "numpy default_rng([seed, 5])",
+            "note": "distribution metrics and maps on the sample: proportions (precision, recall, density, coverage) "
+                    f"carry a standard error of at most 0.5/sqrt({len(sample)}); SWD, FD and KID the sampling noise "
+                    "of that many images; the memorization counts cover every image",
+        }
+        result["real_vs_generated"].update(copies=summary["copies"], copy_share=summary["copy_share"],
+                                           median_copy_ratio=summary["median_ratio"])
+        result["memorization"].update(closest_pairs=summary["closest_pairs"], every_image={
+            key: summary[key] for key in ("generated", "copies", "copy_share", "training_images_copied", "min_ratio",
+                                          "median_ratio", "ratio_quantiles")} | {"rows": f"audit/{ROWS_FILE}"})
+        if summary["files"]["panel"]:
+            copy_regular_file(out / "audit" / PANEL_FILE, out / "memorization_pairs.png", inside=out / "audit")
+        write_json(out / "metrics.json", result)
+        write_report(out, result)
+    return result
