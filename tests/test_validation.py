@@ -169,6 +169,45 @@ def test_frechet_matches_matrix_square_root():
     assert metrics.frechet_distance(a, b) == pytest.approx(direct, rel=1e-6)
 
 
+def unbiased_mmd2_cubic(x: np.ndarray, y: np.ndarray) -> float:
+    """MMD^2 between two equal-size sets, unbiased (Gretton et al. 2012, eq. 3): the within-set
+    means skip each point's kernel with itself, the cross mean takes every pair; kernel
+    k(u, v) = (u.v / d + 1)^3. Written pair by pair, in float64, apart from the code under test."""
+    n, d = len(x), x.shape[1]
+
+    def k(u, v):
+        return (float(np.dot(u, v)) / d + 1.0) ** 3
+
+    within_x = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    within_y = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    across = sum(k(x[i], y[j]) for i in range(n) for j in range(n)) / (n * n)
+    return within_x + within_y - 2.0 * across
+
+
+def float32_values(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, np.float32).astype(np.float64)  # KID reads features as float32
+
+
+@pytest.mark.parametrize("gram_limit", [5000, 0], ids=["kernel-matrices", "per-subset"])
+def test_kid_is_the_unbiased_mmd2_of_the_cubic_kernel(monkeypatch, gram_limit):
+    """With every point in each subset, each subset's estimate is the two whole sets' unbiased
+    MMD^2 (it does not depend on the order the points are drawn in), computed here pair by pair."""
+    monkeypatch.setattr(metrics, "KID_GRAM_LIMIT", gram_limit)
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(40, 6)), rng.normal(0.4, 1.2, size=(40, 6))
+    expected = unbiased_mmd2_cubic(float32_values(a), float32_values(b))
+    assert expected > 0.05  # the sets differ: not a trivial zero
+    kid = metrics.kernel_distance(a, b, seed=7, subsets=3, max_subset_size=100)
+    assert kid["mean"] == pytest.approx(expected, rel=1e-5)
+    assert kid["std"] == pytest.approx(0.0, abs=1e-6 * expected)
+
+    # unbiased means not clipped at 0: two samples of one distribution can score below it
+    pairs = (rng.normal(size=(2, 12, 6)) for _ in range(50))
+    x, y = next((x, y) for x, y in pairs if unbiased_mmd2_cubic(float32_values(x), float32_values(y)) < 0)
+    expected = unbiased_mmd2_cubic(float32_values(x), float32_values(y))
+    assert metrics.kernel_distance(x, y, seed=7, subsets=2, max_subset_size=100)["mean"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_kid_block_sums_match_per_subset_kernels(monkeypatch):
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(90, 16)), rng.normal(0.3, 1, size=(70, 16))
