@@ -226,3 +226,20 @@ def test_validate_samples_the_metrics_and_audits_every_image(sets, tmp_path, cap
     assert result["memorization"]["closest_pairs"][0]["generated"] == PLANTED_AT
     assert len(rows(out / "audit")) == COUNT
     assert "1 of 300 generated images" in " ".join((out / "report.html").read_text().split())
+
+
+def test_a_generate_folder_of_tar_shards(tmp_path, sets):
+    """`generate --format tar` output, through its manifest: one audit shard per tar shard."""
+    from backends.config import GANConfig
+    from run_fixtures import init_random_run
+    from service import generation
+
+    run_dir = init_random_run(tmp_path / "run", GANConfig(image_size=32, width=8, max_width=32, latent_dim=16), seed=3)
+    synth = tmp_path / "synth"
+    generation.generate_in_process(generation.plan_job(run_dir, 45, synth, seed=5, backend="numpy", shard_size=20,
+                                                       output_format="tar"))
+    train_path, train, _, _ = sets
+    result = audit.run_audit(audit.open_generated_set(synth), train, tmp_path / "out", train_name=str(train_path))
+    found = rows(tmp_path / "out")
+    assert result.shards_run == 3 and [int(r["index"]) for r in found] == list(range(45))
+    assert found[44]["file"] == "shard-000002.tar:000000044.png"
