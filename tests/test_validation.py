@@ -430,6 +430,20 @@ def test_cli_validates_npz_sets(tmp_path, capsys):
     assert "SWD" in capsys.readouterr().out
 
 
+def test_cli_gives_per_class_values_when_both_sets_carry_labels(tmp_path):
+    from service.run import main
+
+    np.savez(tmp_path / "real.npz", train_images=lesion_like_images(36, seed=20), train_labels=np.arange(36) % 3)
+    np.savez(tmp_path / "fake.npz", train_images=lesion_like_images(24, seed=21), train_labels=np.arange(24) % 2)
+    out = tmp_path / "out"
+    assert main(["validate", "--real", str(tmp_path / "real.npz"), "--fake", str(tmp_path / "fake.npz"),
+                 "--out", str(out), "--no-progress"]) == 0
+    per_class = json.loads((out / "metrics.json").read_text())["per_class"]
+    assert len(per_class) == 3
+    assert sum("skipped" in values for values in per_class.values()) == 1  # the class never generated
+    assert sum("real_vs_generated" in values for values in per_class.values()) == 2
+
+
 @pytest.mark.parametrize(
     "case, message",
     [("missing_real", "no such file"), ("too_few", "at least"), ("missing_weights", "no such file"), ("bad_weights", "cannot load")],

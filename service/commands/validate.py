@@ -70,7 +70,7 @@ def run(args) -> int:
     real = _load(args.real, image_size, args, args.labels)
     train = _load(args.train, image_size, args, args.labels) if args.train else None
 
-    from service.generation import class_indices
+    from service.generation import real_class_indices
 
     # generated classes as the real set's class indices; no per-class values if they do not match
     if sample is not None:
@@ -80,7 +80,7 @@ def run(args) -> int:
         fake_images = fake.images
         fake_names = [fake.class_names[i] for i in fake.labels] if fake.labels is not None else generated_class_names(fake)
     real_labels, class_names = real.labels, real.class_names
-    fake_labels = class_indices(fake_names, class_names) if real_labels is not None else None
+    fake_labels = real_class_indices(fake_names, real)
     result = validate_sets(
         real.images,
         fake_images,

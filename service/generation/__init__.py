@@ -15,6 +15,9 @@ Layout of the output folder:
     OUT/manifest.csv               index,file,class,seed,checkpoint_sha256 (index order)
     OUT/.generation/job.json       what the job is; a re-run must match it
     OUT/.generation/parts/shard_000000.csv   a shard's manifest rows = its done marker
+    OUT/.lesiongan.json            the folder marker: `generate` made OUT (service.files), so a
+                                   re-run resumes it; any other existing folder is refused
+    OUT/.lesiongan.lock            held (flock) while a job writes: a second job on OUT fails fast
 
 Class of image i on a conditional run: the class named by --class, or else classes cycle by
 index (i % num_classes: nevus, melanoma, seborrheic_keratosis, nevus, ...), a balanced set.

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from service.errors import UserError
 from service.files import claim_output_folder, copy_regular_file, output_lock, refuse_link, write_json
 from service.imageio import save_grid, to_uint8
+from service.rundir import LOSS_CURVE_FILE, METRICS_FILE
 from service.validation import maps, memorization, metrics
 from service.validation.report import write_report
 from service.validation.features import FEATURE_SPACE, InceptionFeatures, random_net_features
@@ -314,15 +315,15 @@ def _write_figures(out_dir: Path, real, fake, run_dir, seed: int) -> dict:
     if run_dir is not None:
         run_dir = Path(run_dir)
         loss_png = out_dir / "loss_curve.png"
-        if _regular_file(run_dir / "metrics.jsonl"):
+        if _regular_file(run_dir / METRICS_FILE):
             from service.plots import plot_loss_curve
 
-            if plot_loss_curve(run_dir / "metrics.jsonl", loss_png) is not None:
+            if plot_loss_curve(run_dir / METRICS_FILE, loss_png) is not None:
                 files["loss_curve"] = loss_png.name
         # the run's own plot, only a regular file inside the run (never a link to elsewhere:
         # the report folder is meant to be shared whole)
-        if "loss_curve" not in files and os.path.lexists(run_dir / "loss_curve.png"):
-            if copy_regular_file(run_dir / "loss_curve.png", loss_png, inside=run_dir):
+        if "loss_curve" not in files and os.path.lexists(run_dir / LOSS_CURVE_FILE):
+            if copy_regular_file(run_dir / LOSS_CURVE_FILE, loss_png, inside=run_dir):
                 files["loss_curve"] = loss_png.name
     for name in ("pca_thumbnails.png", "pca_scatter.png", "tsne_thumbnails.png", "tsne_scatter.png", "memorization_pairs.png", "memorization_ratios.png"):
         files[name.removesuffix(".png")] = name
