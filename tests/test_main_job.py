@@ -50,7 +50,7 @@ def test_main_job_with_utility_adds_the_classifier_arms_to_the_report(tmp_path, 
     training = TrainingRequest(out=tmp_path / "run", data=str(tiny_npz), backend="numpy", epochs=1, image_size=32,
                                batch_size=16, conditional=True, progress=False)
     job = MainJob(training=training, count=20, utility=True, utility_test=str(tmp_path / "test.npz"),
-                  utility_settings=UtilitySettings(seeds=(0,), max_epochs=2, bootstrap=20))
+                  utility_settings=UtilitySettings(seeds=(0,), epochs=2, bootstrap=20))
     outcome = run_main_job(job)
     metrics = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
     assert list(metrics["utility"]["arms"]) == list(ARMS)

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from service.commands.common import add_backend, add_crop, add_progress, int_list, show_progress
 from service.utility import ARMS, UtilitySettings
+
+DEFAULTS = UtilitySettings()
 
 
 def add_arguments(p):
@@ -19,12 +23,17 @@ def add_arguments(p):
     p.add_argument("--labels", metavar="CSV", help="ground-truth CSV of --real")
     p.add_argument("--test-labels", metavar="CSV", help="ground-truth CSV of --test")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/utility)")
-    p.add_argument("--seeds", default="0,1,2", help="classifier seeds, comma-separated (default: 0,1,2)")
+    seeds = ",".join(map(str, DEFAULTS.seeds))
+    p.add_argument("--seeds", default=seeds, help=f"classifier seeds, comma-separated (default: {seeds})")
     p.add_argument("--arms", default=",".join(ARMS), help=f"arms to run (default: all: {', '.join(ARMS)})")
-    p.add_argument("--max-epochs", type=int, default=UtilitySettings.max_epochs,
-                   help=f"classifier epochs at most; early stopping may end sooner (default: {UtilitySettings.max_epochs})")
-    p.add_argument("--bootstrap", type=int, default=UtilitySettings.bootstrap,
-                   help=f"test-set resamples for the 95%% intervals (default: {UtilitySettings.bootstrap})")
+    p.add_argument("--positive-class", metavar="NAME",
+                   help="the class the AUC and the sensitivity at 80%% specificity are about "
+                        "(default: melanoma when the run has it, else the class with the fewest training images)")
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs,
+                   help="each classifier's budget, in passes over the real training set's size; every arm gets "
+                        f"as many optimiser steps (default: {DEFAULTS.epochs})")
+    p.add_argument("--bootstrap", type=int, default=DEFAULTS.bootstrap,
+                   help=f"test-set resamples for the 95%% intervals (default: {DEFAULTS.bootstrap})")
     add_backend(p)
     add_crop(p)
     add_progress(p)
@@ -32,13 +41,16 @@ def add_arguments(p):
 
 def run(args) -> int:
     from service.data import load_images
-    from service.utility import conditional_run, describe, run_utility
+    from service.utility import conditional_run, describe, positive_class, run_utility
 
-    config, _ = conditional_run(args.run)  # before any image is loaded
+    config, class_names = conditional_run(args.run)  # before any image is loaded
+    if args.positive_class is not None:
+        positive_class(class_names, np.zeros(0, np.int64), args.positive_class)
     progress = show_progress(args)
     settings = UtilitySettings(seeds=int_list(args.seeds, "--seeds"),
                                arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()),
-                               max_epochs=args.max_epochs, bootstrap=args.bootstrap, backend=args.backend)
+                               positive_class=args.positive_class, epochs=args.epochs,
+                               bootstrap=args.bootstrap, backend=args.backend)
     settings.check()
     real = load_images(args.real, config.image_size, labels_csv=args.labels, crop=args.crop, progress=progress)
     test = load_images(args.test, config.image_size, labels_csv=args.test_labels, crop=args.crop, progress=progress)
