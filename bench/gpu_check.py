@@ -18,6 +18,11 @@ JSON):
     for the same weights and batch, within stated tolerances.
 It stops cleanly at --time-limit seconds (the cases left are listed as skipped). On a machine
 without a GPU it says so in one line, writes {"gpu": null}, and exits 0.
+
+Exit status: 1 when a case failed with an error, the numerics check is outside its tolerances
+(or not finite), or a step function was traced more than once (`problems`: listed in the JSON
+and in the last line printed); 0 otherwise. Cases skipped at the time limit and the speed
+targets of the ratios are reported, not failures: speed depends on the machine's other load.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ LOSS_TOLERANCE = 1e-3
 GRADIENT_TOLERANCE = 1e-2
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gpu-check.json", help="JSON file to write (default: gpu-check.json)")
     parser.add_argument("--time-limit", type=float, default=280.0, help="stop after this many seconds (default 280)")
@@ -48,20 +53,48 @@ def main() -> int:
     parser.add_argument("--on-cpu", action="store_true",
                         help="run every case on the CPU anyway (slowly; with small --count and --steps it checks that "
                              "the script works before a GPU is lent)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    from backends.tf import runtime
-
-    if not runtime.has_gpu() and not args.on_cpu:
+    if not args.on_cpu and not gpu_visible():
         print("no GPU visible to TensorFlow: nothing to check here (run this on a GPU machine)")
         Path(args.out).write_text(json.dumps({"gpu": None}, indent=2) + "\n")
         return 0
     check = GpuCheck(args)
     results = check.run()
+    results["problems"] = problems(results)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"written: {args.out}")
+    if results["problems"]:
+        print(f"gpu check FAILED: {'; '.join(results['problems'])}")
+        return 1
     return 0
+
+
+def gpu_visible() -> bool:
+    from backends.tf import runtime
+
+    return runtime.has_gpu()
+
+
+def within_tolerance(loss_relative_error: float, gradient_error_of_scale: float) -> bool:
+    """The numerics check's verdict; a NaN error (a non-finite loss or gradient) is outside."""
+    return bool(loss_relative_error <= LOSS_TOLERANCE and gradient_error_of_scale <= GRADIENT_TOLERANCE)
+
+
+def problems(results: dict) -> list[str]:
+    """What fails the check, one phrase each: a case's error, numerics outside tolerance, a
+    step function traced more than once."""
+    found = []
+    for name, figures in results["cases"].items():
+        if "error" in figures:
+            found.append(f"{name}: {figures['error']}")
+        elif "loss_relative_error" in figures and not within_tolerance(figures["loss_relative_error"], figures["gradient_error_of_scale"]):
+            found.append(f"{name}: outside tolerance (losses {figures['loss_relative_error']:.2e}, limit {LOSS_TOLERANCE:g}; "
+                         f"gradients {figures['gradient_error_of_scale']:.2e} of scale, limit {GRADIENT_TOLERANCE:g})")
+        elif figures.get("traces", 1) != 1:
+            found.append(f"{name}: the step was traced {figures['traces']} times (retracing)")
+    return found
 
 
 class GpuCheck:
@@ -164,7 +197,7 @@ class GpuCheck:
             worst = max(worst, float(np.max(np.abs(on_gpu["grads"][name] - expected))) / scale)
         loss_error = max(abs(on_gpu[k] - on_cpu[k]) / abs(on_cpu[k]) for k in ("d_loss", "g_loss"))
         return {"loss_relative_error": loss_error, "gradient_error_of_scale": worst,
-                "within_tolerance": loss_error <= LOSS_TOLERANCE and worst <= GRADIENT_TOLERANCE,
+                "within_tolerance": within_tolerance(loss_error, worst),
                 "tolerances": {"loss": LOSS_TOLERANCE, "gradient": GRADIENT_TOLERANCE}}
 
 
@@ -228,7 +261,7 @@ def print_table(results: dict) -> None:
             continue
         if "loss_relative_error" in figures:
             print(f"{name:36s} losses {figures['loss_relative_error']:.2e}, gradients {figures['gradient_error_of_scale']:.2e} "
-                  f"of scale: {'within' if figures['within_tolerance'] else 'OUTSIDE'} tolerance")
+                  f"of scale: {'within' if within_tolerance(figures['loss_relative_error'], figures['gradient_error_of_scale']) else 'OUTSIDE'} tolerance")
             continue
         step = f"{figures['s_per_step']:.4f}" if "s_per_step" in figures else "-"
         peak = f"{figures['peak_gpu_mib']:.0f}" if figures.get("peak_gpu_mib") is not None else "-"
