@@ -1,6 +1,6 @@
 """The memorization audit at generation scale: time per generated image against 2,000 and
-25,000 training images at 32x32 and 64x64, and the `audit` command's peak memory at two
-generated-set sizes.
+25,000 training images at 32x32 and 64x64, the `audit` command's peak memory at two
+generated-set sizes, and two nodes against one.
 
 Run: `pytest bench/bench_audit.py --benchmark-only -s`
 
@@ -15,12 +15,16 @@ Run: `pytest bench/bench_audit.py --benchmark-only -s`
    (PNG + manifest.csv, 64x64) of each size in BENCH_AUDIT_MEMORY_COUNTS against 2,000 training
    images; prints each run's peak RSS (VmHWM), wall time and time per image, and the ratio of
    the two peaks (target: within 10%).
+3. Nodes: the same audit on a multi-node Ray cluster on this machine (ray.cluster_utils.Cluster)
+   of 1 node with 1 CPU, then of 2 nodes with 1 CPU each; prints the time from the first task
+   to the last row of each and the ratio (target >= 1.7), and checks the rows are identical.
 
 Knobs:
   BENCH_AUDIT_TRAIN_COUNTS   default 2000,25000
   BENCH_AUDIT_SIZES          default 32,64
   BENCH_AUDIT_QUERIES        default 1000
   BENCH_AUDIT_MEMORY_COUNTS  default 2000,20000
+  BENCH_AUDIT_NODES_COUNT    default 20000
 """
 
 from __future__ import annotations
@@ -140,3 +144,50 @@ def test_peak_memory_in_the_generated_count(benchmark, tmp_path):
     small, large = (runs[c]["peak_rss"] for c in (MEMORY_COUNTS[0], MEMORY_COUNTS[-1]))
     print(f"  peak RSS {MEMORY_COUNTS[-1]} / {MEMORY_COUNTS[0]} = {large / small:.2f} (target <= 1.10)")
     benchmark.extra_info.update({f"peak_rss_{c}": runs[c]["peak_rss"] for c in MEMORY_COUNTS})
+
+
+def _audit_on_cluster(source, train, out, nodes: int):
+    """AuditResult of the audit on a fresh cluster of `nodes` nodes with 1 CPU each (started,
+    and the driver connected, before the audit starts)."""
+    import logging
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from service.audit import run_audit
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level=logging.ERROR)
+        return run_audit(source, train, out, workers=None)  # one task per CPU of the cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_two_nodes_against_one_node(benchmark, tmp_path):
+    from service.audit import ROWS_FILE, open_generated_set
+
+    count = int(os.environ.get("BENCH_AUDIT_NODES_COUNT", 20000))
+    train = stand_in(MEMORY_TRAIN, 64, seed=0)
+    write_generated(tmp_path / "synth", count, stand_in(DISTINCT_GENERATED, 64, seed=7))
+    source = open_generated_set(tmp_path / "synth")
+    results = {}
+
+    def measure():
+        for nodes in (1, 2):
+            results[nodes] = _audit_on_cluster(source, train, tmp_path / f"nodes{nodes}", nodes)
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    ratio = results[1].shard_seconds / results[2].shard_seconds
+    same = (tmp_path / "nodes1" / ROWS_FILE).read_bytes() == (tmp_path / "nodes2" / ROWS_FILE).read_bytes()
+    print(f"\n[audit on nodes] {count} generated 64x64 images, {MEMORY_TRAIN} training images, nodes of 1 CPU "
+          f"on one machine with {os.cpu_count()} CPUs; first task to last row:")
+    for nodes in (1, 2):
+        print(f"  {nodes} node(s): {results[nodes].shard_seconds:6.1f} s ({count / results[nodes].shard_seconds:.0f} img/s; "
+              f"index {results[nodes].index_seconds:.1f} s before)")
+    print(f"  ratio 2 nodes / 1 node = {ratio:.2f} (target >= 1.7); rows identical: {same}")
+    assert same  # a correctness check, not a timing one

@@ -37,6 +37,7 @@ class AuditResult:
     shards_skipped: int
     seconds: float = 0.0
     index_seconds: float = 0.0
+    shard_seconds: float = 0.0  # from the first shard started to the last one's rows written
     summary: dict = field(default_factory=dict)
     worker_peak_rss: dict = field(default_factory=dict)  # worker pid -> peak RSS bytes
     driver_peak_rss: int = 0
@@ -71,13 +72,13 @@ def run_audit(
     job = AuditJob(source, train_name, index.fingerprint, str(Path(out_dir).resolve()))
     with open_out_dir(job):
         if workers == 0:
-            shards_run, skipped, peaks = _in_process(index, job, progress)
+            shards_run, skipped, peaks, shard_seconds = _in_process(index, job, progress)
         else:
-            shards_run, skipped, peaks = _on_ray(index, job, workers, address, progress, max_retries, shard_task)
+            shards_run, skipped, peaks, shard_seconds = _on_ray(index, job, workers, address, progress, max_retries, shard_task)
         tally = merge_rows(job, index)
         summary = write_summary(job, index, train_uint8, tally, shards_run + skipped)
     return AuditResult(Path(job.out_dir), tally.count, tally.copies, shards_run, skipped, time.perf_counter() - started,
-                       index_seconds, summary, peaks, _peak_rss_bytes())
+                       index_seconds, shard_seconds, summary, peaks, _peak_rss_bytes())
 
 
 def _progress(total: int, enabled: bool):
@@ -88,6 +89,7 @@ def _progress(total: int, enabled: bool):
 
 def _in_process(index: TrainingIndex, job: AuditJob, progress: bool):
     shards_run = skipped = 0
+    started = time.perf_counter()
     with _progress(job.source.count, progress) as bar:
         for shard in iter_shards(job.source):  # one at a time: never a list of every shard
             if shard_done(job.out_dir, shard):
@@ -96,7 +98,7 @@ def _in_process(index: TrainingIndex, job: AuditJob, progress: bool):
                 audit_shard(index, job, shard)
                 shards_run += 1
             bar.update(len(shard.rows))
-    return shards_run, skipped, {os.getpid(): _peak_rss_bytes()}
+    return shards_run, skipped, {os.getpid(): _peak_rss_bytes()}, time.perf_counter() - started
 
 
 def _on_ray(index: TrainingIndex, job: AuditJob, workers, address, progress, max_retries, shard_task):
@@ -113,6 +115,7 @@ def _on_ray(index: TrainingIndex, job: AuditJob, workers, address, progress, max
         pending: dict = {}
         peaks: dict[int, int] = {}
         shards_run = skipped = 0
+        started = time.perf_counter()
         with _progress(job.source.count, progress) as bar:
             while True:
                 while len(pending) < workers:
@@ -138,7 +141,8 @@ def _on_ray(index: TrainingIndex, job: AuditJob, workers, address, progress, max
                     peaks[pid] = max(peaks.get(pid, 0), peak)
                     shards_run += 1
                     bar.update(count)
-    return shards_run, skipped, peaks
+        seconds = time.perf_counter() - started
+    return shards_run, skipped, peaks, seconds
 
 
 def describe(result: AuditResult) -> dict:
