@@ -118,7 +118,7 @@ def upsample_backward(dout, factor):
     return dout.reshape(b, h // factor, factor, w // factor, factor, c).sum(axis=(2, 4))
 
 
-def upsample_conv_taps(kernel_size: int, factor: int):
+def phase_tap_rows(kernel_size: int, factor: int):
     """Where each kernel tap lands on the low-resolution input, per output phase.
 
     Output row y = factor*a + p of conv('same', stride 1) over the upsampled input reads
@@ -139,7 +139,7 @@ def upsample_conv_taps(kernel_size: int, factor: int):
 
 def _tap_pairs(kernel_size, factor):
     """(ky, dy, py) for every tap: tap ky of phase py reads window row dy."""
-    taps, _, window = upsample_conv_taps(kernel_size, factor)
+    taps, _, window = phase_tap_rows(kernel_size, factor)
     return [(ky, int(np.argmax(taps[p, ky])), p) for p in range(factor) for ky in range(kernel_size)], window
 
 
@@ -147,7 +147,7 @@ def _tap_pairs(kernel_size, factor):
 def _tap_matrix(kernel_size, factor):
     """(window*window*factor*factor, kernel_size**2): row (dy, dx, py, px) has a 1 at each tap
     (ky, kx) that phase (py, px) reads from window pixel (dy, dx); and the window size."""
-    taps, _, window = upsample_conv_taps(kernel_size, factor)
+    taps, _, window = phase_tap_rows(kernel_size, factor)
     matrix = np.einsum("pad,qbe->depqab", taps, taps)
     return matrix.reshape(window * window * factor * factor, kernel_size * kernel_size), window
 
@@ -180,7 +180,7 @@ def upsample_conv2d_forward(x, kernel, bias, factor):
     batch, in_h, in_w, channels = x.shape
     if channels != cin:
         raise ValueError(f"conv expects {cin} input channels, got {channels}")
-    _, pad, window = upsample_conv_taps(k, factor)
+    _, pad, window = phase_tap_rows(k, factor)
     cols = im2col(x, window, 1, pad, pad, in_h, in_w)
     phases = phase_kernel(kernel, factor)
     out = matmul(cols, phases)  # (b*h*w, py*px*cout)
@@ -273,11 +273,6 @@ def batchnorm_train_forward(x, gamma, beta, epsilon):
     return out.reshape(x.shape), mean, var, (normalised, gamma, inv_std)
 
 
-def batchnorm_inference_forward(x, gamma, beta, moving_mean, moving_variance, epsilon):
-    scale = gamma / np.sqrt(moving_variance + epsilon)
-    return x * scale + (beta - moving_mean * scale), scale
-
-
 def batchnorm_train_backward(dout, cache, need_input_grad=True):
     normalised, gamma, inv_std = cache
     flat = dout.reshape(-1, dout.shape[-1])
@@ -292,6 +287,21 @@ def batchnorm_train_backward(dout, cache, need_input_grad=True):
         dx *= gamma * inv_std
         dx = dx.reshape(dout.shape)
     return dx, dgamma, dbeta
+
+
+def batchnorm_inference_forward(x, gamma, beta, moving_mean, moving_variance, epsilon):
+    """An affine map with the moving statistics; returns (out, scale), the scale its gradient."""
+    scale = gamma / np.sqrt(moving_variance + epsilon)
+    return x * scale + (beta - moving_mean * scale), scale
+
+
+def batchnorm_inference_backward(dout, scale):
+    return dout * scale
+
+
+def moving_average(moving, batch_value, momentum):
+    """Keras: moving = moving * momentum + batch * (1 - momentum)."""
+    return moving * momentum + batch_value * (1.0 - momentum)
 
 
 # --- BatchNormalization + ReLU / LeakyReLU, fused ----------------------------------------
@@ -340,11 +350,6 @@ def batchnorm_act_train_forward_reference(x, gamma, beta, epsilon, slope):
 def batchnorm_act_train_backward_reference(dout, cache, need_input_grad=True):
     bn_cache, z, slope = cache
     return batchnorm_train_backward(activation_gradient(dout, z, slope), bn_cache, need_input_grad)
-
-
-def moving_average(moving, batch_value, momentum):
-    """Keras: moving = moving * momentum + batch * (1 - momentum)."""
-    return moving * momentum + batch_value * (1.0 - momentum)
 
 
 # --- per-pixel noise inputs (StyleGAN) ----------------------------------------------------
@@ -420,7 +425,12 @@ def minibatch_std_backward(dout, cache):
 
 
 def relu_forward(x):
+    """Returns (out, cache): the cache is where x > 0, where the gradient passes."""
     return np.maximum(x, 0), x > 0
+
+
+def relu_backward(dout, positive):
+    return dout * positive
 
 
 def leaky_relu_forward(x, slope):
@@ -438,14 +448,46 @@ def leaky_relu_backward(dout, x, slope):
     return dx
 
 
-# LeakyReLU then Dropout, fused: one pass each way (kernels.leaky_dropout_forward /
-# _backward). The uniform draws are those dropout_mask makes, from the same generator call, so
-# the pair gives the same numbers fused or not; the `_reference` functions are the NumPy twin.
+def tanh_forward(x):
+    """Returns (out, cache): the cache is the output, which gives the gradient."""
+    out = np.tanh(x)
+    return out, out
+
+
+def tanh_backward(dout, out):
+    return dout * (1 - out * out)
+
+
+# --- Dropout (Keras's inverted dropout) ----------------------------------------------------
+# The layer draws uniform numbers from its own generator (dropout_uniform); a unit is kept
+# where its draw is >= rate, and kept units are scaled by 1 / (1 - rate).
 
 
 def dropout_uniform(rng: np.random.Generator, shape, dtype):
     """The uniform draws behind a dropout mask (dropout_mask keeps where they are >= rate)."""
     return rng.random(shape, dtype=np.float32 if dtype == np.float32 else np.float64)
+
+
+def dropout_mask(uniform, rate, dtype):
+    """1 / (1 - rate) where uniform >= rate, else 0, in `dtype`."""
+    dtype = np.dtype(dtype)
+    return (uniform >= rate).astype(dtype) * dtype.type(1.0 / (1.0 - rate))
+
+
+def dropout_forward(x, uniform, rate):
+    """Returns (out, cache): x times dropout_mask(uniform, rate); the cache is the mask."""
+    mask = dropout_mask(uniform, rate, x.dtype)
+    return x * mask, mask
+
+
+def dropout_backward(dout, mask):
+    return dout * mask
+
+
+# --- LeakyReLU + Dropout, fused ------------------------------------------------------------
+# One pass each way (kernels.leaky_dropout_forward / _backward). The uniform draws are those
+# dropout_forward takes, from the same generator call, so the pair gives the same numbers fused
+# or not; the `_reference` functions are the NumPy twin, the two layers' maths composed.
 
 
 def leaky_dropout_forward(x, slope, uniform, rate):
@@ -467,7 +509,7 @@ def leaky_dropout_backward(dout, cache):
 
 
 def leaky_dropout_forward_reference(x, slope, uniform, rate):
-    mask = (uniform >= rate).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - rate))
+    mask = dropout_mask(uniform, rate, x.dtype)
     return activation(x, slope) * mask, (x, slope, mask)
 
 
@@ -476,19 +518,25 @@ def leaky_dropout_backward_reference(dout, cache):
     return activation_gradient(dout, x, slope) * mask
 
 
+# --- Reshape and Flatten -------------------------------------------------------------------
+
+
+def reshape_forward(x, shape):
+    """Each example reshaped to `shape` (-1 allowed); the cache is the input's shape."""
+    return x.reshape((x.shape[0],) + tuple(shape)), x.shape
+
+
+def reshape_backward(dout, input_shape):
+    return dout.reshape(input_shape)
+
+
+# --- loss ----------------------------------------------------------------------------------
+
+
 def sigmoid(x):
     """1 / (1 + exp(-x)) without overflow: exp only ever sees -|x|."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
-
-
-def dropout_mask(rng: np.random.Generator, shape, rate, dtype):
-    """Keras's inverted dropout: keep where uniform >= rate, scale kept units by 1/(1-rate)."""
-    keep = dropout_uniform(rng, shape, dtype) >= rate
-    return keep.astype(dtype) * dtype.type(1.0 / (1.0 - rate))
-
-
-# --- loss ----------------------------------------------------------------------------------
 
 
 def bce_from_logits(logits, targets):

@@ -178,7 +178,9 @@ class BatchNormalization(Layer):
         mode, cache = self._cache
         if mode == "inference":  # an affine map with fixed statistics (then the activation, if any)
             scale, z = cache
-            return self._activation_gradient(dout, z) * scale if need_input_grad else None
+            if not need_input_grad:
+                return None
+            return F.batchnorm_inference_backward(self._activation_gradient(dout, z), scale)
         dx, dgamma, dbeta = self._train_backward(dout, cache, need_input_grad)
         if need_param_grads:
             self._set_gradients(gamma=dgamma, beta=dbeta)
@@ -229,7 +231,7 @@ class ReLU(Layer):
         return out
 
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
-        return dout * self._cache if need_input_grad else None
+        return F.relu_backward(dout, self._cache) if need_input_grad else None
 
 
 class LeakyReLU(Layer):
@@ -247,20 +249,11 @@ class LeakyReLU(Layer):
 
 class Tanh(Layer):
     def forward(self, x, training=True):
-        self._cache = np.tanh(x)
-        return self._cache
+        out, self._cache = F.tanh_forward(x)
+        return out
 
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
-        return dout * (1 - self._cache * self._cache) if need_input_grad else None
-
-
-class Sigmoid(Layer):
-    def forward(self, x, training=True):
-        self._cache = F.sigmoid(x)
-        return self._cache
-
-    def backward(self, dout, need_input_grad=True, need_param_grads=True):
-        return dout * self._cache * (1 - self._cache) if need_input_grad else None
+        return F.tanh_backward(dout, self._cache) if need_input_grad else None
 
 
 class Dropout(Layer):
@@ -277,13 +270,14 @@ class Dropout(Layer):
         if not training or self.rate == 0.0:
             self._cache = None
             return x
-        self._cache = F.dropout_mask(self.rng, x.shape, self.rate, x.dtype)
-        return x * self._cache
+        uniform = F.dropout_uniform(self.rng, x.shape, x.dtype)
+        out, self._cache = F.dropout_forward(x, uniform, self.rate)
+        return out
 
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
         if not need_input_grad:
             return None
-        return dout if self._cache is None else dout * self._cache
+        return dout if self._cache is None else F.dropout_backward(dout, self._cache)
 
 
 class LeakyReLUDropout(Layer):
@@ -388,11 +382,11 @@ class Reshape(Layer):
         self.shape = tuple(shape)
 
     def forward(self, x, training=True):
-        self._cache = x.shape
-        return x.reshape((x.shape[0],) + self.shape)
+        out, self._cache = F.reshape_forward(x, self.shape)
+        return out
 
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
-        return dout.reshape(self._cache) if need_input_grad else None
+        return F.reshape_backward(dout, self._cache) if need_input_grad else None
 
 
 class Flatten(Reshape):
