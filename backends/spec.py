@@ -96,7 +96,7 @@ def _bn_args(channels: int) -> dict:
 def fuses_with_next(layers: list[Layer], index: int) -> bool:
     """Whether layer `index` is a 2x nearest upsampling straight into a stride-1 'same' conv:
     both backends compute that pair as one fused layer (the same function, with fewer
-    multiply-adds; see backends/tf/models.py UpSampleConv2D and core.UpSampleConv2D)."""
+    multiply-adds; see backends/tf/networks.py UpSampleConv2D and core.UpSampleConv2D)."""
     if layers[index].kind != "upsample" or layers[index].args["factor"] != 2 or index + 1 >= len(layers):
         return False
     after = layers[index + 1]
@@ -104,6 +104,15 @@ def fuses_with_next(layers: list[Layer], index: int) -> bool:
 
 
 NOISE_KINDS = ("noise_inputs", "noise")
+
+
+def constructor_for(constructors: dict, layer: Layer, net: str, backend: str):
+    """`constructors[layer.kind]`: a backend's function that makes its own layer for a spec layer
+    (its table of layer kinds); a kind the table lacks is one error naming it."""
+    if layer.kind not in constructors:
+        known = ", ".join(sorted(constructors))
+        raise ValueError(f"{net}/{layer.name}: the {backend} backend has no layer kind {layer.kind!r} (it has {known})")
+    return constructors[layer.kind]
 
 
 def generator_spec(cfg: GANConfig) -> list[Layer]:

@@ -39,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 from backends import spec  # noqa: E402
 from backends.config import GANConfig  # noqa: E402
 from backends.tf import TFBackend, runtime  # noqa: E402
-from backends.tf.models import upsample_conv_taps  # noqa: E402
+from backends.tf.networks import upsample_conv_taps_per_block  # noqa: E402
 from thesis_recipe import ThesisRecipe  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def forward_macs(config: GANConfig, net: str, phase_convs: bool = False) -> int:
     for layer in spec.net_spec(config, net):
         if phase_convs and upsampled and layer.kind == "conv":
             a = layer.args
-            total += (side // 2) ** 2 * upsample_conv_taps(a["kernel"]) * a["in"] * a["filters"]
+            total += (side // 2) ** 2 * upsample_conv_taps_per_block(a["kernel"]) * a["in"] * a["filters"]
         else:
             macs, side = layer_macs(layer, side)
             total += macs

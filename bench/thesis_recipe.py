@@ -10,7 +10,7 @@ import backends.tf  # noqa: F401  (before TensorFlow itself: it sets TF start-up
 import keras  # noqa: E402
 
 from backends.config import GANConfig  # noqa: E402
-from backends.tf.models import build_network  # noqa: E402
+from backends.tf.networks import build_network  # noqa: E402
 
 
 class ThesisRecipe:

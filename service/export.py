@@ -28,7 +28,7 @@ FORMATS = ("keras", "savedmodel")
 def build_generator_model(run_dir):
     """(keras model, config, checkpoint path) of `run_dir`'s latest checkpoint."""
     from backends import spec
-    from backends.tf.models import build_network, weight_variables
+    from backends.tf.networks import build_network, weight_variables
     from service.checkpoint import latest_checkpoint, load_checkpoint, weights_only
     from service.rundir import load_config
 

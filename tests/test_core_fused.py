@@ -15,7 +15,7 @@ from test_core_layers import check_layer
 
 import core
 from backends.config import GANConfig
-from backends.numpy import NumpyBackend, builder
+from backends.numpy import NumpyBackend, networks
 from core import functional as F
 from core import kernels
 from core.gradcheck import numerical_gradient, relative_error
@@ -137,7 +137,7 @@ def test_the_fused_network_trains_as_the_unfused_one(monkeypatch, preset_fields)
 
     def train(fuse: bool):
         if not fuse:
-            monkeypatch.setattr(builder, "fused_element_wise", lambda *args: None)
+            monkeypatch.setattr(networks, "fused_element_wise", lambda *args: None)
         backend = NumpyBackend(config)
         monkeypatch.undo()
         kinds = {type(layer) for net in (backend.generator, backend.discriminator) for layer in net.layers}

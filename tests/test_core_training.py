@@ -10,7 +10,7 @@ import pytest
 
 import core
 from backends.config import GANConfig
-from backends.numpy.builder import build_network
+from backends.numpy.networks import build_network
 from core.gradcheck import numerical_gradient, relative_error, sample_indices
 
 TOLERANCE = 1e-6

@@ -25,7 +25,7 @@ from core import augment
 from backends import spec
 from backends.base import Backend, check_groups, check_labels, check_weights, whole_groups_chunk
 from backends.config import GANConfig
-from backends.numpy.builder import build_network
+from backends.numpy.networks import build_network
 from backends.rng_state import rng_to_arrays, set_rng_from_arrays
 
 RNG_PREFIX = "rng/numpy/"

@@ -21,7 +21,7 @@ from backends import spec  # noqa: E402
 from backends.base import Backend, check_groups, check_labels, check_weights, whole_groups_chunk  # noqa: E402
 from backends.config import GANConfig  # noqa: E402
 from backends.tf.augment import diff_augment  # noqa: E402
-from backends.tf.models import SpectralNorm, build_network, dropout_seed_variables, weight_variables  # noqa: E402
+from backends.tf.networks import SpectralNorm, build_network, dropout_seed_variables, weight_variables  # noqa: E402
 
 GENERATE_CHUNK = 256  # images per compiled call in generate/discriminate: bounds memory
 

@@ -1,11 +1,15 @@
 """Keras models built from `backends.spec`, and the map from shared weight names to variables.
 
-Each spec layer becomes one Keras layer with the spec's name; the shared name of a weight
+Each spec layer becomes one Keras layer with the spec's name, made by the function its kind
+names in `CONSTRUCTORS` (the NumPy backend's backends.numpy.networks has the same table for
+the core; the fused upsample-convolution is recognised before it); the shared name of a weight
 ("generator/conv_1/kernel") is mapped to the Keras variable explicitly, layer by layer, so
 Keras's own variable paths never matter.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import keras
 import tensorflow as tf
@@ -120,7 +124,7 @@ def _phase_taps(phase: int, kernel_size: int) -> list[tuple[int, list[int]]]:
     return sorted(groups.items())
 
 
-def upsample_conv_taps(kernel_size: int) -> int:
+def upsample_conv_taps_per_block(kernel_size: int) -> int:
     """Kernel taps per 2x2 output block of UpSampleConv2D (25 for k=4, against 64 direct)."""
     per_phase = [len(_phase_taps(p, kernel_size)) for p in (0, 1)]
     return sum(per_phase) ** 2
@@ -174,45 +178,6 @@ def input_shape(config: GANConfig, net: str) -> tuple[int, ...]:
     if net == "generator":
         return (config.z_size + config.num_classes,)
     return (config.image_size, config.image_size, (config.channels + config.num_classes) * config.pack)
-
-
-def _keras_layer(layer: spec.Layer, net: str, config: GANConfig, seed: int, policy: str):
-    a = layer.args
-    if (net, layer.kind) in FULL_PRECISION_OUTPUTS and policy.startswith("mixed"):
-        policy = "float32"
-    common = {"name": layer.name, "dtype": policy}
-    if layer.kind == "dense":
-        dense = SNDense if a.get("spectral_norm") else keras.layers.Dense
-        return dense(a["units"], kernel_initializer=keras.initializers.GlorotUniform(seed=seed), **common)
-    if layer.kind == "conv":
-        conv = SNConv2D if a.get("spectral_norm") else keras.layers.Conv2D
-        return conv(
-            a["filters"],
-            a["kernel"],
-            strides=a["stride"],
-            padding=a["padding"],
-            kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-            **common,
-        )
-    if layer.kind == "bn":
-        return keras.layers.BatchNormalization(momentum=a["momentum"], epsilon=a["epsilon"], **common)
-    if layer.kind == "relu":
-        return keras.layers.ReLU(**common)
-    if layer.kind == "leaky_relu":
-        return ExactLeakyReLU(negative_slope=a["slope"], **common)
-    if layer.kind == "tanh":
-        return keras.layers.Activation("tanh", **common)
-    if layer.kind == "dropout":
-        return keras.layers.Dropout(a["rate"], seed=seed, **common)
-    if layer.kind == "reshape":
-        return keras.layers.Reshape(a["shape"], **common)
-    if layer.kind == "upsample":
-        return keras.layers.UpSampling2D(a["factor"], interpolation="nearest", **common)
-    if layer.kind == "flatten":
-        return keras.layers.Flatten(**common)
-    if layer.kind == "minibatch_std":
-        return MinibatchStd(a["group"], **common)
-    raise ValueError(f"spec layer kind {layer.kind!r} has no Keras counterpart")
 
 
 class NoiseInjection(keras.layers.Layer):
@@ -270,54 +235,133 @@ def add_noise(features, noise_map, layer: spec.Layer, policy: str, portable: boo
     return keras.layers.Add(name=f"{layer.name}_add", dtype=policy)([features, scaled])
 
 
+@dataclass
+class _Context:
+    """What the layer constructors share while one network is built."""
+
+    net: str
+    policy: str  # the network's dtype policy
+    portable: bool  # Keras's own layers only (for export)
+    fuse: bool  # upsampling + convolution as UpSampleConv2D (never when portable)
+    seeds: dict[str, int]  # layer name -> seed of its initializer or dropout (layer_seeds)
+    noise_maps: list = field(default_factory=list)  # the symbolic maps, once noise_inputs has split them
+
+    def common(self, layer: spec.Layer) -> dict:
+        """The Keras layer's name and dtype policy: full precision for an output under mixed precision."""
+        policy = self.policy
+        if (self.net, layer.kind) in FULL_PRECISION_OUTPUTS and policy.startswith("mixed"):
+            policy = "float32"
+        return {"name": layer.name, "dtype": policy}
+
+    def initializer(self, layer: spec.Layer):
+        return keras.initializers.GlorotUniform(seed=self.seeds[layer.name])
+
+
+def layer_seeds(config: GANConfig, net: str, layers: list[spec.Layer]) -> dict[str, int]:
+    """Each layer's seed, from config.seed, distinct per layer and per network. The noise layers
+    take none, so the other layers' seeds (and initial weights) are the same with or without them."""
+    first = config.seed * 10007 + spec.NETS.index(net) * 1000
+    seeded = [layer for layer in layers if layer.kind not in spec.NOISE_KINDS]
+    return {layer.name: first + position for position, layer in enumerate(seeded)}
+
+
+def _dense(layer: spec.Layer, c: _Context):
+    dense = SNDense if layer.args.get("spectral_norm") else keras.layers.Dense
+    return dense(layer.args["units"], kernel_initializer=c.initializer(layer), **c.common(layer))
+
+
+def _conv(layer: spec.Layer, c: _Context):
+    a = layer.args
+    conv = SNConv2D if a.get("spectral_norm") else keras.layers.Conv2D
+    return conv(
+        a["filters"], a["kernel"], strides=a["stride"], padding=a["padding"], kernel_initializer=c.initializer(layer),
+        **c.common(layer),
+    )
+
+
+def _upsample(layer: spec.Layer, c: _Context):
+    return keras.layers.UpSampling2D(layer.args["factor"], interpolation="nearest", **c.common(layer))
+
+
+def _batch_norm(layer: spec.Layer, c: _Context):
+    a = layer.args
+    return keras.layers.BatchNormalization(momentum=a["momentum"], epsilon=a["epsilon"], **c.common(layer))
+
+
+def _noise_inputs(layer: spec.Layer, c: _Context):
+    """The split of G's input (split_noise_inputs), as a function of the symbolic input that keeps
+    the maps for the noise layers and passes [latent | label] on."""
+
+    def split(z):
+        rest, c.noise_maps = split_noise_inputs(z, layer, c.policy)
+        return rest
+
+    return split
+
+
+def _noise(layer: spec.Layer, c: _Context):
+    """A map's add (add_noise), as a function of the symbolic features."""
+    return lambda features: add_noise(features, c.noise_maps[layer.args["map"]], layer, c.policy, c.portable)
+
+
+# Spec layer kind -> the function that makes its Keras layer (or, for the noise kinds, a function
+# of the symbolic tensor: they only occur in a functional model). The NumPy backend's
+# backends.numpy.networks has the same table for the core.
+CONSTRUCTORS = {
+    "dense": _dense,
+    "conv": _conv,
+    "upsample": _upsample,
+    "bn": _batch_norm,
+    "relu": lambda layer, c: keras.layers.ReLU(**c.common(layer)),
+    "leaky_relu": lambda layer, c: ExactLeakyReLU(negative_slope=layer.args["slope"], **c.common(layer)),
+    "tanh": lambda layer, c: keras.layers.Activation("tanh", **c.common(layer)),
+    "dropout": lambda layer, c: keras.layers.Dropout(layer.args["rate"], seed=c.seeds[layer.name], **c.common(layer)),
+    "reshape": lambda layer, c: keras.layers.Reshape(layer.args["shape"], **c.common(layer)),
+    "flatten": lambda layer, c: keras.layers.Flatten(**c.common(layer)),
+    "minibatch_std": lambda layer, c: MinibatchStd(layer.args["group"], **c.common(layer)),
+    "noise_inputs": _noise_inputs,
+    "noise": _noise,
+}
+
+
+def fused_upsample_conv(layers: list[spec.Layer], index: int, c: _Context):
+    """UpSampleConv2D for spec layers `index` and `index + 1` when they are the upsampling and
+    convolution pair spec.fuses_with_next names and the network fuses them, else None. It
+    carries the convolution's name, weights and seed."""
+    if not c.fuse or not spec.fuses_with_next(layers, index):
+        return None
+    conv = layers[index + 1]
+    return UpSampleConv2D(
+        conv.args["filters"], conv.args["kernel"], c.initializer(conv), name=conv.name, dtype=c.policy
+    )
+
+
 def build_network(config: GANConfig, net: str, name: str | None = None, portable: bool = False) -> keras.Model:
     """The network `net` as a built Keras model (called `name`, default `net`): a Sequential,
     or with noise inputs a functional model (each noise layer takes its map from the split of
     the input as a second input). Initial weights and dropout seeds derive from config.seed
-    (distinct per layer and per network; the noise layers take no seed, so the other layers'
-    initial weights are the same with or without them). `portable`: Keras's own layers only
-    (for export): the fused upsample-convolution as its two layers, noise as in `add_noise`."""
+    (layer_seeds). `portable`: Keras's own layers only (for export): the fused
+    upsample-convolution as its two layers, noise as in `add_noise`."""
     policy = dtype_policy(config)
-    net_offset = spec.NETS.index(net) * 1000
     inputs = keras.Input(shape=input_shape(config, net), dtype="float64" if policy == "float64" else "float32")
-    spec_layers = spec.net_spec(config, net)
-    functional = any(layer.kind in spec.NOISE_KINDS for layer in spec_layers)
+    layers_spec = spec.net_spec(config, net)
+    functional = any(layer.kind in spec.NOISE_KINDS for layer in layers_spec)
     fuse = config.extra.get("fuse_upsample_conv", True) and not portable
-    layers, outputs, noise_maps = [inputs], inputs, []
-
-    def chain(keras_layer):
-        nonlocal outputs
-        layers.append(keras_layer)
+    context = _Context(net, policy, portable, fuse, layer_seeds(config, net, layers_spec))
+    layers, outputs = [inputs], inputs
+    index = 0
+    while index < len(layers_spec):
+        made = fused_upsample_conv(layers_spec, index, context)
+        if made is not None:
+            index += 2
+        else:
+            layer = layers_spec[index]
+            made = spec.constructor_for(CONSTRUCTORS, layer, net, "tf")(layer, context)
+            index += 1
         if functional:
-            outputs = keras_layer(outputs)
-
-    position, skip_next = 0, False  # position: the index among the spec's layers that are not noise layers
-    for index, layer in enumerate(spec_layers):
-        if layer.kind == "noise_inputs":
-            outputs, noise_maps = split_noise_inputs(outputs, layer, policy)
-            continue
-        if layer.kind == "noise":
-            outputs = add_noise(outputs, noise_maps[layer.args["map"]], layer, policy, portable)
-            continue
-        seed = config.seed * 10007 + net_offset + position
-        position += 1
-        if skip_next:
-            skip_next = False
-            continue
-        if fuse and spec.fuses_with_next(spec_layers, index):
-            conv = spec_layers[index + 1]
-            chain(
-                UpSampleConv2D(
-                    conv.args["filters"],
-                    conv.args["kernel"],
-                    keras.initializers.GlorotUniform(seed=seed + 1),  # the conv's own seed
-                    name=conv.name,
-                    dtype=policy,
-                )
-            )
-            skip_next = True
-            continue
-        chain(_keras_layer(layer, net, config, seed, policy))
+            outputs = made(outputs)
+        else:
+            layers.append(made)
     if functional:
         return keras.Model(inputs, outputs, name=name or net)
     return keras.Sequential(layers, name=name or net)
