@@ -10,7 +10,7 @@ opposite, and the listing is what produced its results: if g_loss < d_loss it ca
 `discriminator_on_generator.train_on_batch` (G) again - so the model with the HIGHER loss is
 trained again, on the same batch, while |d_loss - g_loss| > margin, and the loop breaks as soon
 as the retrained model's loss drops below the other's (the order flips). We follow the
-listing (and DESIGN.md). Two deliberate differences: the loop is capped by
+listing, as README's `train` section says. Two deliberate differences: the loop is capped by
 `config.max_rebalance_steps` per batch (the thesis's loop had no cap and hung at 512x512), and
 a repeated D step regenerates G(z) from the same z with the current G (the Backend's d_step),
 where the thesis reused the fakes generated before the batch's G step.
@@ -93,7 +93,7 @@ def rebalance(
     return RebalanceResult(d_loss, g_loss, extra_d, extra_g)
 
 
-# --------------------------------------------------------------------------- RNG state
+# --------------------------------------------------------------------------- learning rate
 
 
 def lr_scale(progress: float, decay_from: float) -> float:
@@ -102,6 +102,9 @@ def lr_scale(progress: float, decay_from: float) -> float:
     if progress <= decay_from or decay_from >= 1.0:
         return 1.0
     return max(0.0, (1.0 - progress) / (1.0 - decay_from))
+
+
+# --------------------------------------------------------------------------- RNG streams, sample grid
 
 
 def trainer_rng(seed: int) -> np.random.Generator:
