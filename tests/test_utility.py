@@ -4,12 +4,17 @@ each arm trains on the images the docs promise, the classifier learns a clearly 
 with and without the classic augmentation, the augmentation keeps images in [-1, 1] with their
 colour and only flips and turns them, the fast bootstrap scores as sklearn does, the sensitivity
 at 80% specificity and the minimum detectable effect are what a hand or independent computation
-gives, the verdicts follow the interval, and bad input is one line and exit 2. Tiny images,
+gives, the verdicts follow the interval, bad input is one line and exit 2, a test set sharing
+training images is warned about, and a second writer on one --out fails at once. Tiny images,
 tiny budgets."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,13 +22,17 @@ import pytest
 from backends.config import GANConfig
 from run_fixtures import init_random_run
 from service.data import CLASS_NAMES, Dataset
+from service import files
 from service.run import main
 from service.utility import ARMS, UtilitySettings, evaluate_arms
 from service.utility.arms import BASELINES, arm_images, scarce_indices, synthetic_counts, top_up
 from service.utility.stats import (
     MDE_FACTOR, bootstrap_difference, score, seed_mean, sensitivity_at_specificity, weighted_auc,
 )
+from service.utility.settings import shared_images
 from service.utility.summary import describe, verdict
+
+REPO = Path(__file__).resolve().parents[1]
 
 SIZE = 32
 FAST = dict(seeds=(0, 1), epochs=12, bootstrap=50)
@@ -376,6 +385,54 @@ def test_bad_input_is_one_line_and_exit_2(runs, data, tmp_path, capsys, case, me
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out" / "utility.json").exists()
+
+
+def test_a_test_set_sharing_training_images_gets_one_warning_naming_how_many(runs, data, tmp_path, capsys):
+    conditional, _ = runs
+    real, test, _ = data
+    assert shared_images(real, test) == 0
+    mixed = Dataset(images=np.concatenate([test.images, real.images[[3, 50, 99]]]),
+                    labels=np.concatenate([test.labels, real.labels[[3, 50, 99]]]), class_names=CLASS_NAMES)
+    assert shared_images(real, mixed) == 3
+    same = write_npz(tmp_path / "real.npz", real)
+    code = main(["utility", "--run", str(conditional), "--real", same, "--test", same, "--out", str(tmp_path / "out"),
+                 "--arms", "real", "--seeds", "0", "--epochs", "1", "--bootstrap", "20", "--backend", "numpy",
+                 "--no-progress"])
+    assert code == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"{len(real)} of the {len(real)} test images are also training images" in warnings[0]
+
+
+HOLD_LOCK = """
+import pathlib, sys, time
+from service import files
+folder, ready, gate = sys.argv[1:4]
+with files.output_lock(folder, "a test"):
+    pathlib.Path(ready).write_text("held")
+    while not pathlib.Path(gate).exists():
+        time.sleep(0.05)
+"""
+
+
+def test_a_second_writer_on_the_same_out_fails_at_once_and_writes_nothing(runs, data, tmp_path, capsys):
+    conditional, _ = runs
+    real, test, _ = data
+    out, ready, gate = tmp_path / "out", tmp_path / "ready", tmp_path / "gate"
+    files.claim_output_folder(out, "utility")  # a folder of this command's, as a first utility run leaves it
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), str(ready), str(gate)], cwd=REPO)
+    try:
+        while not ready.exists():  # a file gate: the holder says when it holds the lock
+            assert holder.poll() is None, "the lock holder died"
+            time.sleep(0.05)
+        code = main(["utility", "--run", str(conditional), "--real", write_npz(tmp_path / "real.npz", real),
+                     "--test", write_npz(tmp_path / "test.npz", test), "--out", str(out), "--seeds", "0",
+                     "--backend", "numpy", "--no-progress"])
+    finally:
+        gate.write_text("go")
+        holder.wait(timeout=60)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "in use by another process" in err[0] and f"pid {holder.pid}" in err[0], err
+    assert not (out / "generated").exists() and not (out / "utility.json").exists()
 
 
 def test_colour_constancy_removes_a_lighting_cast():

@@ -4,6 +4,7 @@ seed, compare each with its baseline, write OUT/utility.json and OUT/utility.png
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from service.utility.arms import BASELINES, MEANING, arm_images, scarce_indices, synthetic_counts
-from service.utility.settings import UtilitySettings, check_inputs, conditional_run, positive_class
+from service.utility.settings import UtilitySettings, check_inputs, conditional_run, positive_class, shared_images
 from service.utility.stats import MDE_FACTOR, bootstrap_difference, score
 from service.utility.summary import notes, reading, verdict
 
@@ -137,22 +138,27 @@ def generate_synthetic(run_dir, class_names, counts: np.ndarray, out_dir: Path, 
 def run_utility(run_dir, real, test, out_dir, settings: UtilitySettings | None = None, progress: bool = False) -> dict:
     """The whole command: check, generate what the arms need, train and score the arms, write
     OUT/utility.json and OUT/utility.png. Returns the summary."""
-    from service.files import claim_output_folder, write_json
+    from service.files import claim_output_folder, output_lock, write_json
     from service.utility.plot import plot_utility
 
     settings = settings or UtilitySettings()
     config, class_names = conditional_run(run_dir)
     check_inputs(class_names, real, test, config.image_size)
     plan = plan_arms(real.labels, class_names, settings)
+    overlap = shared_images(real, test)
+    if overlap:
+        print(f"warning: {overlap} of the {len(test)} test images are also training images (the same pixels): "
+              "their scores measure memory, not generalisation; test on held-out images", file=sys.stderr)
     # OUT made by this command (or by it before folders carried a marker), else refused
     out_dir = claim_output_folder(out_dir, "utility", ours_if=lambda folder: (folder / "utility.json").is_file())
-    counts = synthetic_counts(real.labels, plan.scarce, len(class_names), settings.arms, plan.positive)
-    started = time.perf_counter()
-    synthetic, provenance = generate_synthetic(run_dir, class_names, counts, out_dir / "generated", settings, progress)
-    generated = time.perf_counter()
-    summary = evaluate_arms(real, test, synthetic, class_names, settings, progress, plan)
-    summary.update(run=str(run_dir), generated=str(out_dir / "generated"), **provenance,
-                   generation_seconds=generated - started, seconds=time.perf_counter() - started)
-    write_json(out_dir / "utility.json", summary)
-    plot_utility(summary, out_dir / "utility.png")
+    with output_lock(out_dir, "a utility run"):
+        counts = synthetic_counts(real.labels, plan.scarce, len(class_names), settings.arms, plan.positive)
+        started = time.perf_counter()
+        synthetic, provenance = generate_synthetic(run_dir, class_names, counts, out_dir / "generated", settings, progress)
+        generated = time.perf_counter()
+        summary = evaluate_arms(real, test, synthetic, class_names, settings, progress, plan)
+        summary.update(run=str(run_dir), generated=str(out_dir / "generated"), **provenance,
+                       generation_seconds=generated - started, seconds=time.perf_counter() - started)
+        write_json(out_dir / "utility.json", summary)
+        plot_utility(summary, out_dir / "utility.png")
     return summary

@@ -3,6 +3,7 @@ class is the positive one."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,16 @@ def check_inputs(class_names: tuple[str, ...], real, test, image_size: int | Non
         size = dataset.images.shape[1]
         if image_size is not None and size != image_size:
             raise UserError(f"the {name} images are {size}x{size}; the run makes {image_size}x{image_size}")
+
+
+def shared_images(real, test) -> int:
+    """How many test images are also training images, pixel for pixel (by a content hash of the
+    images as loaded): scores on them measure recall of the training set, not generalisation."""
+    def digest(image: np.ndarray) -> bytes:
+        return hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
+
+    training = {digest(image) for image in real.images}
+    return sum(digest(image) in training for image in test.images)
 
 
 def positive_class(class_names, labels: np.ndarray, requested: str | None = None) -> int:
