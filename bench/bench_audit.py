@@ -149,23 +149,12 @@ def test_peak_memory_in_the_generated_count(benchmark, tmp_path):
 def _audit_on_cluster(source, train, out, nodes: int):
     """AuditResult of the audit on a fresh cluster of `nodes` nodes with 1 CPU each (started,
     and the driver connected, before the audit starts)."""
-    import logging
-
-    import ray
-    from ray.cluster_utils import Cluster
+    from clusters import one_cpu_nodes  # bench/clusters.py
 
     from service.audit import run_audit
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level=logging.ERROR)
+    with one_cpu_nodes(nodes):
         return run_audit(source, train, out, workers=None)  # one task per CPU of the cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_two_nodes_against_one_node(benchmark, tmp_path):

@@ -144,20 +144,10 @@ def test_peak_memory_is_flat_in_count(benchmark, tmp_path):
 def _generate_on_cluster(job, nodes: int) -> float:
     """Seconds for `job` on a fresh cluster of `nodes` nodes with 1 CPU each (started, and the
     driver connected, before the clock starts)."""
-    import ray
-    from ray.cluster_utils import Cluster
+    from clusters import one_cpu_nodes  # bench/clusters.py
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level=logging.ERROR)
-        result = generation.generate_on_ray(job, progress=False)  # one task per CPU of the cluster
-        return result.seconds
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with one_cpu_nodes(nodes):
+        return generation.generate_on_ray(job, progress=False).seconds  # one task per CPU of the cluster
 
 
 def test_two_nodes_against_one_node(benchmark, tmp_path):
