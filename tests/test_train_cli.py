@@ -62,10 +62,16 @@ def state_without_timings(run_dir) -> dict[str, np.ndarray]:
     return {k: v for k, v in arrays.items() if k not in ("meta/train_seconds", "meta/epoch_sums")}
 
 
-def assert_same_state(a: dict, b: dict) -> None:
+def assert_same_state(a: dict, b: dict, backend: str = "numpy") -> None:
+    """Every array equal: bit for bit on the NumPy core. TensorFlow's CPU kernels (oneDNN) may
+    sum in another order in another process, so there float weights and moments agree to
+    float32 rounding; counters and random-stream states stay exact on both."""
     assert a.keys() == b.keys()
     for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        if backend == "tf" and a[name].dtype.kind == "f":
+            np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
 def test_train_writes_a_run_directory_and_says_where(tmp_path, tiny_data, capsys):
@@ -216,7 +222,7 @@ def test_kill_9_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, t
     straight = tmp_path / "straight"
     assert main(train_args(tiny_data, straight, "--epochs", str(epochs), backend=backend_name)) == 0
     assert ckpt.step_of(ckpt.latest_checkpoint(straight)) == steps
-    assert_same_state(state_without_timings(straight), state_without_timings(killed))
+    assert_same_state(state_without_timings(straight), state_without_timings(killed), backend_name)
     resumed, reference = step_lines(killed), step_lines(straight)
     assert [m["step"] for m in resumed] == list(range(1, steps + 1))
     assert [m["lr_scale"] for m in resumed] == [m["lr_scale"] for m in reference]
