@@ -151,7 +151,8 @@ class Dataset:
             labels=None if self.labels is None else self.labels[indices],
             class_names=self.class_names,
             files=[self.files[i] for i in indices] if self.files else [],
-            source=self.source,
+            # a split names its part, so "data: ..." lines and config.json count what was used
+            source=self.source if len(indices) == len(self) else f"{len(indices)} of {self.source}",
             groups=None if self.groups is None else self.groups[indices],
             labelling=self.labelling,
         )
