@@ -33,7 +33,7 @@ def plot_utility(summary: dict, path: Path) -> None:
     left.set_title("on the held-out real test set (whiskers: seed range)", fontsize=10)
     left.set_ylim(0, 1)
     left.legend(loc="lower right")
-    left.tick_params(axis="x", rotation=40)
+    left.set_xticks(range(len(names)), names, rotation=40, ha="right")
     compared = [a for a in names if "difference" in arms[a]]
     if compared:
         d = [arms[a]["difference"]["positive_auc"] for a in compared]
@@ -43,14 +43,18 @@ def plot_utility(summary: dict, path: Path) -> None:
                   capsize=4, color=[GAIN if x["low"] > 0 else LOSS if x["high"] < 0 else NONE for x in d])
         for i, x in zip(places, d):
             right.hlines([x["mde"], -x["mde"]], i - 0.4, i + 0.4, colors="black", linestyles=":", linewidth=1)
+            # upright text over each bar: side by side, the verdicts would run into each other
             right.annotate(verdict(x).replace(" (", "\n("), (i, max(x["high"], x["mde"])), textcoords="offset points",
-                           xytext=(0, 4), ha="center", fontsize=7)
+                           xytext=(0, 4), ha="center", va="bottom", rotation=90, fontsize=7)
         right.set_xticks(list(places), [f"{a}\nvs {arms[a]['against']}" for a in compared], rotation=40, ha="right",
                          fontsize=8)
         right.axhline(0, color="black", linewidth=0.8)
         right.set_ylabel(f"{positive} AUC difference (95% interval)")
         right.set_title("against each arm's baseline (dotted: +- the smallest detectable difference)", fontsize=10)
-        right.margins(y=0.25)
+        top = max(max(x["high"], x["mde"]) for x in d)
+        bottom = min(min(x["low"], -x["mde"]) for x in d)
+        span = max(top - bottom, 1e-3)
+        right.set_ylim(bottom - 0.1 * span, top + 0.9 * span)  # room for the upright verdicts
     else:
         right.axis("off")
     fig.tight_layout()
