@@ -27,10 +27,10 @@ from service.run import main
 from service.utility import ARMS, UtilitySettings, evaluate_arms
 from service.utility.arms import BASELINES, arm_images, scarce_indices, synthetic_counts, top_up
 from service.utility.stats import (
-    MDE_FACTOR, bootstrap_difference, score, seed_mean, sensitivity_at_specificity, weighted_auc,
+    MDE_FACTOR, bootstrap_difference, score, sensitivity_at_specificity, weighted_auc,
 )
 from service.utility.settings import shared_images
-from service.utility.summary import describe, verdict
+from service.utility.summary import verdict
 
 REPO = Path(__file__).resolve().parents[1]
 

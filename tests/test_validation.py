@@ -466,3 +466,24 @@ def test_cli_bad_input_is_exit_2_with_one_line(tmp_path, capsys, case, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_inception_weights_add_inception_scores_to_the_metrics(tmp_path, real_images, monkeypatch):
+    """--inception-weights reaches metrics.json (FD/KID in that space, the file named); a
+    stand-in extractor replaces InceptionV3, whose weights cannot be downloaded here."""
+    from service.validation import evaluate, validate_sets
+
+    class StandInInception:
+        def __init__(self, weights_path):
+            self.weights_path = str(weights_path)
+
+        def __call__(self, images, progress=False, desc=""):
+            return np.asarray(images, np.float64).reshape(len(images), -1)[:, :64] / 255.0
+
+    monkeypatch.setattr(evaluate, "InceptionFeatures", StandInInception)
+    fake = blur(lesion_like_images(40, seed=3), 0.8)
+    result = validate_sets(real_images, fake, out_dir=tmp_path / "report", progress=False,
+                           inception_weights=tmp_path / "inception.h5")
+    assert result["inception"] == {"weights": str(tmp_path / "inception.h5")}
+    assert np.isfinite(result["real_vs_generated"]["inception_fd"])
+    assert "inception_kid" in result["real_vs_real"]

@@ -259,7 +259,7 @@ def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, clas
         for target, (a, b) in ((main, (inception_real, inception_fake)), (reference, (inception_real[half_a], inception_real[half_b]))):
             kid = metrics.kernel_distance(a, b, seed=seed)
             target.update(inception_fd=metrics.frechet_distance(a, b), inception_kid=kid["mean"], inception_kid_std=kid["std"])
-        inception_result = {"weights": os.fspath(inception_weights)}
+        inception_result = {"weights": inception.weights_path}
         done("inception")
 
     step("maps")

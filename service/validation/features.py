@@ -106,6 +106,7 @@ class InceptionFeatures:
 
     def __init__(self, weights_path: str | os.PathLike):
         weights_path = os.fspath(weights_path)
+        self.weights_path = weights_path  # named in metrics.json
         if not os.path.isfile(weights_path):
             raise UserError(f"--inception-weights: no such file: {weights_path}")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
