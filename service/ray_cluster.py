@@ -77,9 +77,10 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
         except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot join the Ray cluster at {address}: {' '.join(str(e).split())[:200]}") from None
     else:
-        # Local Ray: don't let RAY_ADDRESS="" or a stale variable redirect us.
+        # Local Ray: don't let RAY_ADDRESS="" or a stale variable redirect us, nor a cluster
+        # another program started on this machine (plain ray.init() joins one; "local" never does).
         os.environ.pop("RAY_ADDRESS", None)
-        ray.init(num_cpus=num_cpus, object_store_memory=200 * 1024**2, **options)
+        ray.init(address="local", num_cpus=num_cpus, object_store_memory=200 * 1024**2, **options)
     try:
         yield ray
     finally:

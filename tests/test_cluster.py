@@ -159,3 +159,14 @@ def test_a_node_lost_mid_search_still_finishes_every_trial(cluster, tmp_path):
     assert len(rows) == 2 and all(r["status"] == "reported" and 1 <= r["epochs"] <= 2 for r in rows)
     assert max(r["epochs"] for r in rows) == 2  # the first to reach a rung is never stopped there
     assert len(list(started.iterdir())) == 3  # the lost trial started once more
+
+
+def test_local_ray_starts_its_own_instead_of_joining_a_cluster_already_on_the_machine(cluster):
+    """Without --address the tool runs its own local Ray, even while another program's cluster
+    runs on this machine (a plain ray.init() would join that one, or refuse the CPU count)."""
+    from service.ray_cluster import ray_session
+
+    head, _ = cluster
+    with ray_session(num_cpus=2) as session:
+        assert session.cluster_resources().get("CPU") == 2  # the other cluster has 2 one-CPU nodes too
+        assert session.get_runtime_context().gcs_address != head.address  # so tell them by address
