@@ -25,6 +25,9 @@ class GANConfig:
     latent_dim: int = 100
     width: int = 128  # filters of the narrowest hidden conv layer; the thesis uses 128
     max_width: int = 1024  # cap on any layer's filters; the thesis's widest layer is 1024
+    # D's narrowest conv filters when D should be wider or narrower than G; 0: `width`. D's cap
+    # scales with it (max_width * d_width / width), so D keeps its shape at another capacity.
+    d_width: int = 0
     kernel_size: int = 4
     channels: int = 3
     num_classes: int = 0  # 0: unconditional; else conditional on this many classes (ISIC 2017: 3)
@@ -82,6 +85,8 @@ class GANConfig:
         for name in ("latent_dim", "width", "max_width", "kernel_size", "channels", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if int(self.d_width) < 0:
+            raise ConfigError(f"d_width must be 0 (as width) or a positive integer, got {self.d_width}")
         if int(self.pack) < 1:
             raise ConfigError(f"pack must be a positive integer, got {self.pack}")
         if self.batch_size % self.pack:

@@ -89,6 +89,13 @@ def _filters(cfg: GANConfig, level: int) -> int:
     return min(cfg.width * 2**level, cfg.max_width)
 
 
+def _d_filters(cfg: GANConfig, level: int) -> int:
+    """D's filters: as `_filters` from `d_width` when it is set, the cap scaled with it."""
+    if not cfg.d_width:
+        return _filters(cfg, level)
+    return min(cfg.d_width * 2**level, max(1, cfg.max_width * cfg.d_width // cfg.width))
+
+
 def _bn_args(channels: int) -> dict:
     return {"channels": channels, "momentum": BN_MOMENTUM, "epsilon": BN_EPSILON}
 
@@ -158,7 +165,7 @@ def discriminator_spec(cfg: GANConfig) -> list[Layer]:
     cin = (cfg.channels + cfg.num_classes) * cfg.pack
     normed = {"spectral_norm": True} if cfg.spectral_norm else {}  # an arg of D's conv and dense layers
     for i in range(n):
-        cout = _filters(cfg, i)
+        cout = _d_filters(cfg, i)
         args = {"filters": cout, "in": cin, "kernel": cfg.kernel_size, "stride": 2, "padding": "same", **normed}
         layers.append(Layer("conv", f"conv_{i}", args))
         layers.append(Layer("leaky_relu", f"leaky_relu_{i}", {"slope": cfg.leaky_slope}))

@@ -48,6 +48,7 @@ CASES = {
     # noise strengths set away from their zero start (the `pair` fixture), so the maps count
     "64-noise-inputs": dict(image_size=64, noise_inputs=True, beta_1=0.5),
     "32-noise-inputs-conditional-ema": dict(image_size=32, base_side=4, num_classes=3, noise_inputs=True, ema_kimg=0.02),
+    "32-wider-discriminator": dict(image_size=32, base_side=4, d_width=8, minibatch_std=2),
     "32-noise-inputs-float32": dict(image_size=32, base_side=4, noise_inputs=True, minibatch_std=2, dtype="float32"),
 }
 

@@ -77,6 +77,7 @@ def test_optimizer_state_names_cover_trainable_weights_only():
         ("batch_size", 0),
         ("spectral_norm", "yes"),
         ("noise_inputs", "yes"),
+        ("d_width", -1),
     ],
 )
 def test_bad_config_values_name_the_field(field, value):
@@ -100,6 +101,17 @@ def test_pack_and_minibatch_std_widen_the_discriminator():
     assert {n: s for n, s in both.items() if n.startswith("generator/")} == {
         n: s for n, s in plain.items() if n.startswith("generator/")
     }
+
+
+def test_d_width_widens_the_discriminator_alone_with_its_cap():
+    plain = spec.weight_shapes(GANConfig(image_size=32, width=4, max_width=8))
+    wide = spec.weight_shapes(GANConfig(image_size=32, width=4, max_width=8, d_width=8))
+    filters = lambda shapes: [shapes[f"discriminator/conv_{i}/kernel"][3] for i in range(3)]
+    assert filters(plain) == [4, 8, 8] and filters(wide) == [8, 16, 16]
+    assert {n: s for n, s in wide.items() if n.startswith("generator/")} == {
+        n: s for n, s in plain.items() if n.startswith("generator/")
+    }
+    assert spec.weight_shapes(GANConfig(image_size=32, width=4, max_width=8, d_width=4)) == plain
 
 
 def test_spectral_norm_adds_an_untrained_vector_to_each_discriminator_kernel():
