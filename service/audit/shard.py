@@ -26,7 +26,7 @@ def audit_images(index: TrainingIndex, images_uint8: np.ndarray) -> dict:
     return {**found, "train_gap": gap, "ratio": memorization.copy_ratios(found["distance"], gap)}
 
 
-def _number(value: float) -> str:
+def number_text(value: float) -> str:
     """A float as a row holds it: 6 significant digits, inf spelt out."""
     return "inf" if np.isinf(value) else f"{float(value):.6g}"
 
@@ -41,7 +41,7 @@ def shard_rows(index: TrainingIndex, shard: Shard, found: dict) -> str:
         shift_y, shift_x = (int(v) for v in found["shift"][k])
         writer.writerow([
             image_index, file, nearest, index.file_of(nearest), index.group_of(nearest), int(found["turn"][k]),
-            shift_y, shift_x, _number(found["distance"][k]), _number(found["train_gap"][k]), _number(ratio),
+            shift_y, shift_x, number_text(found["distance"][k]), number_text(found["train_gap"][k]), number_text(ratio),
             int(ratio < memorization.COPY_RATIO_THRESHOLD),
         ])
     return text.getvalue()

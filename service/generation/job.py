@@ -35,7 +35,9 @@ DEFAULT_BATCH_SIZE = 50
 MAX_COUNT = 10**9  # images in one job: file names and manifest indices have 9 digits
 GENERATE_COMMAND = "generate"  # the command named in OUT's marker (service.files)
 # Fields a re-run must share with the job already in OUT (they decide the bytes and the layout).
-_IDENTITY_FIELDS = ("checkpoint_sha256", "count", "seed", "class_name", "backend", "shard_size", "output_format")
+# copy_reference: the training pixels' fingerprint of --exclude-copies (None without it).
+_IDENTITY_FIELDS = ("checkpoint_sha256", "count", "seed", "class_name", "backend", "shard_size", "output_format",
+                    "copy_reference")
 OUTPUT_FORMATS = ("png", "tar")  # a PNG file per image, or a WebDataset tar shard per shard
 
 
@@ -53,6 +55,8 @@ class GenerationJob:
     batch_size: int = DEFAULT_BATCH_SIZE
     shard_size: int = DEFAULT_SHARD_SIZE
     output_format: str = "png"
+    copy_reference: str | None = None  # --exclude-copies: fingerprint of the training images (service.generation.release)
+    copy_reference_source: str | None = None  # where those images came from, for the record
 
     @property
     def num_shards(self) -> int:
@@ -230,7 +234,12 @@ def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
             raise UserError(f"{out_dir} already holds images from elsewhere; choose an empty --out")
         make_folder(out_dir / STATE_DIR)
         make_folder(_parts_dir(out_dir))
-        write_json(job_file, {**job.identity(), "run_dir": job.run_dir, "checkpoint": job.checkpoint})
+        record = {**job.identity(), "run_dir": job.run_dir, "checkpoint": job.checkpoint}
+        if job.copy_reference is not None:
+            from service.validation.memorization import AUDIT_SPACE
+
+            record.update(copy_reference_source=job.copy_reference_source, audit_space=AUDIT_SPACE)
+        write_json(job_file, record)
     make_folder(out_dir / STATE_DIR)
     make_folder(_parts_dir(out_dir))
     for torn in list(out_dir.glob(TEMP_PREFIX + "*")) + list(_parts_dir(out_dir).glob(TEMP_PREFIX + "*")):
@@ -282,13 +291,22 @@ def _part_lists(job: GenerationJob, shard: int) -> bool:
     return len(lines) == len(expected) and all(line.startswith(start) for line, start in zip(lines, expected))
 
 
+def manifest_columns(job: GenerationJob) -> tuple[str, ...]:
+    """The manifest's columns: MANIFEST_COLUMNS, then a copy-free release's own (release.py)."""
+    if job.copy_reference is None:
+        return MANIFEST_COLUMNS
+    from service.generation.release import RELEASE_COLUMNS
+
+    return MANIFEST_COLUMNS + RELEASE_COLUMNS
+
+
 def merge_manifest(job: GenerationJob) -> Path:
     """Concatenate the shard parts, in shard (= index) order, into manifest.csv; check no gaps."""
     out_dir = Path(job.out_dir)
     final = out_dir / MANIFEST_FILE
     expected = 0
     with atomic_file(final) as manifest:
-        manifest.write((",".join(MANIFEST_COLUMNS) + "\n").encode())
+        manifest.write((",".join(manifest_columns(job)) + "\n").encode())
         for shard in range(job.num_shards):
             part = part_path(out_dir, shard)
             if not part.is_file():

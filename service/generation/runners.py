@@ -25,6 +25,7 @@ import numpy as np
 
 from service.errors import UserError
 from service.files import write_bytes
+from service.generation import release
 from service.generation.job import (
     GenerationJob, class_index_for, image_file_name, manifest_file, merge_manifest, noise_for_indices, open_out_dir,
     part_path, tar_member_key, tar_shard_name,
@@ -42,46 +43,81 @@ class GenerationResult:
     seconds: float = 0.0
     worker_peak_rss: dict = field(default_factory=dict)  # worker pid -> peak RSS bytes
     driver_peak_rss: int = 0
+    replaced: int | None = None  # a copy-free release: images replaced (likely copies)
 
 
-def write_shard(backend, job: GenerationJob, shard: int) -> int:
+def write_shard(backend, job: GenerationJob, shard: int, copy_index=None) -> int:
     """Generate and write shard `shard`'s images (PNG files, or one tar shard), then its
-    manifest part (last, atomically: it marks the shard done)."""
-    from service.imageio import encode_png, to_uint8
+    manifest part (last, atomically: it marks the shard done). A copy-free release
+    (job.copy_reference; copy_index its training index) audits the shard's images first and
+    replaces its likely copies (service.generation.release)."""
+    from service.imageio import encode_png
 
+    release.check_reference(job, copy_index)
     out_dir = Path(job.out_dir)
     indices = job.shard_range(shard)
+    if copy_index is None:  # batch by batch: a shard's images are never all in memory
+        images = ((i, image) for batch, rendered in _batches(backend, job, indices) for i, image in zip(batch, rendered))
+        release_columns = None
+    else:  # the whole shard, audited as one: its copy decisions do not depend on the batch size
+        rendered = np.concatenate([images for _, images in _batches(backend, job, indices)])
+        rendered, release_columns = release.exclude_copies(
+            lambda wanted, noise: render(backend, job, wanted, noise), copy_index, indices, rendered)
+        images = zip(indices, rendered)
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     encoded = []
-    for start in range(indices.start, indices.stop, job.batch_size):
-        batch = range(start, min(start + job.batch_size, indices.stop))
-        z = noise_for_indices(job.seed, batch, backend.config)
-        classes = [class_index_for(i, job) for i in batch]
-        labels = None if not job.class_names else np.asarray(classes, dtype=np.int64)
-        images = to_uint8(backend.generate(z, labels))
-        for i, image, cls in zip(batch, images, classes):
-            class_name = "" if cls is None else job.class_names[cls]
-            png = encode_png(image)
-            if job.output_format == "tar":
-                encoded.append((i, png, class_name))
-            else:
-                write_bytes(out_dir / image_file_name(i), png)
-            writer.writerow([i, manifest_file(job, i), class_name, job.seed, job.checkpoint_sha256, backend.device_kind])
+    for k, (i, image) in enumerate(images):
+        cls = class_index_for(i, job)
+        class_name = "" if cls is None else job.class_names[cls]
+        noise_index = None if release_columns is None else release_columns[k][0]
+        png = encode_png(image)
+        if job.output_format == "tar":
+            encoded.append((i, png, class_name, noise_index))
+        else:
+            write_bytes(out_dir / image_file_name(i), png)
+        extra = [] if release_columns is None else release_columns[k]
+        writer.writerow([i, manifest_file(job, i), class_name, job.seed, job.checkpoint_sha256, backend.device_kind, *extra])
     if job.output_format == "tar":
         write_bytes(out_dir / tar_shard_name(shard), tar_shard_bytes(job, encoded, backend.device_kind))
     write_bytes(part_path(out_dir, shard), rows.getvalue().encode())
     return len(indices)
 
 
-def tar_shard_bytes(job: GenerationJob, samples: list[tuple[int, bytes, str]], device: str) -> bytes:
+def render(backend, job: GenerationJob, indices, noise_indices=None) -> np.ndarray:
+    """uint8 images of `indices` (their classes), from the noise of `noise_indices` (default:
+    their own), job.batch_size at a time."""
+    from service.imageio import to_uint8
+
+    indices = list(indices)
+    noise_indices = indices if noise_indices is None else list(noise_indices)
+    images = []
+    for start in range(0, len(indices), job.batch_size):
+        z = noise_for_indices(job.seed, noise_indices[start : start + job.batch_size], backend.config)
+        classes = [class_index_for(i, job) for i in indices[start : start + job.batch_size]]
+        labels = None if not job.class_names else np.asarray(classes, dtype=np.int64)
+        images.append(to_uint8(backend.generate(z, labels)))
+    return np.concatenate(images)
+
+
+def _batches(backend, job: GenerationJob, indices: range):
+    """(indices, uint8 images) of a range, one batch of job.batch_size at a time."""
+    for start in range(indices.start, indices.stop, job.batch_size):
+        batch = range(start, min(start + job.batch_size, indices.stop))
+        yield batch, render(backend, job, batch)
+
+
+def tar_shard_bytes(job: GenerationJob, samples: list[tuple[int, bytes, str, int | None]], device: str) -> bytes:
     """A WebDataset-style tar: KEY.png then KEY.json per sample, in index order. Headers carry
-    no time or owner, so a shard is the same bytes whoever writes it, whenever."""
+    no time or owner, so a shard is the same bytes whoever writes it, whenever. In a copy-free
+    release the JSON also names the index whose noise made the image (noise_index)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for index, png, class_name in samples:
+        for index, png, class_name, noise_index in samples:
             meta = {"index": index, "class": class_name or None, "seed": job.seed,
                     "checkpoint_sha256": job.checkpoint_sha256, "device": device}
+            if noise_index is not None:
+                meta["noise_index"] = noise_index
             for suffix, data in (("png", png), ("json", json.dumps(meta, sort_keys=True).encode())):
                 member = tarfile.TarInfo(f"{tar_member_key(index)}.{suffix}")
                 member.size, member.mode, member.mtime = len(data), 0o644, 0
@@ -122,23 +158,26 @@ def _peak_rss_bytes() -> int:
 _worker_generator: dict = {}
 
 
-def run_shard_task(job: GenerationJob, shard: int) -> tuple[int, int, int, int]:
-    """Body of a Ray task: (shard, images written, worker pid, worker peak RSS bytes)."""
+def run_shard_task(job: GenerationJob, shard: int, copy_index=None) -> tuple[int, int, int, int]:
+    """Body of a Ray task: (shard, images written, worker pid, worker peak RSS bytes).
+    copy_index: a copy-free release's training index (from the node's object store)."""
     key = (job.run_dir, job.checkpoint_sha256, job.backend)
     if key not in _worker_generator:
         _worker_generator.clear()
         _worker_generator[key] = load_generator(job.run_dir, job.checkpoint, job.backend)
-    written = write_shard(_worker_generator[key], job, shard)
+    written = write_shard(_worker_generator[key], job, shard, copy_index)
     return shard, written, os.getpid(), _peak_rss_bytes()
 
 
-def generate_in_process(job: GenerationJob, resume: bool = False, progress: bool = False) -> GenerationResult:
+def generate_in_process(job: GenerationJob, resume: bool = False, progress: bool = False, copy_index=None) -> GenerationResult:
     """The same job in one process, one shard after another: the reference for the Ray path.
+    copy_index: the training index of a copy-free release (release.plan_release).
 
     Byte-identical to the Ray output when this process runs the framework with one thread as
     the workers do (the generate command sets LESIONGAN_TF_THREADS=1 for it; the numpy backend
     does not depend on the thread count).
     """
+    release.check_reference(job, copy_index)
     started = time.perf_counter()
     shards_run = 0
     with open_out_dir(job, resume) as done:
@@ -146,12 +185,12 @@ def generate_in_process(job: GenerationJob, resume: bool = False, progress: bool
         with _progress(job, done, progress) as bar:
             for shard in range(job.num_shards):  # one at a time: never a list of every shard
                 if shard not in done:
-                    bar.update(write_shard(backend, job, shard))
+                    bar.update(write_shard(backend, job, shard, copy_index))
                     shards_run += 1
         merge_manifest(job)
     return GenerationResult(
         Path(job.out_dir), job.count, shards_run, len(done), time.perf_counter() - started,
-        {os.getpid(): _peak_rss_bytes()}, _peak_rss_bytes(),
+        {os.getpid(): _peak_rss_bytes()}, _peak_rss_bytes(), _replaced(job),
     )
 
 
@@ -170,12 +209,15 @@ def generate_on_ray(
     progress: bool = True,
     max_retries: int = DEFAULT_TASK_RETRIES,
     shard_task: Callable = run_shard_task,
+    copy_index=None,
 ) -> GenerationResult:
     """Run the job's missing shards as Ray tasks, at most `workers` at a time.
 
     The driver keeps only that window of task references (ray.wait), never a list of N of
     anything, so its memory does not grow with the count. `shard_task(job, shard)` is the
-    task's body (run_shard_task; tests wrap it to inject failures).
+    task's body (run_shard_task; tests wrap it to inject failures); a copy-free release's
+    training index (copy_index) is put in the object store once and passed to it as a third
+    argument, so every task on a node reads the node's one copy.
     """
     import time
 
@@ -183,6 +225,7 @@ def generate_on_ray(
 
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
+    release.check_reference(job, copy_index)
     if address:
         probe_address(address)  # an unreachable cluster: one line before OUT is made
     started = time.perf_counter()
@@ -201,6 +244,7 @@ def generate_on_ray(
             # one task per GPU where there are GPUs (each task takes a whole one)
             max_in_flight = min(workers, int(gpus)) if gpus >= 1 else workers
             job_ref = ray.put(job)
+            extra = () if copy_index is None else (ray.put(copy_index),)
             todo = (s for s in range(job.num_shards) if s not in done)
             pending: dict = {}
             peaks: dict[int, int] = {}
@@ -211,21 +255,31 @@ def generate_on_ray(
                         shard = next(todo, None)
                         if shard is None:
                             break
-                        pending[task.remote(job_ref, shard)] = shard
+                        pending[task.remote(job_ref, shard, *extra)] = shard
                     if not pending:
                         break
                     ready, _ = ray.wait(list(pending), num_returns=1)
                     for ref in ready:
                         shard = pending.pop(ref)
-                        _, written, pid, peak = ray.get(ref)
+                        try:
+                            _, written, pid, peak = ray.get(ref)
+                        except ray.exceptions.RayTaskError as e:
+                            if isinstance(e.cause, UserError):  # e.g. a release that cannot replace a copy
+                                raise e.cause from None
+                            raise
                         peaks[pid] = max(peaks.get(pid, 0), peak)
                         shards_run += 1
                         bar.update(written)
         merge_manifest(job)
     return GenerationResult(
         Path(job.out_dir), job.count, shards_run, len(done), time.perf_counter() - started,
-        peaks, _peak_rss_bytes(),
+        peaks, _peak_rss_bytes(), _replaced(job),
     )
+
+
+def _replaced(job: GenerationJob) -> int | None:
+    """Images a copy-free release replaced; None for a plain job."""
+    return None if job.copy_reference is None else release.count_replaced(job.out_dir)
 
 
 def describe(result: GenerationResult) -> dict:
