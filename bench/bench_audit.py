@@ -18,6 +18,10 @@ Run: `pytest bench/bench_audit.py --benchmark-only -s`
 3. Nodes: the same audit on a multi-node Ray cluster on this machine (ray.cluster_utils.Cluster)
    of 1 node with 1 CPU, then of 2 nodes with 1 CPU each; prints the time from the first task
    to the last row of each and the ratio (target >= 1.7), and checks the rows are identical.
+4. Copy-free release: `generate --workers 0` of BENCH_AUDIT_RELEASE_COUNT 64x64 images from a
+   small random-weight generator (what G is does not change the audit's cost), plain and with
+   `--exclude-copies` against 2,000 stand-in training images, on one core; prints the added
+   time per image (wall and CPU), the index's one-off time apart, and the images replaced.
 
 Knobs:
   BENCH_AUDIT_TRAIN_COUNTS   default 2000,25000
@@ -25,6 +29,7 @@ Knobs:
   BENCH_AUDIT_QUERIES        default 1000
   BENCH_AUDIT_MEMORY_COUNTS  default 2000,20000
   BENCH_AUDIT_NODES_COUNT    default 20000
+  BENCH_AUDIT_RELEASE_COUNT  default 10000
 """
 
 from __future__ import annotations
@@ -180,3 +185,52 @@ def test_two_nodes_against_one_node(benchmark, tmp_path):
               f"index {results[nodes].index_seconds:.1f} s before)")
     print(f"  ratio 2 nodes / 1 node = {ratio:.2f} (target >= 1.7); rows identical: {same}")
     assert same  # a correctness check, not a timing one
+
+
+def test_release_cost_per_image(benchmark, tmp_path):
+    """`generate --exclude-copies`: its cost per generated image over a plain `generate`."""
+    from threadpoolctl import threadpool_limits
+
+    from backends.config import GANConfig
+    from run_fixtures import init_random_run  # tests/run_fixtures.py, on the path by bench/conftest.py
+    from service.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, weights_only
+    from service.generation import plan_job
+    from service.generation.release import count_replaced, plan_release
+    from service.run import main
+
+    count = int(os.environ.get("BENCH_AUDIT_RELEASE_COUNT", 10000))
+    run = init_random_run(tmp_path / "run", GANConfig(image_size=64, width=8, max_width=32, latent_dim=16), seed=3)
+    weights = weights_only(load_checkpoint(latest_checkpoint(run)))  # kernels scaled: images as varied as a trained G's
+    save_checkpoint(run, 1, {k: v * 4 if k.endswith("kernel") else v for k, v in weights.items()})
+    np.savez(tmp_path / "train.npz", images=stand_in(MEMORY_TRAIN, 64, seed=0))
+    times = {}
+
+    def generate(name, *extra):
+        argv = ["generate", "--run", str(run), "--count", str(count), "--out", str(tmp_path / name), "--backend", "numpy",
+                "--workers", "0", "--no-progress", *extra]  # a later --count wins
+        started, cpu_started = time.perf_counter(), time.process_time()
+        assert main(argv) == 0
+        times[name] = (time.perf_counter() - started, time.process_time() - cpu_started)
+
+    def measure():
+        with threadpool_limits(limits=1):
+            # imports, JIT compilation and first-call costs of both paths, before anything is timed
+            generate("warm-plain", "--count", "100")
+            generate("warm-release", "--count", "100", "--exclude-copies", str(tmp_path / "train.npz"))
+            generate("plain")
+            generate("release", "--exclude-copies", str(tmp_path / "train.npz"))
+            started, cpu_started = time.perf_counter(), time.process_time()  # the one-off part, alone
+            plan_release(plan_job(run, count, tmp_path / "unused", backend="numpy"), tmp_path / "train.npz")
+            times["index"] = (time.perf_counter() - started, time.process_time() - cpu_started)
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    replaced = count_replaced(tmp_path / "release")
+    (plain, plain_cpu), (full, full_cpu), (index, index_cpu) = times["plain"], times["release"], times["index"]
+    print(f"\n[copy-free release] {count} generated 64x64 images, {MEMORY_TRAIN} training images, --workers 0, one core")
+    print(f"  plain generate: {plain:6.1f} s wall, {plain_cpu:6.1f} s CPU")
+    print(f"  --exclude-copies: {full:6.1f} s wall, {full_cpu:6.1f} s CPU; {replaced} images replaced")
+    print(f"  once per job (reading the training images, index and gaps): {index:.1f} s wall, {index_cpu:.1f} s CPU")
+    print(f"  added per image, the one-off part left out: {1000 * (full - plain - index) / count:.2f} ms wall, "
+          f"{1000 * (full_cpu - plain_cpu - index_cpu) / count:.2f} ms CPU")
+    benchmark.extra_info.update({"added_ms_per_image_cpu": 1000 * (full_cpu - plain_cpu - index_cpu) / count,
+                                 "index_seconds": index, "replaced": replaced})
