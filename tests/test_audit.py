@@ -97,12 +97,29 @@ def test_the_summary_counts_and_the_panel(in_process):
     assert cv2.imread(str(out / audit.PANEL_FILE)) is not None
 
 
+def noting_the_index(seen: Path):
+    """The audit's shard task, noting where the index it got lives (shipped by value)."""
+
+    def task(index, job, shard):
+        windows = index.aligned.windows
+        (seen / f"{shard.number}").write_text(f"{os.getpid()} {windows.ctypes.data} {int(windows.flags.writeable)}")
+        return audit.run_shard_task(index, job, shard)
+
+    return task
+
+
 def test_two_ray_workers_give_the_same_rows(sets, in_process, tmp_path):
     _, reference = in_process
-    result = run(sets, tmp_path / "ray", workers=2)
+    (tmp_path / "seen").mkdir()
+    result = run(sets, tmp_path / "ray", workers=2, shard_task=noting_the_index(tmp_path / "seen"))
     assert (tmp_path / "ray" / audit.ROWS_FILE).read_bytes() == (reference / audit.ROWS_FILE).read_bytes()
     assert (tmp_path / "ray" / audit.SUMMARY_FILE).read_bytes() == (reference / audit.SUMMARY_FILE).read_bytes()
     assert result.shards_run == COUNT // SHARD and len(result.worker_peak_rss) >= 1
+    # every task read the index from the node's object store (read-only shared memory, one
+    # buffer for all of a worker's tasks), not a copy of its own
+    notes = [p.read_text().split() for p in (tmp_path / "seen").iterdir()]
+    assert len(notes) == COUNT // SHARD and all(writeable == "0" for _, _, writeable in notes)
+    assert all(len({address for pid, address, _ in notes if pid == worker}) == 1 for worker, _, _ in notes)
 
 
 def test_a_resumed_audit_equals_an_uninterrupted_one(sets, in_process, tmp_path):
