@@ -126,11 +126,9 @@ generation.generate_on_ray(job, workers=1, address=address, progress=False, shar
 """
 
 
-def test_killed_driver_then_resume_has_no_gaps_or_duplicates(ray_cluster, run_dir, reference, tmp_path):
-    out, gate = tmp_path / "out", tmp_path / "gate"
-    count, shard = 600, 10
-    driver = subprocess.Popen([sys.executable, "-c", GATED_DRIVER, str(run_dir), str(out), ray_cluster, str(gate), BACKEND],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def kill_after_two_shards(driver: subprocess.Popen, out: Path, gate: Path) -> Path:
+    """SIGKILL a gated driver (GATED_DRIVER) once two shards of OUT are done, then open the
+    gate; returns OUT's parts folder."""
     parts = out / generation.STATE_DIR / generation.PARTS_DIR
     try:
         while not (parts.is_dir() and len(list(parts.glob("shard_*.csv"))) >= 2):
@@ -142,6 +140,15 @@ def test_killed_driver_then_resume_has_no_gaps_or_duplicates(ray_cluster, run_di
         gate.write_text("go")  # a task Ray still runs for the dead driver ends at once (same bytes)
         if driver.poll() is None:
             driver.kill()
+    return parts
+
+
+def test_killed_driver_then_resume_has_no_gaps_or_duplicates(ray_cluster, run_dir, reference, tmp_path):
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    count, shard = 600, 10
+    driver = subprocess.Popen([sys.executable, "-c", GATED_DRIVER, str(run_dir), str(out), ray_cluster, str(gate), BACKEND],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = kill_after_two_shards(driver, out, gate)
     assert len(list(parts.glob("shard_*.csv"))) == 2
     assert not (out / "manifest.csv").exists()
 

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from run_fixtures import init_random_run
-from test_generation import assert_complete, image_digests, ray_cluster  # noqa: F401 - the module's local Ray
+from test_generation import assert_complete, image_digests, kill_after_two_shards, ray_cluster  # noqa: F401 - its local Ray
 
 from backends.config import GANConfig
 from service import generation
@@ -172,17 +170,7 @@ def test_killed_release_resumed_equals_an_uninterrupted_one(ray_cluster, run_dir
     driver = subprocess.Popen([sys.executable, "-c", GATED_DRIVER, str(run_dir), str(out), ray_cluster, str(gate),
                                str(data[0]), str(COUNT), str(SHARD)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    parts = out / generation.STATE_DIR / generation.PARTS_DIR
-    try:
-        while not (parts.is_dir() and len(list(parts.glob("shard_*.csv"))) >= 2):
-            assert driver.poll() is None, f"the driver exited early: {driver.stderr.read()[-1000:]}"
-            time.sleep(0.05)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    finally:
-        gate.write_text("go")
-        if driver.poll() is None:
-            driver.kill()
+    parts = kill_after_two_shards(driver, out, gate)
     assert len(list(parts.glob("shard_*.csv"))) == 2 and not (out / "manifest.csv").exists()
 
     # the plain options alone do not resume a release: the job in OUT differs
