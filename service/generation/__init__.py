@@ -22,7 +22,9 @@ Layout of the output folder:
 Class of image i on a conditional run: the class named by --class, or else classes cycle by
 index (i % num_classes: nevus, melanoma, seborrheic_keratosis, nevus, ...), a balanced set.
 
-`job` holds the job and the folder's contract; `runners` executes it.
+`job` holds the job and the folder's contract; `runners` executes it; `release` makes it a
+copy-free release (--exclude-copies: each shard audited, likely copies replaced from a reserved
+index range).
 """
 
 from service.generation.job import (
