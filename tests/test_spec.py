@@ -52,6 +52,15 @@ def test_a_config_saved_before_base_side_existed_keeps_its_architecture():
     assert preset_config("default", image_size=32).base_size == 4
 
 
+def test_default_changes_from_64x64_up_and_an_override_still_wins():
+    small, large = preset_config("default", image_size=32), preset_config("default", image_size=64)
+    assert (small.noise_inputs, small.lr_g, small.lr_d) == (False, 1e-3, 1e-3)
+    assert (large.noise_inputs, large.lr_g, large.lr_d) == (True, 5e-4, 1e-3)
+    assert preset_config("default", image_size=128).lr_g == 5e-4
+    assert preset_config("default", image_size=64, lr_g=2e-4, noise_inputs=False).lr_g == 2e-4
+    assert not preset_config("default", image_size=64, noise_inputs=False).noise_inputs
+
+
 def test_conditional_widens_inputs():
     cfg = GANConfig(image_size=32, width=8, num_classes=3)
     shapes = spec.weight_shapes(cfg)
