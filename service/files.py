@@ -22,7 +22,13 @@ only a regular file inside the folder the caller expects.
 Locks. `output_lock` makes a second writer on the same folder fail fast, naming the process
 that holds it. It is an flock on LOCK_FILE, which the kernel drops when its holder dies, so a
 lock left by a killed process is taken over without a race; the file records the holder's pid
-for the message.
+for the message. The lock file is opened by its own name in the folder, never resolved
+(no realpath): a link, a FIFO, a folder or a file with another hard link in its place is a
+one-line error that touches nothing, and release deletes only the file the lock opened.
+
+Opening. Every file the tool opens by name for writing or for its own bookkeeping goes through
+`open_regular`: no link followed (O_NOFOLLOW), no wait on a FIFO (O_NONBLOCK), and anything but
+a regular file refused.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from pathlib import Path
 from service.errors import UserError
 
 TEMP_PREFIX = ".tmp-"
+_NO_FOLLOW_NO_WAIT = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 MARKER_FILE = ".lesiongan.json"  # {"tool": "lesiongan", "command": ..., "created": ...}
 LOCK_FILE = ".lesiongan.lock"
 TOOL = "lesiongan"
@@ -64,6 +71,39 @@ def refuse_link(path: str | os.PathLike, what: str | None = None) -> None:
     if stat.S_ISLNK(mode):
         raise UserError(f"{what or os.fspath(path)} is a symbolic link; give a path that is not a link "
                         "(the tool never writes through one)")
+
+
+def open_regular(path: str | os.PathLike, flags: int, mode: int = 0o666, what: str | None = None,
+                 single_link: bool = False) -> int:
+    """A descriptor of the regular file at `path`, opened with `flags` plus O_NOFOLLOW and
+    O_NONBLOCK (a FIFO never blocks the open); UserError for a link, a FIFO, a folder, a device
+    or, with `single_link`, a file that has another hard link (its data belongs elsewhere too).
+
+    Nothing is truncated before the checks: O_TRUNC in `flags` is applied after them.
+    """
+    shown = what or os.fspath(path)
+    try:
+        fd = os.open(path, (flags & ~os.O_TRUNC) | _NO_FOLLOW_NO_WAIT, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{shown} is a symbolic link; remove it (the tool never opens a link "
+                            "in its place)") from None
+        if e.errno in (errno.ENXIO, errno.EISDIR):
+            raise UserError(f"{shown} is not a regular file; remove it") from None
+        raise UserError(f"cannot open {shown}: {e.strerror or e}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{shown} is not a regular file; remove it")
+        if single_link and info.st_nlink > 1:
+            raise UserError(f"{shown} has another hard link (its data is also elsewhere); remove it")
+        os.set_blocking(fd, True)
+        if flags & os.O_TRUNC:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextlib.contextmanager
@@ -138,7 +178,7 @@ def write_json(path: str | os.PathLike, payload, durable: bool = False) -> None:
 @contextlib.contextmanager
 def append_lines(path: str | os.PathLike):
     """A text file opened for appending (metrics.jsonl): never through a link (O_NOFOLLOW)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    fd = open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     with os.fdopen(fd, "a", encoding="utf-8") as f:
         yield f
 
@@ -171,7 +211,7 @@ def copy_regular_file(source: str | os.PathLike, target: str | os.PathLike, insi
     real path lies inside the folder `inside`; else warn on stderr and return False."""
     source = Path(source)
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(source, os.O_RDONLY | _NO_FOLLOW_NO_WAIT)
     except OSError as e:
         reason = "a symbolic link" if e.errno == errno.ELOOP else (e.strerror or str(e))
         print(f"warning: {source} not copied: {reason}", file=sys.stderr)
@@ -195,12 +235,10 @@ def copy_regular_file(source: str | os.PathLike, target: str | os.PathLike, insi
 def read_marker(folder: str | os.PathLike) -> dict | None:
     """The marker of a folder the tool made (a regular file, read without following a link), or None."""
     try:
-        fd = os.open(Path(folder) / MARKER_FILE, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
+        fd = open_regular(Path(folder) / MARKER_FILE, os.O_RDONLY)
+    except UserError:  # missing, a link, a FIFO...: not a marker of ours
         return None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
         try:
             marker = json.loads(f.read(1 << 16))
         except ValueError:
@@ -263,44 +301,42 @@ def check_output_folder(path: str | os.PathLike, command: str, option: str = "--
                     "choose a new or empty folder")
 
 
-def is_ours(folder: str | os.PathLike, command: str | None = None) -> bool:
-    marker = read_marker(folder)
-    return marker is not None and (command is None or marker.get("command") == command)
-
-
 # --------------------------------------------------------------------------- locks
 
-_held: dict[str, list] = {}  # real path of a lock file -> [fd, depth]; a process re-enters its own lock
+_held: dict[tuple, list] = {}  # (device, inode) of a locked folder -> [fd, depth]; a process re-enters its own lock
 _held_guard = threading.Lock()
 
 
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, what: str = "this output"):
-    """Hold the folder's lock for the block; UserError at once if another process holds it.
+    """Hold the folder's lock for the block; UserError at once if another process holds it, or
+    if the lock's place holds anything but a regular file of its own (then nothing is touched).
 
     Re-entrant within one process (a run's config write, then its training)."""
-    path = os.path.realpath(Path(folder) / LOCK_FILE)
+    try:
+        info = os.stat(folder)
+    except OSError as e:
+        raise UserError(f"cannot lock {folder}: {e.strerror or e}") from None
+    key = (info.st_dev, info.st_ino)  # the folder, however it is named; the lock file is never resolved
+    path = os.path.join(os.path.abspath(folder), LOCK_FILE)
     with _held_guard:
-        if path in _held:
-            _held[path][1] += 1
+        if key in _held:
+            _held[key][1] += 1
         else:
-            _held[path] = [_acquire(path, folder, what), 1]
+            _held[key] = [_acquire(path, folder, what), 1]
     try:
         yield
     finally:
         with _held_guard:
-            _held[path][1] -= 1
-            if _held[path][1] == 0:
-                fd, _ = _held.pop(path)
+            _held[key][1] -= 1
+            if _held[key][1] == 0:
+                fd, _ = _held.pop(key)
                 _release(path, fd)
 
 
 def _acquire(path: str, folder, what: str) -> int:
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
-        except OSError as e:
-            raise UserError(f"cannot lock {folder}: {e.strerror or e}") from None
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644, what=f"the lock file {path}", single_link=True)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -310,20 +346,25 @@ def _acquire(path: str, folder, what: str) -> int:
             raise UserError(f"{folder} is in use by another process{pid} writing {what}; "
                             "wait for it to finish or choose another folder") from None
         # the file we locked may have been released and unlinked meanwhile: lock the one at the path
-        try:
-            same = os.path.samestat(os.fstat(fd), os.lstat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
+        if _still_at(path, fd):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)
 
 
+def _still_at(path: str, fd: int) -> bool:
+    """Whether `path` names, without following a link, the file open as `fd`."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except FileNotFoundError:
+        return False
+
+
 def _release(path: str, fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)  # while still locked, so no one locks the old file after we go
+    if _still_at(path, fd):  # never a file put in its place meanwhile
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still locked, so no one locks the old file after we go
     os.close(fd)
 
 

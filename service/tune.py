@@ -35,7 +35,7 @@ import numpy as np
 from backends.config import ConfigError, GANConfig
 from service.data import DEFAULT_DATA_COUNT, DataOptions
 from service.errors import UserError
-from service.files import claim_output_folder, write_json, write_text
+from service.files import claim_output_folder, output_lock, write_json, write_text
 
 METRIC = "swd"
 EXPERIMENT_NAME = "tune"
@@ -304,27 +304,28 @@ def run_tune(settings: TuneSettings, dataset, resume: bool = False, trial=run_tr
     heldout_uint8 = to_uint8(heldout.images)
     swd_images = min(settings.swd_images, len(heldout))
     claim_output_folder(out_dir, TUNE_COMMAND, ours_if=_is_old_search)
-    if record is not None and not resume:
-        write_json(out_dir / SEARCH_FILE, record)
-    base = base_config.to_dict()
-    local_cpus = None if (settings.address or os.environ.get("RAY_ADDRESS")) else os.cpu_count()
+    with output_lock(out_dir, "a search"):  # a second search on the same --out fails at once
+        if record is not None and not resume:
+            write_json(out_dir / SEARCH_FILE, record)
+        base = base_config.to_dict()
+        local_cpus = None if (settings.address or os.environ.get("RAY_ADDRESS")) else os.cpu_count()
 
-    with ray_session(settings.address, num_cpus=local_cpus):
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                trial, base=base, backend_name=settings.backend, epochs=settings.epochs,
-                cpus=settings.cpus_per_trial, train_images=train_set.images,
-                train_labels=train_set.labels, heldout_uint8=heldout_uint8, swd_images=swd_images,
-            ),
-            {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
-        )
-        if resume:
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = tune.Tuner(trainable, param_space=search_space(settings), tune_config=_tune_config(settings),
-                               run_config=_run_config(settings, out_dir))
-        results = tuner.fit()
-    return summarise(results, out_dir, base)
+        with ray_session(settings.address, num_cpus=local_cpus):
+            trainable = tune.with_resources(
+                tune.with_parameters(
+                    trial, base=base, backend_name=settings.backend, epochs=settings.epochs,
+                    cpus=settings.cpus_per_trial, train_images=train_set.images,
+                    train_labels=train_set.labels, heldout_uint8=heldout_uint8, swd_images=swd_images,
+                ),
+                {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial},
+            )
+            if resume:
+                tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True)
+            else:
+                tuner = tune.Tuner(trainable, param_space=search_space(settings), tune_config=_tune_config(settings),
+                                   run_config=_run_config(settings, out_dir))
+            results = tuner.fit()
+        return summarise(results, out_dir, base)
 
 
 def _is_old_search(folder: Path) -> bool:

@@ -250,6 +250,107 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, random_run):
     assert (out / "manifest.csv").is_file() and not (out / files.LOCK_FILE).exists()
 
 
+def planted_lock(folder, kind: str, victim):
+    """Put something other than the tool's own lock file at FOLDER's lock path."""
+    lock = folder / files.LOCK_FILE
+    if kind in ("link", "dangling link"):
+        if kind == "link":
+            victim.write_bytes(b"the user's file")
+        lock.symlink_to(victim)
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "folder":
+        lock.mkdir()
+    elif kind == "hard link":
+        victim.write_bytes(b"the user's file")
+        os.link(victim, lock)
+    return lock
+
+
+def untouched(lock, kind, victim) -> bool:
+    if kind in ("link", "dangling link"):
+        kept = lock.is_symlink() and os.readlink(lock) == str(victim)
+        return kept and (victim.read_bytes() == b"the user's file" if kind == "link" else not os.path.lexists(victim))
+    if kind == "fifo":
+        import stat
+
+        return stat.S_ISFIFO(os.lstat(lock).st_mode)
+    if kind == "folder":
+        return lock.is_dir() and not any(lock.iterdir())
+    return victim.read_bytes() == b"the user's file" and lock.read_bytes() == b"the user's file"
+
+
+LOCK_KINDS = ["link", "dangling link", "fifo", "folder", "hard link"]
+
+
+@pytest.mark.parametrize("kind", LOCK_KINDS)
+def test_a_lock_path_that_is_not_a_regular_file_of_ours_is_one_error_and_touches_nothing(tmp_path, kind):
+    folder, victim = tmp_path / "out", tmp_path / "elsewhere.txt"
+    folder.mkdir()
+    lock = planted_lock(folder, kind, victim)
+    with pytest.raises(UserError, match="lock file") as caught:
+        with files.output_lock(folder, "a test"):
+            pytest.fail("the lock was taken")
+    assert "\n" not in str(caught.value)
+    assert untouched(lock, kind, victim)
+
+
+def test_the_lock_of_a_folder_reached_through_a_linked_parent_is_the_folder_s_own(tmp_path):
+    real = tmp_path / "real"
+    (real / "out").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(real)
+    with files.output_lock(tmp_path / "alias" / "out"):
+        assert (real / "out" / files.LOCK_FILE).read_text().strip() == str(os.getpid())
+        with files.output_lock(real / "out"):  # the same folder by another name: re-entered, not refused
+            pass
+    assert not (real / "out" / files.LOCK_FILE).exists()
+
+
+def test_release_deletes_only_the_lock_file_it_opened(tmp_path):
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_bytes(b"the user's file")
+    with files.output_lock(tmp_path):
+        lock = tmp_path / files.LOCK_FILE
+        lock.unlink()
+        lock.symlink_to(victim)  # swapped while held
+    assert lock.is_symlink() and victim.read_bytes() == b"the user's file"
+
+
+def generated(out, run):
+    assert main(["generate", "--run", str(run), "--count", "4", "--out", str(out), "--workers", "0",
+                 "--backend", "numpy", "--no-progress"]) == 0
+    return out
+
+
+def command_argv(command, tmp_path, out, random_run):
+    small = ["--backend", "numpy", "--image-size", "32", "--no-progress"]
+    return {
+        "train": ["train", "--out", str(out), "--epochs", "1", "--data-count", "16", *small],
+        "generate": ["generate", "--run", str(random_run), "--count", "4", "--out", str(out), "--workers", "0",
+                     "--backend", "numpy", "--no-progress"],
+        "validate": ["validate", "--real", str(image_folder(tmp_path / "real")), "--fake",
+                     str(image_folder(tmp_path / "fake", count=8)), "--out", str(out), "--no-progress"],
+        "audit": ["audit", "--fake", str(generated(tmp_path / "generated", random_run)), "--train",
+                  str(image_folder(tmp_path / "real")), "--out", str(out), "--workers", "0", "--no-progress"],
+        "tune": ["tune", "--out", str(out), "--max-images", "16", "--image-size", "32", "--batch-sizes", "8",
+                 "--widths", "8", "--no-progress"],
+    }[command]
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+@pytest.mark.parametrize("command", ["train", "generate", "validate", "audit", "tune"])
+def test_every_writing_command_refuses_a_planted_lock_file_and_touches_nothing(tmp_path, capsys, random_run,
+                                                                              command, kind):
+    out, victim = tmp_path / "out", tmp_path / "elsewhere.txt"
+    files.claim_output_folder(out, {"train": "train"}.get(command, command))
+    lock = planted_lock(out, kind, victim)
+    before = sorted(os.listdir(out))
+    assert main(command_argv(command, tmp_path, out, random_run)) == 2
+    one_line_error(capsys, "lock file")
+    assert untouched(lock, kind, victim)
+    assert sorted(os.listdir(out)) == before
+
+
 def test_the_lock_is_reentrant_within_a_process_and_released_after(tmp_path):
     with files.output_lock(tmp_path):
         with files.output_lock(tmp_path):
