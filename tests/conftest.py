@@ -1,4 +1,5 @@
-"""Shared fixtures: one `backend_name` fixture parametrized over both backends.
+"""Shared set-up: a private home and cache for the whole run, and one `backend_name` fixture
+parametrized over both backends.
 
 Both backends are required dependencies: a backend that fails to import fails the tests that
 use it (an error naming the import), never a skip.
@@ -8,8 +9,38 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import tempfile
 
 import pytest
+
+# The user's home and the tool's cache (LESIONGAN_CACHE, else ~/.cache/lesiongan) are never
+# touched: HOME and the XDG folders point into a temp folder for the whole run, including the
+# subprocesses the tests start. Set when pytest configures, not in a fixture, because
+# collection imports Keras (which writes ~/.keras) and some modules copy os.environ at import.
+HOME_VARIABLES = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "LESIONGAN_CACHE")
+_saved_environment: dict[str, str | None] = {}
+
+
+def pytest_configure(config):
+    home = tempfile.mkdtemp(prefix="lesiongan-tests-home-")
+    _saved_environment.update({name: os.environ.get(name) for name in HOME_VARIABLES})
+    _saved_environment["_home"] = home
+    os.environ.update(HOME=home, XDG_CACHE_HOME=os.path.join(home, ".cache"),
+                      XDG_CONFIG_HOME=os.path.join(home, ".config"), XDG_DATA_HOME=os.path.join(home, ".local", "share"),
+                      LESIONGAN_CACHE=os.path.join(home, ".cache", "lesiongan"))
+
+
+def pytest_unconfigure(config):
+    home = _saved_environment.pop("_home", None)
+    for name, value in _saved_environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _saved_environment.clear()
+    if home:
+        shutil.rmtree(home, ignore_errors=True)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -20,3 +51,11 @@ from backends import BACKENDS  # noqa: E402
 def backend_name(request):
     importlib.import_module(f"backends.{request.param}")
     return request.param
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_home():
+    """The run's temp home (set in pytest_configure); fails if anything put the real one back."""
+    home = os.environ["HOME"]
+    assert os.path.basename(home).startswith("lesiongan-tests-home-"), home
+    return home
