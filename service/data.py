@@ -5,8 +5,10 @@ Formats `load_images` accepts:
   `*_superpixels.png` label maps are ignored) with a label file: given (`labels_csv`), or found
   in the folder or its parent (the only CSV whose header service.labels recognises: every
   public ISIC / HAM10000 ground-truth file). Without one, a folder whose images all sit in
-  first-level subfolders is labelled by subfolder (sorted names); a folder of loose images is
-  unlabelled; a folder with both is an error. `unlabelled=True` ignores labels of any kind.
+  first-level subfolders is labelled by subfolder (sorted names; a subfolder with no image is
+  an error unless the choices leave its class out); a folder of loose images is unlabelled; a
+  folder with both is an error. Linked folders are followed, one line naming them (a cycle is
+  not; one folder reached by two paths is an error). `unlabelled=True` ignores labels of any kind.
   Class choices (`label_column`, `classes`, `binary`, `unknown`) are service.labels.choose's;
   the images of classes left out are not loaded (one line says how many).
 - WebDataset-style tar shards (as `generate --format tar` writes them): a `.tar` file, or a
@@ -475,16 +477,17 @@ def load_generated_images(folder, files: list[str]) -> np.ndarray:
 
 
 def _load_folder(root: Path, image_size, labels_csv, crop, strict, cache_dir, progress, max_pixels, choice) -> Dataset:
-    special: list[str] = []
-    files = _list_image_files(root, special)
-    if special:
-        _warn(f"skipped {len(special)} file(s) in {root} that are not regular files (FIFO, socket or device): "
-              + _listed(special))
-    if not files:
+    listing = _walk(root)
+    if listing.special:
+        _warn(f"skipped {len(listing.special)} file(s) in {root} that are not regular files (FIFO, socket or device): "
+              + _listed(listing.special))
+    _note_links(root, listing.linked)
+    if not listing.files:
         raise UserError(f"no JPEG/PNG/BMP images in {root}")
-    relative = [f.relative_to(root).as_posix() for f in files]
+    relative = [f.relative_to(root).as_posix() for f in listing.files]
+    class_folders = [name for name in listing.folders if "/" not in name]
 
-    table = None if choice is None else _label_table(root, relative, labels_csv, choice)
+    table = None if choice is None else _label_table(root, relative, labels_csv, choice, class_folders)
     if table is not None:  # check before the (slow) decode, so a mismatch fails fast
         relative = _labelled_only(root, relative, table, strict)
 
@@ -535,23 +538,67 @@ def _listed(names: list[str]) -> str:
     return ", ".join(names[:SHOWN_NAMES]) + (", ..." if len(names) > SHOWN_NAMES else "")
 
 
-def _list_image_files(root: Path, special: list | None = None) -> list[Path]:
+@dataclass
+class _Listing:
+    """What a walk of a data folder found (paths relative to it, except `files`)."""
+
+    files: list[Path] = field(default_factory=list)  # image files, sorted
+    special: list[str] = field(default_factory=list)  # named like images but not regular files
+    linked: list[tuple[str, str]] = field(default_factory=list)  # (linked folder followed, its target)
+    folders: list[str] = field(default_factory=list)  # every folder walked
+
+
+def _list_image_files(root: Path) -> list[Path]:
+    return _walk(root).files
+
+
+def _walk(root: Path) -> _Listing:
     """Image files under `root`, sorted; files named like images that are not regular files
-    (FIFOs, sockets, devices: opening one can block forever) are left out, and named in
-    `special` when given."""
-    found = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+    (FIFOs, sockets, devices: opening one can block forever) are left out and named. Linked
+    folders are followed and named; one that leads back to a folder it sits in is not (a
+    cycle: its images are listed already), and a folder reached twice, by a link and by its own
+    path or by two links, is a UserError: its images would be listed twice, perhaps in two
+    classes."""
+    listing = _Listing()
+    seen: dict[str, str] = {os.path.realpath(root): "."}  # real path of each folder walked -> its relative path
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        here = os.path.realpath(folder)
+        kept = []
+        for name in sorted(d for d in subfolders if not d.startswith(".")):
+            path = Path(folder) / name
+            relative, target = path.relative_to(root).as_posix(), os.path.realpath(path)
+            if target == here or here.startswith(target.rstrip(os.sep) + os.sep):
+                continue
+            if target in seen:
+                raise UserError(f"{root / relative} and {root / seen[target]} are the same folder "
+                                "(through a symbolic link); each image must be reachable by one path only")
+            seen[target] = relative
+            if path.is_symlink():
+                listing.linked.append((relative, target))
+            listing.folders.append(relative)
+            kept.append(name)
+        subfolders[:] = kept
         for name in names:
             lower = name.lower()
             if name.startswith(".") or lower.endswith(SUPERPIXEL_SUFFIX) or not lower.endswith(IMAGE_EXTENSIONS):
                 continue
             path = Path(folder) / name
             if path.is_file():  # follows a symbolic link; False for a FIFO, socket or device
-                found.append(path)
-            elif special is not None:
-                special.append(path.relative_to(root).as_posix())
-    return sorted(found)
+                listing.files.append(path)
+            else:
+                listing.special.append(path.relative_to(root).as_posix())
+    listing.files.sort()
+    return listing
+
+
+def _note_links(root: Path, linked: list[tuple[str, str]]) -> None:
+    """One line naming each linked folder followed, flagging those outside the data folder."""
+    if not linked:
+        return
+    inside = os.path.realpath(root).rstrip(os.sep) + os.sep
+    shown = [f"{relative} -> {target}" + ("" if target.startswith(inside) else " (outside the data folder)")
+             for relative, target in linked]
+    _note(f"followed {len(linked)} linked folder(s) in {root}: " + "; ".join(shown))
 
 
 def _decode_files(root: Path, relative: list[str], image_size: int, crop: str, progress: bool, max_pixels: int):
@@ -587,13 +634,14 @@ def _decode_files(root: Path, relative: list[str], image_size: int, crop: str, p
 # ----------------------------------------------------------------------------- labels
 
 
-def _label_table(root: Path, relative: list[str], labels_csv, choice: dict):
-    """The images' labels (service.labels.LabelFile, after the choices), or None."""
+def _label_table(root: Path, relative: list[str], labels_csv, choice: dict, class_folders: list[str]):
+    """The images' labels (service.labels.LabelFile, after the choices), or None. class_folders:
+    the first-level subfolders of root (with images or not)."""
     path = Path(labels_csv) if labels_csv is not None else label_files.find_label_file(root, choice["label_column"])
     if path is not None:
         table = label_files.read_label_file(path, choice["label_column"])
     else:
-        table = label_files.class_folders(root, relative)
+        table = label_files.class_folders(root, relative, class_folders)
         if table is None:
             if choice["label_column"] is not None:
                 raise UserError(f"--label-column {choice['label_column']}: no label file with that column in {root} "

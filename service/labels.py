@@ -71,6 +71,7 @@ class LabelFile:
     group_column: str | None = None
     by_path: bool = False  # keys are paths relative to the data folder (class folders), not file stems
     left_out: dict[str, str] = field(default_factory=dict)  # image id -> why its image is left out
+    empty_folders: tuple[str, ...] = ()  # class folders without an image: an error unless left out
 
     def describe(self) -> dict:
         """Where the labels and groups came from, as config.json records it."""
@@ -112,6 +113,7 @@ def read_label_file(path, label_column: str | None = None) -> LabelFile:
     body = rows if layout.kind == "headerless" else rows[1:]
     first_line = 1 if layout.kind == "headerless" else 2
     header = [] if layout.kind == "headerless" else [c.strip() for c in rows[0]]
+    _refuse_duplicates(path, header, (layout.id_column, *layout.columns, layout.group_column))
     table = _parse(path, layout, header, body, first_line)
     if not table.labels:
         raise UserError(f"labels file {path} has no rows")
@@ -149,6 +151,16 @@ def recognise(header: list[str], label_column: str | None = None) -> _Layout | N
         name = "HAM10000" if column == "dx" else "ISIC 2020" if "target" in others else "table"
         return _Layout(name, id_column, "column", (column,), group)
     return None
+
+
+def _refuse_duplicates(path: Path, header: list[str], read, what: str = "labels file") -> None:
+    """UserError naming a column the format reads that the header holds more than once: which
+    of the two the labels (or groups) would come from is a guess, so none is taken."""
+    for column in dict.fromkeys(c for c in read if c):
+        count = header.count(column)
+        if count > 1:
+            raise UserError(f"{what} {path}: the header has {count} columns named {column}; "
+                            "rename or remove all but one")
 
 
 def _unknown_header(path: Path, first_row: list[str], label_column: str | None):
@@ -310,6 +322,7 @@ def _groups_beside(path: Path, table: LabelFile) -> None:
     candidate, id_column, group_column = found[0]
     rows = _read_rows(candidate)
     header = [c.strip() for c in rows[0]]
+    _refuse_duplicates(candidate, header, (id_column, group_column), "groups file")
     i, g = header.index(id_column), header.index(group_column)
     groups = {row[i].strip(): row[g].strip() for row in rows[1:] if len(row) > max(i, g) and row[g].strip()}
     if groups:
@@ -341,25 +354,29 @@ def find_label_file(folder: Path, label_column: str | None = None) -> Path | Non
     return None
 
 
-def class_folders(root: Path, relative: list[str]) -> LabelFile | None:
+def class_folders(root: Path, relative: list[str], subfolders=()) -> LabelFile | None:
     """Labels by first-level subfolder (sorted names, as Keras and torchvision do); None when
-    every image is loose in `root`; UserError when both are there."""
+    every image is loose in `root`; UserError when both are there. `subfolders`: every
+    first-level subfolder, with images or not; one without is a class with no image, which
+    `choose` refuses unless the choices leave it out (dropping it quietly would drop a class)."""
     loose = [name for name in relative if "/" not in name]
     nested = [name for name in relative if "/" in name]
     if not nested:
         return None
-    folders = sorted({name.split("/", 1)[0] for name in nested})
+    with_images = {name.split("/", 1)[0] for name in nested}
+    folders = sorted(with_images | set(subfolders))
     if loose:
         shown = ", ".join(loose[:SHOWN]) + (", ..." if len(loose) > SHOWN else "")
-        subfolders = ", ".join(f + "/" for f in folders[:SHOWN]) + (", ..." if len(folders) > SHOWN else "")
+        named = ", ".join(f + "/" for f in folders[:SHOWN]) + (", ..." if len(folders) > SHOWN else "")
         raise UserError(
-            f"{root} mixes {len(loose)} loose image(s) ({shown}) and class subfolders ({subfolders}); "
+            f"{root} mixes {len(loose)} loose image(s) ({shown}) and class subfolders ({named}); "
             "put every image in a class subfolder, or pass --unlabelled"
         )
     index = {name: i for i, name in enumerate(folders)}
     return LabelFile(
         class_names=tuple(folders), labels={name: index[name.split("/", 1)[0]] for name in nested},
         source=str(root), format="class folders", label_column="subfolder", by_path=True,
+        empty_folders=tuple(f for f in folders if f not in with_images),
     )
 
 
@@ -379,12 +396,19 @@ def choose(table: LabelFile, classes=(), binary: str | None = None, unknown: str
             if names[c].lower() in UNKNOWN_CLASSES:
                 keep.remove(c)
                 reasons[c] = f"labelled {names[c]} (--unknown keep keeps them)"
+    if any(not str(name).strip() for name in classes):
+        raise UserError(f"--classes: an empty class name in {','.join(classes)!r}; give class names separated by commas")
     if classes:
         wanted = [class_index(name, table.class_names, "--classes", table.source, allow_index=False) for name in classes]
         for c in list(keep):
             if c not in wanted:
                 keep.remove(c)
                 reasons[c] = "of classes not in --classes"
+    empty = [names[c] for c in keep if names[c] in table.empty_folders]
+    if empty:
+        shown = ", ".join(str(Path(table.source) / name) for name in empty[:SHOWN]) + (", ..." if len(empty) > SHOWN else "")
+        raise UserError(f"{len(empty)} class folder(s) hold no JPEG/PNG/BMP image ({shown}); add the images, remove "
+                        "the folder, or leave its class out with --classes")
     new_index = {old: new for new, old in enumerate(keep)}
     new_names = tuple(names[c] for c in keep)
     if binary is not None:

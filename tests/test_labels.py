@@ -224,6 +224,105 @@ def test_a_same_label_twice_is_not_an_error(tmp_path):
 # ----------------------------------------------------------------------------- hostile files
 
 
+@pytest.mark.parametrize("header, options, column", [
+    ("image_id,melanoma,image_id", {}, "image_id"),
+    ("image,MEL,NV,MEL", {}, "MEL"),
+    ("image_id,melanoma,seborrheic_keratosis,melanoma", {}, "melanoma"),
+    ("image_name,patient_id,target,patient_id", {}, "patient_id"),
+    ("lesion_id,image_id,dx,dx", {}, "dx"),
+    ("image_id,grade,grade", {"label_column": "grade"}, "grade"),
+])
+def test_a_column_the_format_reads_twice_is_a_one_line_error(tmp_path, header, options, column):
+    columns = header.split(",")
+    ids = image_ids(2)
+    rows = [",".join(i if c in ("image", "image_id", "image_name") else "p1" if c == "patient_id" else "0" for c in columns)
+            for i in ids]
+    (tmp_path / "gt.csv").write_text("\n".join([header, *rows]) + "\n")
+    write_images(tmp_path / "images", ids)
+    with pytest.raises(UserError, match=rf"gt.csv: the header has 2 columns named {column}; rename or remove") as caught:
+        load_images(tmp_path / "images", 32, labels_csv=tmp_path / "gt.csv", progress=False, **options)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_duplicate_column_the_format_does_not_read_is_fine(tmp_path):
+    ids = image_ids(2)
+    (tmp_path / "gt.csv").write_text("image_id,melanoma,age,age\n" + "".join(f"{i},{k},30,31\n" for k, i in enumerate(ids)))
+    write_images(tmp_path / "images", ids)
+    assert load_images(tmp_path / "images", 32, progress=False).labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("header", ["image,lesion_id,lesion_id", "image,image,lesion_id"])
+def test_a_groups_file_beside_with_a_column_twice_is_a_one_line_error(tmp_path, header):
+    ids = image_ids(2)
+    (tmp_path / "gt.csv").write_text(one_hot(ISIC_2018, ids, ("MEL", "NV")))
+    (tmp_path / "groups.csv").write_text(header + "\n" + "".join(f"{i},{i},L{k}\n" for k, i in enumerate(ids)))
+    write_images(tmp_path / "images", ids)
+    column = "lesion_id" if header.count("lesion_id") == 2 else "image"
+    with pytest.raises(UserError, match=rf"groups file .*groups.csv: the header has 2 columns named {column}") as caught:
+        load_images(tmp_path / "images", 32, progress=False)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("given", ["", ",", " , ,"])
+def test_classes_naming_no_class_is_exit_2_with_one_line_and_nothing_written(tmp_path, capsys, given):
+    for cls in ("melanoma", "nevus"):
+        write_images(tmp_path / "train" / cls, [f"{cls}_{i}" for i in range(2)])
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "train"), "--out", str(out), "--classes", given,
+                 "--image-size", "32", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --classes") and "names no class" in err and err.count("\n") == 1
+    assert not out.exists()
+    with pytest.raises(UserError, match="an empty class name"):
+        load_images(tmp_path / "train", 32, classes=("melanoma", " "), progress=False)
+
+
+def test_linked_class_folders_are_followed_and_named_in_one_line(tmp_path, capsys):
+    root = tmp_path / "train"
+    write_images(root / "nevus", ["nevus_0", "nevus_1"])
+    write_images(tmp_path / "elsewhere" / "mel", ["mel_0", "mel_1"])
+    write_images(root / ".store" / "bcc", ["bcc_0"])
+    os.symlink(tmp_path / "elsewhere" / "mel", root / "melanoma")
+    os.symlink(root / ".store" / "bcc", root / "bcc")
+    os.symlink(root, root / "nevus" / "loop")  # a cycle: not followed
+    dataset = load_images(root, 32, progress=False)
+    assert dataset.class_names == ("bcc", "melanoma", "nevus") and dataset.labels.tolist() == [0, 1, 1, 2, 2]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"followed 2 linked folder(s) in {root}: ")
+    assert f"melanoma -> {tmp_path / 'elsewhere' / 'mel'} (outside the data folder)" in err
+    assert f"bcc -> {root / '.store' / 'bcc'};" in err or err.rstrip().endswith(f"bcc -> {root / '.store' / 'bcc'}")
+    assert "loop" not in err
+
+
+def test_one_folder_reached_by_two_paths_is_a_one_line_error(tmp_path):
+    root = tmp_path / "train"
+    write_images(root / "nevus", ["nevus_0"])
+    write_images(tmp_path / "mel", ["mel_0"])
+    os.symlink(tmp_path / "mel", root / "melanoma")
+    os.symlink(tmp_path / "mel", root / "melanoma_again")
+    with pytest.raises(UserError, match=r"melanoma_again and .*melanoma are the same folder") as caught:
+        load_images(root, 32, progress=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_empty_class_folder_is_an_error_unless_left_out(tmp_path, capsys):
+    root = tmp_path / "train"
+    for cls in ("melanoma", "nevus"):
+        write_images(root / cls, [f"{cls}_{i}" for i in range(2)])
+    (root / "bcc").mkdir()
+    (root / "bcc" / "notes.txt").write_text("to do")
+    with pytest.raises(UserError, match=r"1 class folder\(s\) hold no JPEG/PNG/BMP image \(.*train/bcc\)") as caught:
+        load_images(root, 32, progress=False)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(UserError, match=r"train/bcc"):
+        load_images(root, 32, binary="melanoma", progress=False)
+    kept = load_images(root, 32, classes=("melanoma", "nevus"), progress=False)
+    assert kept.class_names == ("melanoma", "nevus") and kept.labels.tolist() == [0, 0, 1, 1]
+    assert load_images(root, 32, unlabelled=True, progress=False).labels is None
+
+
+
+
 def test_a_fifo_named_like_an_image_is_skipped_unopened(tmp_path, capsys):
     write_images(tmp_path / "images", ["a", "b"])
     os.mkfifo(tmp_path / "images" / "stuck.png")

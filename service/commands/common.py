@@ -50,6 +50,11 @@ def add_label_choices(p: argparse.ArgumentParser) -> None:
 def label_choices(args) -> dict:
     """The label choices of add_label_choices, as keyword arguments of service.data.load_images."""
     classes = tuple(c.strip() for c in (args.classes or "").split(",") if c.strip())
+    if args.classes is not None and not classes:  # --classes '' would otherwise mean every class
+        from service.errors import UserError
+
+        raise UserError(f"--classes {args.classes!r} names no class; give class names separated by commas, "
+                        "or leave --classes out for every class")
     return {"label_column": args.label_column, "classes": classes, "binary": args.binary,
             "unknown": args.unknown, "unlabelled": args.unlabelled}
 
