@@ -45,13 +45,14 @@ def assert_states_equal(a: dict, b: dict, rtol=0.0, atol=0.0):
         np.testing.assert_allclose(a[name], b[name], rtol=rtol, atol=atol, err_msg=name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def twins():
-    """Two unconditional backends built from the same config: the same initial weights."""
+    """Two unconditional backends built from the same config: the same initial weights. Fresh for
+    each test (tests train them), so any order of tests gives the same results."""
     return TFBackend(tiny_config()), TFBackend(tiny_config())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def conditional_backend():
     return TFBackend(tiny_config(num_classes=3, dropout=0.3))
 
@@ -99,7 +100,7 @@ def test_no_retracing_across_steps_and_a_partial_last_batch(twins):
     fused.generate(z[:1])
     assert fused.trace_counts()["train_step"] == 1 and fused.trace_counts()["generate"] == 1
     assert separate.trace_counts()["d_step"] == 1 and separate.trace_counts()["g_step"] == 1
-    assert fused.get_optimizer_state()["opt/discriminator/iterations"] >= 5
+    assert fused.get_optimizer_state()["opt/discriminator/iterations"] == 4
 
 
 def test_weights_round_trip_and_reproduce_generation(twins):
