@@ -43,6 +43,13 @@ class Backend(ABC):
         from its progress before each batch."""
         raise NotImplementedError(f"the {self.name} backend has no learning-rate schedule")
 
+    def set_condition_strength(self, strength: float) -> None:
+        """Scale the class code the training steps read by `strength` (in [0, 1]; transitional
+        conditioning, GANConfig.condition_ramp_kimg) until the next call; inference always reads
+        the whole code. Not checkpointed: the trainer sets it from the images seen before each
+        batch."""
+        raise NotImplementedError(f"the {self.name} backend has no conditioning ramp")
+
     # --- inference ---
     @abstractmethod
     def generate(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 
 SUPPORTED_IMAGE_SIZES = (32, 64, 128, 256)
+D_CONDITIONING = ("concat", "projection")
+G_CONDITIONING = ("concat", "cbn")
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,14 @@ class GANConfig:
     kernel_size: int = 4
     channels: int = 3
     num_classes: int = 0  # 0: unconditional; else conditional on this many classes (ISIC 2017: 3)
+    # How a conditional D reads the class (backends.spec): "concat", one-hot planes joined to its
+    # input (the thesis's); "projection", the inner product of a learned class embedding with
+    # D's last features added to its logit (Miyato & Koyama 2018)
+    d_conditioning: str = "concat"
+    # How a conditional G reads the class: "concat", the one-hot joined to z; "cbn",
+    # class-conditional batch norm as well: after each of G's batch norms a per-class gain and
+    # bias (BigGAN's), x * (1 + gain[y]) + bias[y], both starting at zero
+    g_conditioning: str = "concat"
     dropout: float = 0.2  # discriminator dropout rate; 0 turns it off
     leaky_slope: float = 0.2
     pack: int = 1  # PacGAN: D judges groups of this many images stacked along channels; 1: off
@@ -59,6 +69,15 @@ class GANConfig:
     ema_kimg: float = 0.0
     # early in training the half-life is at most this share of the images seen so far (0: none)
     ema_rampup: float = 0.05
+    # --- conditioning schedule (service.trainer) ---
+    # Transitional conditioning (Shahbazi et al. 2022): in training, the one-hot class code both
+    # networks read is scaled by min(1, images seen / (condition_ramp_kimg * 1000)), so a run
+    # starts unconditional and fades the class in; 0: conditional from the start. Inference
+    # always reads the whole code.
+    condition_ramp_kimg: float = 0.0
+    # real batches drawn with equal weight per class (with replacement, an epoch's worth per
+    # epoch) instead of a plain shuffle; the fakes take the same labels
+    class_balanced: bool = False
     # --- loss ---
     label_smoothing: float = 0.0  # one-sided: real target is 1 - label_smoothing
     diffaugment: str = ""  # comma list of "color", "translation", "cutout"; empty: off
@@ -110,6 +129,16 @@ class GANConfig:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.d_conditioning not in D_CONDITIONING:
+            raise ConfigError(f"d_conditioning must be one of {', '.join(D_CONDITIONING)}, got {self.d_conditioning!r}")
+        if self.g_conditioning not in G_CONDITIONING:
+            raise ConfigError(f"g_conditioning must be one of {', '.join(G_CONDITIONING)}, got {self.g_conditioning!r}")
+        if self.d_conditioning == "projection" and self.pack > 1:
+            raise ConfigError("d_conditioning 'projection' needs pack 1: a packed input holds several images' classes")
+        if not self.condition_ramp_kimg >= 0:
+            raise ConfigError(f"condition_ramp_kimg must be >= 0, got {self.condition_ramp_kimg}")
+        if not isinstance(self.class_balanced, bool):
+            raise ConfigError(f"class_balanced must be true or false, got {self.class_balanced!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.noise not in ("uniform", "normal"):

@@ -12,6 +12,8 @@ Parameters per layer kind (shapes follow Keras):
   With `spectral_norm`, D's dense and conv layers also hold sn_u (units,) or (filters,), the
   power iteration's vector: not trainable, a weight that travels in checkpoints.
   noise: strength (channels,), trainable, initialised to zero (StyleGAN's noise strengths).
+  projection: as dense, plus embedding (classes, in), initialised to zero.
+  class_affine: gain (classes, channels), bias (classes, channels), initialised to zero.
 
 Optimizer state: "opt/<net>/m/<weight name>", "opt/<net>/v/<weight name>" for each trainable
 weight of <net>, and "opt/<net>/iterations" (int64 scalar).
@@ -27,6 +29,17 @@ Semantics both backends follow:
   convolution (before the batch norm) adds map i-1 times its strength to every channel:
   out[b, y, x, c] = in[b, y, x, c] + map[b, y, x] * strength[c]. The maps are G's input, in
   training and in inference alike, so an image depends on its z alone.
+- Conditioning (num_classes K > 0). The backends join the class code c (K values: the
+  one-hot label, times the ramp's strength in training, GANConfig.condition_ramp_kimg) to
+  each network's input as above, whatever the mechanism; the mechanism is in the layers:
+  with `g_conditioning` "cbn", G's "class_input" layer (after noise_inputs, if any) takes c
+  off the end of its input [latent | c] and passes the latent on, and a "class_affine_<i>"
+  layer after each batch norm computes x * (1 + c @ gain) + c @ bias, gain and bias (K,
+  channels) starting at zero, broadcast over H and W (BigGAN's class-conditional batch
+  norm). With `d_conditioning` "projection", D's "class_split" layer takes c from its input's
+  label planes (pixel 0, 0) and passes the image channels on, and D's output layer
+  "dense_out" (kind "projection") computes h @ kernel + bias + sum(h * (c @ embedding)) on
+  the flattened features h, embedding (K, features) starting at zero (Miyato & Koyama 2018).
 - With `pack` p > 1 (PacGAN, Lin et al. 2018), D's input is p consecutive images of the batch
   (each with its label planes) concatenated along channels, image j of a group taking
   channels j*C' .. (j+1)*C' - 1; D gives one logit per group. D's step packs real images with
@@ -75,7 +88,8 @@ EMA_NET = "generator_ema"  # the averaged generator's weights: G's layer names u
 @dataclass(frozen=True)
 class Layer:
     # dense conv upsample bn relu leaky_relu tanh dropout reshape flatten minibatch_std, and
-    # with noise inputs noise_inputs (the split of G's input) and noise (a map's add)
+    # with noise inputs noise_inputs (the split of G's input) and noise (a map's add), and for
+    # conditioning class_input, class_affine (G) and class_split, projection (D)
     kind: str
     name: str
     args: dict = field(default_factory=dict)
@@ -111,6 +125,8 @@ def fuses_with_next(layers: list[Layer], index: int) -> bool:
 
 
 NOISE_KINDS = ("noise_inputs", "noise")
+CLASS_KINDS = ("class_input", "class_affine", "class_split", "projection")  # they read the class code
+FUNCTIONAL_KINDS = NOISE_KINDS + CLASS_KINDS  # kinds with a second input: a functional model in Keras
 
 
 def constructor_for(constructors: dict, layer: Layer, net: str, backend: str):
@@ -130,9 +146,13 @@ def generator_spec(cfg: GANConfig) -> list[Layer]:
     if cfg.noise_inputs:
         args = {"latent": cfg.latent_dim, "sides": cfg.noise_map_sides, "classes": cfg.num_classes}
         layers.append(Layer("noise_inputs", "noise_inputs", args))
+    cbn = cfg.num_classes > 0 and cfg.g_conditioning == "cbn"
+    if cbn:
+        layers.append(Layer("class_input", "class_input", {"classes": cfg.num_classes}))
     layers += [
-        Layer("dense", "dense_0", {"units": c0 * s * s, "in": cfg.latent_dim + cfg.num_classes}),
+        Layer("dense", "dense_0", {"units": c0 * s * s, "in": cfg.latent_dim + (0 if cbn else cfg.num_classes)}),
         Layer("bn", "bn_0", _bn_args(c0 * s * s)),
+        *([Layer("class_affine", "class_affine_0", {"channels": c0 * s * s, "classes": cfg.num_classes})] if cbn else []),
         Layer("relu", "relu_0"),
         Layer("reshape", "reshape_0", {"shape": (s, s, c0)}),
     ]
@@ -154,6 +174,8 @@ def generator_spec(cfg: GANConfig) -> list[Layer]:
             if cfg.noise_inputs:  # map i-1 has this block's side, s * 2**i
                 layers.append(Layer("noise", f"noise_{i}", {"channels": cout, "map": i - 1, "side": s * 2**i}))
             layers.append(Layer("bn", f"bn_{i}", _bn_args(cout)))
+            if cbn:
+                layers.append(Layer("class_affine", f"class_affine_{i}", {"channels": cout, "classes": cfg.num_classes}))
             layers.append(Layer("relu", f"relu_{i}"))
         cin = cout
     return layers
@@ -162,7 +184,11 @@ def generator_spec(cfg: GANConfig) -> list[Layer]:
 def discriminator_spec(cfg: GANConfig) -> list[Layer]:
     n = cfg.num_upsamplings
     layers = []
+    projection = cfg.num_classes > 0 and cfg.d_conditioning == "projection"
     cin = (cfg.channels + cfg.num_classes) * cfg.pack
+    if projection:
+        layers.append(Layer("class_split", "class_split", {"channels": cfg.channels, "classes": cfg.num_classes}))
+        cin = cfg.channels
     normed = {"spectral_norm": True} if cfg.spectral_norm else {}  # an arg of D's conv and dense layers
     for i in range(n):
         cout = _d_filters(cfg, i)
@@ -176,7 +202,11 @@ def discriminator_spec(cfg: GANConfig) -> list[Layer]:
         layers.append(Layer("minibatch_std", "minibatch_std", {"group": cfg.minibatch_std}))
         cin += 1
     layers.append(Layer("flatten", "flatten"))
-    layers.append(Layer("dense", "dense_out", {"units": 1, "in": side * side * cin, **normed}))
+    if projection:
+        args = {"units": 1, "in": side * side * cin, "classes": cfg.num_classes, **normed}
+        layers.append(Layer("projection", "dense_out", args))
+    else:
+        layers.append(Layer("dense", "dense_out", {"units": 1, "in": side * side * cin, **normed}))
     return layers
 
 
@@ -190,13 +220,17 @@ def net_spec(cfg: GANConfig, net: str) -> list[Layer]:
 
 def layer_param_shapes(layer: Layer) -> dict[str, tuple[int, ...]]:
     a = layer.args
-    if layer.kind in ("dense", "conv"):
-        units = a["units"] if layer.kind == "dense" else a["filters"]
-        kernel = (a["in"], units) if layer.kind == "dense" else (a["kernel"], a["kernel"], a["in"], units)
+    if layer.kind in ("dense", "conv", "projection"):
+        units = a["filters"] if layer.kind == "conv" else a["units"]
+        kernel = (a["kernel"], a["kernel"], a["in"], units) if layer.kind == "conv" else (a["in"], units)
         shapes = {"kernel": kernel, "bias": (units,)}
+        if layer.kind == "projection":
+            shapes["embedding"] = (a["classes"], a["in"])
         if a.get("spectral_norm"):
             shapes["sn_u"] = (units,)
         return shapes
+    if layer.kind == "class_affine":
+        return {"gain": (a["classes"], a["channels"]), "bias": (a["classes"], a["channels"])}
     if layer.kind == "bn":
         c = (a["channels"],)
         return {"gamma": c, "beta": c, "moving_mean": c, "moving_variance": c}

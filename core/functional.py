@@ -388,6 +388,76 @@ def noise_backward(dout, cache, need_param_grads=True):
     return dout, dnoise, dstrength
 
 
+# --- conditioning on the class code --------------------------------------------------------
+# c (B, K) is the class code the backends join to each network's input (backends.spec): the
+# one-hot label, times the ramp's strength in training. No gradient flows to it.
+
+
+def class_input_split(x, classes):
+    """[rest | c] (B, R + K) -> (rest, c)."""
+    return x[:, :-classes], x[:, -classes:]
+
+
+def class_input_split_backward(drest, classes):
+    """The input vector's gradient: the rest's, and zero for the code (it is not trained)."""
+    return np.concatenate([drest, np.zeros((drest.shape[0], classes), drest.dtype)], axis=1)
+
+
+def class_split(x, channels):
+    """Image and label planes (B, H, W, C + K) -> (images (B, H, W, C), c (B, K) from pixel 0, 0)."""
+    return x[..., :channels], np.ascontiguousarray(x[:, 0, 0, channels:])
+
+
+def class_split_backward(dimages, classes):
+    """The input's gradient: the images', and zero for the label planes."""
+    zeros = np.zeros(dimages.shape[:-1] + (classes,), dimages.dtype)
+    return np.concatenate([dimages, zeros], axis=-1)
+
+
+def _per_channel(values, ndim):
+    """(B, C) -> broadcastable against (B, ..., C) features of `ndim` dimensions."""
+    return values.reshape(values.shape[:1] + (1,) * (ndim - 2) + values.shape[1:])
+
+
+def class_affine_forward(x, code, gain, bias):
+    """x * (1 + c @ gain) + c @ bias, per example and channel, broadcast over H and W."""
+    scale = _per_channel(matmul(code, gain), x.ndim)
+    out = x * (1 + scale)
+    out += _per_channel(matmul(code, bias), x.ndim)
+    return out, (x, code, scale)
+
+
+def class_affine_backward(dout, cache, need_input_grad=True, need_param_grads=True):
+    """(dx or None, dgain or None, dbias or None)."""
+    x, code, scale = cache
+    dx = dout * (1 + scale) if need_input_grad else None
+    if not need_param_grads:
+        return dx, None, None
+    spatial = tuple(range(1, x.ndim - 1))
+    per_example_scale = (dout * x).sum(axis=spatial) if spatial else dout * x
+    per_example_shift = dout.sum(axis=spatial) if spatial else dout
+    return dx, matmul(code.T, per_example_scale), matmul(code.T, per_example_shift)
+
+
+def projection_forward(h, code, kernel, bias, embedding):
+    """h @ kernel + bias + sum(h * (c @ embedding)), one logit per example (Miyato & Koyama 2018)."""
+    out, dense_cache = dense_forward(h, kernel, bias)
+    projected = matmul(code, embedding)
+    out += (h * projected).sum(axis=1, keepdims=True)
+    return out, (dense_cache, code, projected)
+
+
+def projection_backward(dout, cache, need_input_grad=True, need_param_grads=True):
+    """(dh or None, dkernel, dbias, dembedding; the last three None without need_param_grads)."""
+    dense_cache, code, projected = cache
+    h = dense_cache[0]
+    dh, dkernel, dbias = dense_backward(dout, dense_cache, need_input_grad, need_param_grads)
+    if need_input_grad:
+        dh += dout * projected
+    dembedding = matmul(code.T, dout * h) if need_param_grads else None
+    return dh, dkernel, dbias, dembedding
+
+
 # --- minibatch standard deviation (Karras et al. 2018) --------------------------------------
 
 MBSTD_EPSILON = 1e-8

@@ -376,6 +376,86 @@ class NoiseInjection(Layer):
         return dx if need_input_grad else None
 
 
+class ClassCode:
+    """The class code c (B, K) of a network's current forward pass, shared by the layer that
+    takes it off the input (ClassInput, ClassSplit) and the layers that read it (ClassAffine,
+    Projection); like NoiseMaps, it goes beside the one array a Sequential passes on."""
+
+    def __init__(self):
+        self.code = None
+
+
+class ClassInput(Layer):
+    """Takes the class code off the end of G's input vector [rest | c] and passes `rest` on."""
+
+    def __init__(self, name, classes, context: ClassCode):
+        super().__init__(name)
+        self.classes, self.context = int(classes), context
+
+    def forward(self, x, training=True):
+        out, self.context.code = F.class_input_split(x, self.classes)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        return F.class_input_split_backward(dout, self.classes) if need_input_grad else None
+
+
+class ClassSplit(Layer):
+    """Takes the class code from D's label planes and passes the image channels on."""
+
+    def __init__(self, name, channels, classes, context: ClassCode):
+        super().__init__(name)
+        self.channels, self.classes, self.context = int(channels), int(classes), context
+
+    def forward(self, x, training=True):
+        out, self.context.code = F.class_split(x, self.channels)
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        return F.class_split_backward(dout, self.classes) if need_input_grad else None
+
+
+class ClassAffine(Layer):
+    """x * (1 + c @ gain) + c @ bias (class-conditional batch norm's class part, after a batch
+    norm); gain and bias (K, channels) start at zero, so the layer starts as the identity."""
+
+    def __init__(self, name, channels, classes, context: ClassCode, dtype=np.float32):
+        super().__init__(name)
+        self.context = context
+        self.parameters = {"gain": np.zeros((classes, channels), dtype), "bias": np.zeros((classes, channels), dtype)}
+
+    def forward(self, x, training=True):
+        p = self.parameters
+        out, self._cache = F.class_affine_forward(x, self.context.code, p["gain"], p["bias"])
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        dx, dgain, dbias = F.class_affine_backward(dout, self._cache, need_input_grad, need_param_grads)
+        self._set_gradients(gain=dgain, bias=dbias)
+        return dx
+
+
+class Projection(Dense):
+    """D's output with a projection of the class: h @ kernel + bias + sum(h * (c @ embedding))
+    (Miyato & Koyama 2018); the embedding (K, in) starts at zero. Spectral norm, when on,
+    applies to the kernel as in Dense."""
+
+    def __init__(self, name, in_features, classes, context: ClassCode, rng, dtype=np.float32, spectral_norm=False):
+        super().__init__(name, in_features, 1, rng, dtype, spectral_norm)
+        self.context = context
+        self.parameters["embedding"] = np.zeros((classes, in_features), dtype)
+
+    def forward(self, x, training=True):
+        p = self.parameters
+        out, self._cache = F.projection_forward(x, self.context.code, self._kernel(), p["bias"], p["embedding"])
+        return out
+
+    def backward(self, dout, need_input_grad=True, need_param_grads=True):
+        dx, dkernel, dbias, dembedding = F.projection_backward(dout, self._cache, need_input_grad, need_param_grads)
+        self._set_gradients(kernel=self._kernel_gradient(dkernel), bias=dbias, embedding=dembedding)
+        return dx
+
+
 class Reshape(Layer):
     def __init__(self, name, shape):
         super().__init__(name)

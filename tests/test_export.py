@@ -48,17 +48,23 @@ def exported_images(model_path, tmp_path, z, labels=None):
     return np.load(out), json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", ["unconditional-numpy", "conditional-averaged-tf"])
+@pytest.mark.parametrize("case", ["unconditional-numpy", "conditional-averaged-tf", "conditional-cbn-noise-numpy"])
 def test_exported_generator_gives_generate_s_images(tmp_path, case):
     conditional = case.startswith("conditional")
-    config = GANConfig(**TINY, num_classes=3 if conditional else 0, ema_kimg=1.0 if "averaged" in case else 0.0)
+    config = GANConfig(**TINY, num_classes=3 if conditional else 0, ema_kimg=1.0 if "averaged" in case else 0.0,
+                       g_conditioning="cbn" if "cbn" in case else "concat", noise_inputs="noise" in case)
     backend = case.rsplit("-", 1)[1]
     run = init_random_run(tmp_path / "run", config, backend=backend, seed=4)
-    if "averaged" in case:  # make the average differ from G, so the test sees which one is exported
+    if "averaged" in case or "cbn" in case:
         from service import checkpoint as ckpt
 
+        rng = np.random.default_rng(0)
         arrays = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
-        arrays = {n: (v * 0.5 if n.startswith("generator_ema/") and n.endswith("kernel") else v) for n, v in arrays.items()}
+        for name, value in arrays.items():
+            if name.startswith("generator_ema/") and name.endswith("kernel"):
+                arrays[name] = value * 0.5  # the average differs from G: the test sees which one is exported
+            elif "/class_affine_" in name:  # the class's gains and biases away from their zero start
+                arrays[name] = (0.3 * rng.standard_normal(value.shape)).astype(value.dtype)
         ckpt.save_checkpoint(run, 1, arrays)
     model_path = tmp_path / "G.keras"
     assert main(["export", "--run", str(run), "--out", str(model_path)]) == 0

@@ -50,6 +50,14 @@ CASES = {
     "32-noise-inputs-conditional-ema": dict(image_size=32, base_side=4, num_classes=3, noise_inputs=True, ema_kimg=0.02),
     "32-wider-discriminator": dict(image_size=32, base_side=4, d_width=8, minibatch_std=2),
     "32-noise-inputs-float32": dict(image_size=32, base_side=4, noise_inputs=True, minibatch_std=2, dtype="float32"),
+    # conditioning mechanisms (their zero-start weights set away from zero by the `pair` fixture)
+    "32-projection-cbn": dict(image_size=32, base_side=4, num_classes=3, d_conditioning="projection",
+                              g_conditioning="cbn", label_smoothing=0.1),
+    "64-projection-spectral-norm": dict(image_size=64, num_classes=3, d_conditioning="projection", spectral_norm=True),
+    "32-cbn-noise-inputs-ema": dict(image_size=32, base_side=4, num_classes=3, g_conditioning="cbn",
+                                    noise_inputs=True, ema_kimg=0.02),
+    "32-projection-cbn-minibatch-std-float32": dict(image_size=32, base_side=4, num_classes=7, minibatch_std=2,
+                                                    d_conditioning="projection", g_conditioning="cbn", dtype="float32"),
 }
 
 
@@ -96,10 +104,19 @@ def biases_before_batch_norm(config: GANConfig) -> list[str]:
     return names
 
 
+def starts_at_zero(name: str) -> bool:
+    """Weights that start at zero: noise strengths, the projection's embedding, class affines."""
+    return name.endswith(("/strength", "/embedding")) or "/class_affine_" in name
+
+
 def with_random_noise_strengths(weights: dict, seed: int) -> dict:
-    """The weights with every noise strength (G's and the average's) drawn from N(0, 1)."""
+    """The weights with every zero-start weight (starts_at_zero; G's and the average's) drawn
+    from N(0, 1), so that the parts they scale count; class affines' from N(0, 0.3^2), so that
+    1 + gain stays mostly positive (a whole block switched off by its ReLU would put D's first
+    layer exactly on LeakyReLU's kink, where the backends pick different one-sided slopes)."""
     rng = np.random.default_rng(seed)
-    return {n: rng.standard_normal(v.shape).astype(v.dtype) if n.endswith("/strength") else v for n, v in weights.items()}
+    return {n: (rng.standard_normal(v.shape) * (0.3 if "/class_affine_" in n else 1.0)).astype(v.dtype)
+            if starts_at_zero(n) else v for n, v in weights.items()}
 
 
 def synchronise(source, target) -> None:
@@ -141,7 +158,8 @@ def test_forward_losses_and_every_gradient_agree(pair):
     assert sorted(expected["grads"]) == sorted(trainable)
     assert_arrays_match(expected["grads"], actual["grads"], tol, "gradients")
     # The test compares something: every layer's kernel (and noise strength) receives a gradient.
-    assert all(np.abs(expected["grads"][n]).max() > 0 for n in trainable if n.endswith(("kernel", "strength")))
+    assert all(np.abs(expected["grads"][n]).max() > 0 for n in trainable
+               if n.endswith(("kernel", "strength", "embedding", "gain")))
 
 
 def test_one_train_step_leaves_the_same_weights_and_optimizer_state(pair):
@@ -152,12 +170,13 @@ def test_one_train_step_leaves_the_same_weights_and_optimizer_state(pair):
     tf_losses, np_losses = tf_backend.train_step(real, z, labels), np_backend.train_step(real, z, labels)
     assert tf_losses == pytest.approx(np_losses, rel=tol)
     after, tf_after = np_backend.get_weights(), tf_backend.get_weights()
-    if tf_backend.config.dtype == "float32":
-        # Those biases' gradients are float32 rounding noise in both backends, and Adam's first
-        # step scales noise up to nearly the step size: they agree only to within 2 steps.
-        step = 2 * max(tf_backend.config.lr_g, tf_backend.config.lr_d)
-        for name in biases_before_batch_norm(tf_backend.config):
-            np.testing.assert_allclose(tf_after.pop(name), after.pop(name), rtol=0, atol=step, err_msg=name)
+    # Those biases' gradients are rounding noise in both backends, and Adam's first step scales
+    # noise g up to lr * g / epsilon: in float32 nearly the step size (they agree only to within
+    # 2 steps), in float64 (noise ~1e-15) to within lr * 1e-7.
+    step = max(tf_backend.config.lr_g, tf_backend.config.lr_d)
+    step *= 2 if tf_backend.config.dtype == "float32" else 1e-7
+    for name in biases_before_batch_norm(tf_backend.config):
+        np.testing.assert_allclose(tf_after.pop(name), after.pop(name), rtol=0, atol=step, err_msg=name)
     assert_arrays_match(after, tf_after, tol, "weights after train_step")
     assert_arrays_match(np_backend.get_optimizer_state(), tf_backend.get_optimizer_state(), tol, "optimizer state")
     # Both Adam updates and the moving statistics actually moved.
@@ -228,3 +247,28 @@ def test_the_averaged_generator_agrees_across_backends_after_steps_of_both_kinds
     _, z, labels = make_batch(config, seed=40)
     images = np_backend.generate(z, labels)
     assert_arrays_match({"images": images}, {"images": tf_backend.generate(z, labels)}, IMAGE_TOLERANCE["float64"], "images")
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.35])
+def test_the_conditioning_ramp_scales_the_class_code_alike_in_both_backends(strength):
+    config = parity_config(image_size=32, base_side=4, num_classes=3, d_conditioning="projection", g_conditioning="cbn")
+    tf_backend, np_backend = TFBackend(config), NumpyBackend(config)
+    tf_backend.set_weights(with_random_noise_strengths(tf_backend.get_weights(), seed=5))
+    synchronise(tf_backend, np_backend)
+    real, z, labels = make_batch(config, seed=2)
+    results = []
+    for backend in (np_backend, tf_backend):
+        backend.set_condition_strength(strength)
+        results.append(backend.compute_gradients(real, z, labels))
+    assert_arrays_match(results[0]["grads"], results[1]["grads"], TOLERANCE["float64"], "gradients")
+    other = (labels + 1) % 3
+    relabelled = np_backend.compute_gradients(real, z, other)
+    if strength == 0.0:  # no class code at all: the step cannot depend on the labels
+        assert relabelled["d_loss"] == results[0]["d_loss"] and relabelled["g_loss"] == results[0]["g_loss"]
+    else:
+        assert relabelled["d_loss"] != results[0]["d_loss"]
+    # inference always reads the whole code, whatever the training strength
+    np_backend.set_condition_strength(1.0)
+    full = np_backend.generate(z, labels)
+    np_backend.set_condition_strength(strength)
+    np.testing.assert_array_equal(np_backend.generate(z, labels), full)

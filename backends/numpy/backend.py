@@ -58,6 +58,7 @@ class NumpyBackend(Backend):
         }
         self.optimizers["generator"].build(self.generator.parameters())
         self.optimizers["discriminator"].build(self.discriminator.parameters())
+        self.condition_strength = 1.0  # the class code's scale in training (set_condition_strength)
         self._weight_shapes = spec.weight_shapes(config)
         self._optimizer_shapes = spec.optimizer_state_shapes(config)
 
@@ -65,15 +66,19 @@ class NumpyBackend(Backend):
     def _labels(self, labels, count: int):
         return check_labels(labels, count, self.config.num_classes)
 
-    def _one_hot(self, labels) -> np.ndarray:
-        return np.eye(self.config.num_classes, dtype=self.dtype)[labels]
+    def _one_hot(self, labels, strength: float = 1.0) -> np.ndarray:
+        """The class code: the one-hot label times `strength` (backends.spec)."""
+        code = np.eye(self.config.num_classes, dtype=self.dtype)[labels]
+        return code if strength == 1.0 else code * self.dtype.type(strength)
 
-    def _generator_input(self, z, labels) -> np.ndarray:
+    def _generator_input(self, z, labels, training: bool = True) -> np.ndarray:
         z = np.asarray(z, dtype=self.dtype)
         if z.ndim != 2 or z.shape[1] != self.config.z_size:
             raise ValueError(f"z must have shape (batch, {self.config.z_size}), got {z.shape}")
         labels = self._labels(labels, z.shape[0])
-        return z if labels is None else np.concatenate([z, self._one_hot(labels)], axis=1)
+        if labels is None:
+            return z
+        return np.concatenate([z, self._one_hot(labels, self.condition_strength if training else 1.0)], axis=1)
 
     def _images(self, images) -> np.ndarray:
         c = self.config
@@ -83,13 +88,14 @@ class NumpyBackend(Backend):
             raise ValueError(f"images must have shape (batch, {', '.join(map(str, expected))}), got {images.shape}")
         return images
 
-    def _discriminator_input(self, images, labels) -> np.ndarray:
+    def _discriminator_input(self, images, labels, training: bool = True) -> np.ndarray:
         c = self.config
         images = self._images(images)
         labels = self._labels(labels, images.shape[0])
         if labels is None:
             return self._pack(images)
-        planes = np.broadcast_to(self._one_hot(labels)[:, None, None, :], images.shape[:3] + (c.num_classes,))
+        code = self._one_hot(labels, self.condition_strength if training else 1.0)
+        planes = np.broadcast_to(code[:, None, None, :], images.shape[:3] + (c.num_classes,))
         return self._pack(np.concatenate([images, planes], axis=3))
 
     def _pack(self, inputs) -> np.ndarray:
@@ -199,7 +205,7 @@ class NumpyBackend(Backend):
     # dropout), so chunking a large request changes nothing but peak memory.
     def generate(self, z, labels=None) -> np.ndarray:
         """Images from the averaged generator when the run has one, else from G."""
-        inputs = self._generator_input(z, labels)
+        inputs = self._generator_input(z, labels, training=False)
         network = self.generator if self.generator_ema is None else self.generator_ema
         chunks = [
             network.forward(inputs[start : start + INFERENCE_CHUNK], training=False).astype(np.float32)
@@ -211,7 +217,7 @@ class NumpyBackend(Backend):
     def discriminate(self, images, labels=None) -> np.ndarray:
         """D's logits, one per group of `pack` consecutive images."""
         check_groups(len(images), self.config)
-        inputs = self._discriminator_input(images, labels)
+        inputs = self._discriminator_input(images, labels, training=False)
         # the inputs are packed already: a chunk holds whole minibatch-std groups of them
         step = whole_groups_chunk(INFERENCE_CHUNK, max(self.config.minibatch_std, 1))
         chunks = [
@@ -273,6 +279,9 @@ class NumpyBackend(Backend):
 
     def set_rng_state(self, state) -> None:
         set_rng_from_arrays(self.rng, state, RNG_PREFIX)
+
+    def set_condition_strength(self, strength: float) -> None:
+        self.condition_strength = float(strength)
 
     def set_learning_rate_scale(self, scale: float) -> None:
         self.optimizers["generator"].learning_rate = self.config.lr_g * float(scale)

@@ -24,6 +24,7 @@ class _Context:
     init_rng: np.random.Generator  # initial weights, drawn in spec order
     dropout_rng: np.random.Generator  # dropout masks
     noise_maps: core.NoiseMaps | None  # the generator's, shared by its noise layers
+    class_code: core.ClassCode  # the network's, shared by its class layers
 
 
 def _dense(layer: spec.Layer, c: _Context):
@@ -52,6 +53,24 @@ def _noise(layer: spec.Layer, c: _Context):
     return core.NoiseInjection(layer.name, layer.args["channels"], layer.args["map"], c.noise_maps, c.dtype)
 
 
+def _class_input(layer: spec.Layer, c: _Context):
+    return core.ClassInput(layer.name, layer.args["classes"], c.class_code)
+
+
+def _class_split(layer: spec.Layer, c: _Context):
+    return core.ClassSplit(layer.name, layer.args["channels"], layer.args["classes"], c.class_code)
+
+
+def _class_affine(layer: spec.Layer, c: _Context):
+    return core.ClassAffine(layer.name, layer.args["channels"], layer.args["classes"], c.class_code, c.dtype)
+
+
+def _projection(layer: spec.Layer, c: _Context):
+    a = layer.args
+    return core.Projection(layer.name, a["in"], a["classes"], c.class_code, c.init_rng, c.dtype,
+                           a.get("spectral_norm", False))
+
+
 CONSTRUCTORS = {
     "dense": _dense,
     "conv": _conv,
@@ -66,6 +85,10 @@ CONSTRUCTORS = {
     "minibatch_std": lambda layer, c: core.MinibatchStd(layer.name, layer.args["group"]),
     "noise_inputs": _noise_inputs,
     "noise": _noise,
+    "class_input": _class_input,
+    "class_split": _class_split,
+    "class_affine": _class_affine,
+    "projection": _projection,
 }
 
 
@@ -104,7 +127,7 @@ def build_network(
     "<net>/" unless given: the averaged generator is G's layers under spec.EMA_NET). With noise
     inputs, G's NoiseInputs layer and its NoiseInjection layers share one core.NoiseMaps."""
     noise_maps = core.NoiseMaps(len(config.noise_map_sides)) if net == "generator" else None
-    context = _Context(np.dtype(config.dtype), init_rng, dropout_rng, noise_maps)
+    context = _Context(np.dtype(config.dtype), init_rng, dropout_rng, noise_maps, core.ClassCode())
     layers_spec = spec.net_spec(config, net)
     built = []
     index = 0

@@ -76,6 +76,8 @@ class TFBackend(Backend):
         self.optimizer_state = self._optimizer_state_variables()
         # set_learning_rate_scale's factor: float64, so a float64 run's rates are not rounded
         self.learning_rate_scale = tf.Variable(1.0, dtype=tf.float64, trainable=False, name="lr_scale")
+        # set_condition_strength's factor on the class code in training (inference reads it whole)
+        self.condition_strength = tf.Variable(1.0, dtype=tf.float64, trainable=False, name="condition_strength")
         self.rng_state = {
             **dropout_seed_variables(config, "generator", self.generator),
             **dropout_seed_variables(config, "discriminator", self.discriminator),
@@ -172,16 +174,21 @@ class TFBackend(Backend):
         self._discriminate_fn = compiled(self._discriminate_graph, "images")
 
     # --- graph pieces (traced once each) ---
+    def _class_code(self, labels, dtype, training):
+        """The one-hot label, times the ramp's strength in training (backends.spec)."""
+        code = tf.one_hot(labels, self.config.num_classes, dtype=dtype)
+        return code * tf.cast(self.condition_strength, dtype) if training else code
+
     def _g_forward(self, z, labels, training, network=None):
         if self.conditional:
-            z = tf.concat([z, tf.one_hot(labels, self.config.num_classes, dtype=z.dtype)], axis=-1)
+            z = tf.concat([z, self._class_code(labels, z.dtype, training)], axis=-1)
         return tf.cast((network or self.generator)(z, training=training), self.float_dtype)
 
     def _d_forward(self, images, labels, training, augment=False):
         if augment and self.augment_policy:
             images = diff_augment(images, self.augment_policy, self.augment_generator)
         if self.conditional:
-            one_hot = tf.one_hot(labels, self.config.num_classes, dtype=images.dtype)
+            one_hot = self._class_code(labels, images.dtype, training)
             size = self.config.image_size
             planes = tf.broadcast_to(one_hot[:, None, None, :], [tf.shape(images)[0], size, size, self.config.num_classes])
             images = tf.concat([images, planes], axis=-1)
@@ -346,6 +353,9 @@ class TFBackend(Backend):
 
     def set_learning_rate_scale(self, scale: float) -> None:
         self.learning_rate_scale.assign(float(scale))  # read by the compiled steps: no retrace
+
+    def set_condition_strength(self, strength: float) -> None:
+        self.condition_strength.assign(float(strength))
 
     # --- inspection ---
     def trace_counts(self) -> dict[str, int]:

@@ -19,7 +19,7 @@ from backends.config import GANConfig
 
 # Layers whose output leaves the network stay in full precision under mixed precision:
 # G's images and D's logits feed the loss and the caller.
-FULL_PRECISION_OUTPUTS = {("generator", "tanh"), ("discriminator", "dense")}
+FULL_PRECISION_OUTPUTS = {("generator", "tanh"), ("discriminator", "dense"), ("discriminator", "projection")}
 
 
 class ExactLeakyReLU(keras.layers.LeakyReLU):
@@ -112,6 +112,80 @@ class SNDense(SpectralNorm, keras.layers.Dense):
 
     def call(self, inputs, training=None):
         return tf.matmul(inputs, self.normalised_kernel(inputs.dtype)) + tf.cast(self.bias, inputs.dtype)
+
+
+class ClassSplit(keras.layers.Layer):
+    """D's label planes off its input (backends.spec "class_split"; core.ClassSplit): called on
+    (B, H, W, C + K), returns [images (B, H, W, C), class code (B, K) from pixel 0, 0]."""
+
+    def __init__(self, channels: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+
+    def call(self, inputs):
+        return [inputs[..., : self.channels], inputs[:, 0, 0, self.channels :]]
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, depth = input_shape
+        return [(batch, height, width, self.channels), (batch, depth - self.channels)]
+
+
+class ClassAffine(keras.layers.Layer):
+    """x * (1 + c @ gain) + c @ bias (backends.spec "class_affine"; core.ClassAffine): called on
+    [features (B, ..., C), class code (B, K)]; gain and bias (K, C) start at zero."""
+
+    def __init__(self, channels: int, classes: int, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.classes = int(channels), int(classes)
+
+    def build(self, input_shape):
+        shape = (self.classes, self.channels)
+        self.gain = self.add_weight(name="gain", shape=shape, initializer="zeros")
+        self.bias = self.add_weight(name="bias", shape=shape, initializer="zeros")
+
+    def call(self, inputs):
+        features, code = inputs
+        code = tf.cast(code, features.dtype)
+        broadcast = [-1] + [1] * (len(features.shape) - 2) + [self.channels]
+        scale = tf.reshape(tf.matmul(code, tf.cast(self.gain, features.dtype)), broadcast)
+        shift = tf.reshape(tf.matmul(code, tf.cast(self.bias, features.dtype)), broadcast)
+        return features * (1 + scale) + shift
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+class Projection(SpectralNorm, keras.layers.Layer):
+    """D's output with a projection of the class (backends.spec "projection"; core.Projection):
+    called on [features h (B, F), class code (B, K)], returns h @ kernel + bias +
+    sum(h * (c @ embedding)) (B, 1); the embedding starts at zero. With `spectral_norm`, the
+    kernel is normalised as in SNDense."""
+
+    def __init__(self, classes: int, kernel_initializer, spectral_norm: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.classes, self.kernel_initializer, self.spectral_norm = int(classes), kernel_initializer, spectral_norm
+
+    def build(self, input_shape):
+        features = input_shape[0][-1]
+        self.kernel = self.add_weight(name="kernel", shape=(features, 1), initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")
+        self.embedding = self.add_weight(name="embedding", shape=(self.classes, features), initializer="zeros")
+        if self.spectral_norm:
+            self._add_sn_vector(1)
+
+    def power_iteration(self) -> None:
+        if self.spectral_norm:
+            super().power_iteration()
+
+    def call(self, inputs):
+        h, code = inputs
+        code = tf.cast(code, h.dtype)
+        kernel = self.normalised_kernel(h.dtype) if self.spectral_norm else tf.cast(self.kernel, h.dtype)
+        projected = tf.matmul(code, tf.cast(self.embedding, h.dtype))
+        return tf.matmul(h, kernel) + tf.cast(self.bias, h.dtype) + tf.reduce_sum(h * projected, axis=1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
 
 
 def _phase_taps(phase: int, kernel_size: int) -> list[tuple[int, list[int]]]:
@@ -245,6 +319,7 @@ class _Context:
     fuse: bool  # upsampling + convolution as UpSampleConv2D (never when portable)
     seeds: dict[str, int]  # layer name -> seed of its initializer or dropout (layer_seeds)
     noise_maps: list = field(default_factory=list)  # the symbolic maps, once noise_inputs has split them
+    class_code: object = None  # the symbolic class code, once class_input or class_split has taken it
 
     def common(self, layer: spec.Layer) -> dict:
         """The Keras layer's name and dtype policy: full precision for an output under mixed precision."""
@@ -257,11 +332,14 @@ class _Context:
         return keras.initializers.GlorotUniform(seed=self.seeds[layer.name])
 
 
+UNSEEDED_CLASS_KINDS = ("class_input", "class_split", "class_affine")  # nothing random in them
+
+
 def layer_seeds(config: GANConfig, net: str, layers: list[spec.Layer]) -> dict[str, int]:
     """Each layer's seed, from config.seed, distinct per layer and per network. The noise layers
     take none, so the other layers' seeds (and initial weights) are the same with or without them."""
     first = config.seed * 10007 + spec.NETS.index(net) * 1000
-    seeded = [layer for layer in layers if layer.kind not in spec.NOISE_KINDS]
+    seeded = [layer for layer in layers if layer.kind not in spec.NOISE_KINDS + UNSEEDED_CLASS_KINDS]
     return {layer.name: first + position for position, layer in enumerate(seeded)}
 
 
@@ -304,6 +382,58 @@ def _noise(layer: spec.Layer, c: _Context):
     return lambda features: add_noise(features, c.noise_maps[layer.args["map"]], layer, c.policy, c.portable)
 
 
+def _class_input(layer: spec.Layer, c: _Context):
+    """G's class code off the end of its input [rest | c], in Keras's own layers (Reshape,
+    Cropping1D), as a function of the symbolic input that keeps the code and passes rest on."""
+
+    def split(z):
+        width, classes = z.shape[-1], layer.args["classes"]
+        column = keras.layers.Reshape((width, 1), name=f"{layer.name}_column", dtype=c.policy)(z)
+        rest = keras.layers.Cropping1D((0, classes), name=f"{layer.name}_rest_crop", dtype=c.policy)(column)
+        code = keras.layers.Cropping1D((width - classes, 0), name=f"{layer.name}_code_crop", dtype=c.policy)(column)
+        c.class_code = keras.layers.Reshape((classes,), name=f"{layer.name}_code", dtype=c.policy)(code)
+        return keras.layers.Reshape((width - classes,), name=f"{layer.name}_rest", dtype=c.policy)(rest)
+
+    return split
+
+
+def _class_split(layer: spec.Layer, c: _Context):
+    def split(images):
+        out, c.class_code = ClassSplit(layer.args["channels"], **c.common(layer))(images)
+        return out
+
+    return split
+
+
+def _class_affine(layer: spec.Layer, c: _Context):
+    """ClassAffine, or with `portable` the same function in Keras's own layers: Dense(K ->
+    channels) with a bias of ones for 1 + c @ gain, a bias-free Dense for c @ bias, Multiply, Add."""
+    a = layer.args
+
+    def affine(features):
+        if not c.portable:
+            return ClassAffine(a["channels"], a["classes"], **c.common(layer))([features, c.class_code])
+        shape = (1,) * (len(features.shape) - 2) + (a["channels"],)
+
+        def per_channel(name, **dense):
+            values = keras.layers.Dense(a["channels"], kernel_initializer="zeros", name=f"{layer.name}_{name}",
+                                        dtype=c.policy, **dense)(c.class_code)
+            return keras.layers.Reshape(shape, name=f"{layer.name}_{name}_shape", dtype=c.policy)(values)
+
+        scale = per_channel("gain", bias_initializer="ones")
+        shift = per_channel("bias", use_bias=False)
+        scaled = keras.layers.Multiply(name=f"{layer.name}_scale", dtype=c.policy)([features, scale])
+        return keras.layers.Add(name=f"{layer.name}_shift", dtype=c.policy)([scaled, shift])
+
+    return affine
+
+
+def _projection(layer: spec.Layer, c: _Context):
+    a = layer.args
+    made = Projection(a["classes"], c.initializer(layer), bool(a.get("spectral_norm")), **c.common(layer))
+    return lambda features: made([features, c.class_code])
+
+
 # Spec layer kind -> the function that makes its Keras layer (or, for the noise kinds, a function
 # of the symbolic tensor: they only occur in a functional model). The NumPy backend's
 # backends.numpy.networks has the same table for the core.
@@ -321,6 +451,10 @@ CONSTRUCTORS = {
     "minibatch_std": lambda layer, c: MinibatchStd(layer.args["group"], **c.common(layer)),
     "noise_inputs": _noise_inputs,
     "noise": _noise,
+    "class_input": _class_input,
+    "class_split": _class_split,
+    "class_affine": _class_affine,
+    "projection": _projection,
 }
 
 
@@ -345,7 +479,7 @@ def build_network(config: GANConfig, net: str, name: str | None = None, portable
     policy = dtype_policy(config)
     inputs = keras.Input(shape=input_shape(config, net), dtype="float64" if policy == "float64" else "float32")
     layers_spec = spec.net_spec(config, net)
-    functional = any(layer.kind in spec.NOISE_KINDS for layer in layers_spec)
+    functional = any(layer.kind in spec.FUNCTIONAL_KINDS for layer in layers_spec)
     fuse = config.extra.get("fuse_upsample_conv", True) and not portable
     context = _Context(net, policy, portable, fuse, layer_seeds(config, net, layers_spec))
     layers, outputs = [inputs], inputs
@@ -372,8 +506,11 @@ def weight_variables(config: GANConfig, net: str, model: keras.Model) -> dict:
     variables = {}
     for layer in spec.net_spec(config, net):
         params = spec.layer_param_shapes(layer)
-        keras_layer = model.get_layer(layer.name) if params else None
+        keras_layer = _layer_or_none(model, layer.name) if params else None
         for param, shape in params.items():
+            if keras_layer is None and layer.kind == "class_affine":  # the portable form: two Dense layers
+                variables[f"{net}/{layer.name}/{param}"] = model.get_layer(f"{layer.name}_{param}").kernel
+                continue
             variable = getattr(keras_layer, param, None)  # Keras names its variables' attributes as the spec does
             if variable is None and layer.kind == "noise":  # the portable form (add_noise): a (1, channels) kernel
                 variable, shape = keras_layer.kernel, (1, *shape)
@@ -381,6 +518,13 @@ def weight_variables(config: GANConfig, net: str, model: keras.Model) -> dict:
                 raise AssertionError(f"{net}/{layer.name}/{param}: Keras shape {variable.shape}, spec {shape}")
             variables[f"{net}/{layer.name}/{param}"] = variable
     return variables
+
+
+def _layer_or_none(model: keras.Model, name: str):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        return None
 
 
 def dropout_seed_variables(config: GANConfig, net: str, model: keras.Model) -> dict:

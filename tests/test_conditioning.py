@@ -1,0 +1,124 @@
+"""Conditioning mechanisms (backends.spec): the NumPy core's class layers checked by central
+differences and against their definitions; what each mechanism changes in the spec; the
+conditioning ramp as a scale of the class code; older (concat) configs unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import core
+from backends import spec
+from backends.config import ConfigError, GANConfig
+from test_core_layers import check_layer
+
+CLASSES = 3
+
+
+def code_of(labels, strength=1.0):
+    return np.eye(CLASSES)[labels] * strength
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (3, 2, 5, 4)], ids=["after-dense", "after-conv"])
+def test_class_affine_gradients_and_definition(shape):
+    rng = np.random.default_rng(len(shape))
+    context = core.ClassCode()
+    layer = core.ClassAffine("class_affine", shape[-1], CLASSES, context, np.float64)
+    layer.parameters["gain"][:] = rng.standard_normal(layer.parameters["gain"].shape)
+    layer.parameters["bias"][:] = rng.standard_normal(layer.parameters["bias"].shape)
+    labels = rng.integers(0, CLASSES, shape[0])
+    context.code = code_of(labels, 0.6)
+    x = rng.standard_normal(shape)
+    check_layer(layer, x, rng)
+    out = layer.forward(x)
+    for b, label in enumerate(labels):  # each example scaled and shifted by its own class's rows
+        gain, bias = 0.6 * layer.parameters["gain"][label], 0.6 * layer.parameters["bias"][label]
+        np.testing.assert_allclose(out[b], x[b] * (1 + gain) + bias, atol=1e-12)
+
+
+def test_class_affine_starts_as_the_identity():
+    context = core.ClassCode()
+    layer = core.ClassAffine("class_affine", 5, CLASSES, context, np.float64)
+    context.code = code_of(np.array([0, 2]))
+    x = np.random.default_rng(0).standard_normal((2, 3, 3, 5))
+    np.testing.assert_array_equal(layer.forward(x), x)
+
+
+@pytest.mark.parametrize("spectral_norm", [False, True], ids=["plain", "spectral-norm"])
+def test_projection_gradients_and_definition(spectral_norm):
+    rng = np.random.default_rng(7 + spectral_norm)
+    context = core.ClassCode()
+    layer = core.Projection("dense_out", 6, CLASSES, context, rng, np.float64, spectral_norm)
+    layer.parameters["bias"][:] = rng.standard_normal(1)
+    layer.parameters["embedding"][:] = rng.standard_normal((CLASSES, 6))
+    if spectral_norm:
+        layer.power_iteration()
+    labels = np.array([0, 1, 2, 1])
+    context.code = code_of(labels)
+    h = rng.standard_normal((4, 6))
+    check_layer(layer, h, rng)
+    plain = core.Dense("dense_out", 6, 1, rng, np.float64, spectral_norm)
+    plain.parameters.update({k: layer.parameters[k].copy() for k in ("kernel", "bias")})
+    plain.buffers.update({k: v.copy() for k, v in layer.buffers.items()})
+    # Miyato & Koyama: the plain logit plus the inner product of the class's embedding with h
+    expected = plain.forward(h)[:, 0] + np.einsum("bf,bf->b", h, layer.parameters["embedding"][labels])
+    np.testing.assert_allclose(layer.forward(h)[:, 0], expected, atol=1e-12)
+
+
+def test_class_input_and_class_split_take_the_code_and_pass_the_rest():
+    rng = np.random.default_rng(3)
+    context = core.ClassCode()
+    labels = np.array([2, 0])
+    vector = np.concatenate([rng.standard_normal((2, 5)), code_of(labels)], axis=1)
+    split = core.ClassInput("class_input", CLASSES, context)
+    np.testing.assert_array_equal(split.forward(vector), vector[:, :5])
+    np.testing.assert_array_equal(context.code, code_of(labels))
+    check_layer(split, vector, rng)
+    images = rng.standard_normal((2, 4, 4, 3))
+    planes = np.broadcast_to(code_of(labels)[:, None, None, :], (2, 4, 4, CLASSES))
+    planar = core.ClassSplit("class_split", 3, CLASSES, context)
+    np.testing.assert_array_equal(planar.forward(np.concatenate([images, planes], axis=-1)), images)
+    np.testing.assert_array_equal(context.code, code_of(labels))
+
+
+def kinds(config: GANConfig, net: str) -> list[str]:
+    return [layer.kind for layer in spec.net_spec(config, net)]
+
+
+def test_each_mechanism_changes_only_its_own_part_of_the_spec():
+    base = dict(image_size=32, width=4, max_width=16, latent_dim=8, num_classes=CLASSES)
+    concat = GANConfig(**base)
+    cbn = GANConfig(**base, g_conditioning="cbn")
+    projection = GANConfig(**base, d_conditioning="projection")
+    assert "class_affine" not in kinds(concat, "generator") and "projection" not in kinds(concat, "discriminator")
+    # cbn: the code leaves G's input vector first, and a class affine follows every batch norm
+    g = spec.net_spec(cbn, "generator")
+    assert g[0].kind == "class_input" and g[1].args["in"] == 8
+    assert [a.kind for a, b in zip(g, g[1:]) if b.kind == "class_affine"] == ["bn"] * kinds(cbn, "generator").count("bn")
+    assert kinds(cbn, "discriminator") == kinds(concat, "discriminator")
+    # projection: D's convolutions see the image alone, and its output projects the class
+    d = spec.net_spec(projection, "discriminator")
+    assert d[0].kind == "class_split" and d[1].args["in"] == 3 and d[-1].kind == "projection"
+    assert kinds(projection, "generator") == kinds(concat, "generator")
+    shapes = spec.weight_shapes(projection)
+    assert shapes["discriminator/dense_out/embedding"] == (CLASSES, d[-1].args["in"])
+    # an unconditional model ignores the mechanisms; an older config (no such fields) is concat
+    plain = dict(base, num_classes=0)
+    assert spec.weight_shapes(GANConfig(**plain, d_conditioning="projection", g_conditioning="cbn")) == \
+        spec.weight_shapes(GANConfig(**plain))
+    old = GANConfig(**base).to_dict()
+    for field in ("d_conditioning", "g_conditioning", "condition_ramp_kimg", "class_balanced"):
+        old.pop(field)
+    assert GANConfig.from_dict(old) == concat
+
+
+@pytest.mark.parametrize("bad,message", [
+    (dict(d_conditioning="hinge"), "d_conditioning"),
+    (dict(g_conditioning="embed"), "g_conditioning"),
+    (dict(d_conditioning="projection", pack=2, batch_size=4), "pack"),
+    (dict(condition_ramp_kimg=-1.0), "condition_ramp_kimg"),
+    (dict(class_balanced="yes"), "class_balanced"),
+])
+def test_bad_conditioning_settings_are_refused(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        GANConfig(image_size=32, num_classes=CLASSES, **bad)
