@@ -420,15 +420,27 @@ def fit_square(image: np.ndarray, image_size: int, crop: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- tar shards
 
 
-def tar_images(path: Path):
+def max_image_bytes(max_pixels: int) -> int:
+    """The most bytes an encoded image within `max_pixels` can take (an uncompressed 16-bit
+    RGBA PNG: 8 bytes a pixel, a filter byte a row, with room for its chunks): a tar member or
+    generated file declaring more is refused before it is read."""
+    return 9 * int(max_pixels) + (1 << 20)
+
+
+def tar_images(path: Path, max_pixels: int | None = None):
     """(member name, bytes) of a tar's image members, in order; UserError if it is cut short or
-    damaged (one line naming it)."""
+    damaged, or a member declares more bytes than an image within the pixel limit can take (one
+    line naming it; nothing of that member is read)."""
     import tarfile
 
+    limit = max_image_bytes(max_pixels or max_image_pixels())
     try:
         with tarfile.open(path) as archive:
             for member in archive:
                 if member.isfile() and member.name.lower().endswith(IMAGE_EXTENSIONS):
+                    if member.size > limit:
+                        raise UserError(f"{path}: member {member.name} declares {member.size} bytes, more than an "
+                                        f"image within the pixel limit can take ({PIXEL_LIMIT_ENV})")
                     yield member.name, archive.extractfile(member).read()
     except (OSError, tarfile.TarError) as e:
         raise UserError(f"{path}: cut short or damaged tar shard ({' '.join(str(e).split())})") from None
@@ -439,7 +451,7 @@ def _load_tars(shards: list[Path], image_size: int, crop: str, progress: bool, m
 
     images, files = [], []
     for shard in tqdm(shards, desc="reading tar shards", unit="shard", disable=not progress, file=sys.stderr):
-        for name, data in tar_images(shard):
+        for name, data in tar_images(shard, max_pixels):
             image = decode_image(data, image_size, crop, max_pixels)
             if image is None:
                 raise UserError(f"{shard}: member {name} is not a decodable image (or is over {max_pixels} pixels)")
@@ -453,23 +465,40 @@ def _load_tars(shards: list[Path], image_size: int, crop: str, progress: bool, m
 
 def load_generated_images(folder, files: list[str]) -> np.ndarray:
     """uint8 NHWC images of a generation folder, as its manifest lists them: NAME.png, or
-    SHARD.tar:KEY.png (a member of a tar shard)."""
-    from service.imageio import read_png
+    SHARD.tar:KEY.png (a member of a tar shard). Each goes through the bounds of any image
+    read (max_image_pixels, from its header, before it is decoded); a file is opened only when
+    it is a regular file (never through a link, never a FIFO). UserError, one line, naming the
+    first that is too large or not an image."""
+    from service.files import open_regular
 
     folder = Path(folder)
+    max_pixels = max_image_pixels()
     members: dict[str, dict[str, bytes]] = {}
     images = []
     for name in files:
         shard, sep, member = name.partition(":")
         if not sep:
-            images.append(read_png(folder / name))
-            continue
-        if shard not in members:
-            members[shard] = dict(tar_images(folder / shard))
-        if member not in members[shard]:
-            raise UserError(f"{folder / shard} has no member {member}, which the manifest lists")
-        data = np.frombuffer(members[shard][member], np.uint8)
-        images.append(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+            where = folder / name
+            with os.fdopen(open_regular(where, os.O_RDONLY), "rb") as f:
+                if os.fstat(f.fileno()).st_size > max_image_bytes(max_pixels):
+                    raise UserError(f"{where} is larger than an image within the pixel limit can be ({PIXEL_LIMIT_ENV})")
+                data = f.read()
+        else:
+            where = f"{folder / shard}: member {member}"
+            if shard not in members:
+                members[shard] = dict(tar_images(folder / shard, max_pixels))
+            if member not in members[shard]:
+                raise UserError(f"{folder / shard} has no member {member}, which the manifest lists")
+            data = members[shard][member]
+        buffer = np.frombuffer(data, np.uint8)
+        declared = declared_pixels(buffer) if buffer.size else None
+        image = None if buffer.size == 0 or (declared or 0) > max_pixels else cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+        if image is None:
+            raise UserError(f"{where} is not a decodable image (or is over {max_pixels} pixels, {PIXEL_LIMIT_ENV})")
+        if images and image.shape != images[0].shape:
+            raise UserError(f"{where} is {image.shape[1]}x{image.shape[0]} pixels, unlike {files[0]} "
+                            f"({images[0].shape[1]}x{images[0].shape[0]}); generated images are all of one size")
+        images.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
     return np.stack(images)
 
 

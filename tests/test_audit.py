@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from service import audit
+from service import errors as audit_errors
 from service.imageio import encode_png, save_png
 from service.run import main
 from test_cluster import cluster  # noqa: F401 - the two-node cluster fixture
@@ -193,6 +194,129 @@ def test_bad_input_is_exit_2_with_one_line_and_nothing_written(sets, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert (sorted(os.listdir(out)) if out.exists() else None) == before
+
+
+def write_tars(folder: Path, images: np.ndarray, per_tar: int = 120, member=None) -> Path:
+    """Tar shards of `images` without a manifest; member(i, png bytes) -> (name, bytes, declared size)."""
+    folder.mkdir(parents=True)
+    for shard, start in enumerate(range(0, len(images), per_tar)):
+        with open(folder / f"part-{shard}.tar", "wb") as f:
+            for i in range(start, min(start + per_tar, len(images))):
+                name, data, size = member(i, encode_png(images[i])) if member else (f"{i:06d}.png", encode_png(images[i]), None)
+                info = tarfile.TarInfo(name)
+                info.size = len(data) if size is None else size
+                f.write(info.tobuf(tarfile.USTAR_FORMAT))
+                f.write(data + b"\0" * (-len(data) % 512))
+            if size is None:
+                f.write(b"\0" * 1024)
+    return folder
+
+
+def huge_member(i, png):
+    return (f"{i:06d}.png", png, 3 << 30) if i == 130 else (f"{i:06d}.png", png, None)
+
+
+def padded_member(i, png):
+    """Member 130: a PNG followed by 2 MiB (decodable; over what LESIONGAN_MAX_IMAGE_PIXELS=2000 allows)."""
+    return (f"{i:06d}.png", png + bytes(2 << 20), None) if i == 130 else (f"{i:06d}.png", png, None)
+
+
+def text_member(i, png):
+    return (f"{i:06d}.png", b"not an image at all\n", None) if i == 130 else (f"{i:06d}.png", png, None)
+
+
+def with_a_loose_image(folder: Path, image: np.ndarray) -> Path:
+    (folder / "extra").mkdir()
+    save_png(folder / "extra" / "stray.png", image)
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("loose images beside tars", "holds 1 image file(s) beside its .tar shards (extra/stray.png)"),
+    ("a member that is not an image", "part-1.tar: member 000130.png is not a PNG, JPEG or BMP image"),
+    ("a member declaring gigabytes", "part-1.tar: member 000130.png declares 3221225472 bytes"),
+    ("a member larger than the pixel limit allows", "part-1.tar: member 000130.png declares 209"),
+    ("out inside fake", "is inside the generated set's folder"),
+    ("out is fake", "is inside the generated set's folder"),
+    ("fake inside out", "is inside --out"),
+])
+def test_bad_generated_sets_are_exit_2_with_one_line_and_nothing_written(sets, tmp_path, capsys, monkeypatch, case, message):
+    train_path, _, synth, fake = sets
+    folder, out = tmp_path / "tars", tmp_path / "out"
+    monkeypatch.setenv("LESIONGAN_MAX_IMAGE_PIXELS", "2000")  # the 32x32 images pass
+    if case == "loose images beside tars":
+        with_a_loose_image(write_tars(folder, fake), fake[0])
+    elif case == "a member that is not an image":
+        write_tars(folder, fake, member=text_member)
+    elif case == "a member declaring gigabytes":
+        write_tars(folder, fake, member=huge_member)
+    elif case == "a member larger than the pixel limit allows":
+        write_tars(folder, fake, member=padded_member)
+    elif case == "out inside fake":
+        write_tars(folder, fake)
+        out = folder / "audit"
+    elif case == "out is fake":
+        write_tars(folder, fake)
+        out = folder
+    else:
+        folder = write_tars(out / "tars", fake)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    code = main(["audit", "--fake", str(folder), "--train", str(train_path), "--out", str(out), "--workers", "0",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_a_generated_file_that_is_not_an_image_found_mid_audit_is_one_line(sets, tmp_path, capsys):
+    """A PNG of the manifest that is not one (found when its shard is read, past the checks of
+    the set's headers): one line, never an OpenCV traceback."""
+    train_path, train, _, fake = sets
+    folder = write_generated_folder(tmp_path / "synth", fake[:120])
+    (folder / "img_000000070.png").write_bytes(b"\x89PNG\r\n\x1a\n but no more")
+    code = main(["audit", "--fake", str(folder), "--train", str(train_path), "--out", str(tmp_path / "out"),
+                 "--workers", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "img_000000070.png is not a decodable image" in err, err
+
+
+@pytest.mark.parametrize("damage", ["a number edited", "rows swapped for another shard's", "another job's part",
+                                    "an old part without its tag line", "cut short"])
+def test_a_resume_redoes_a_damaged_or_foreign_part(sets, in_process, tmp_path, damage):
+    _, reference = in_process
+    out = tmp_path / "out"
+    run(sets, out)
+    part = audit.part_path(out, 2)
+    text = part.read_text()
+    tag, rows_text = text.split("\n", 1)
+    if damage == "a number edited":
+        first = rows_text.split("\n", 1)[0].split(",")
+        first[8] = "not a number"
+        part.write_text(tag + "\n" + ",".join(first) + "\n" + rows_text.split("\n", 1)[1])
+    elif damage == "rows swapped for another shard's":
+        part.write_text(tag + "\n" + audit.part_path(out, 1).read_text().split("\n", 1)[1])
+    elif damage == "another job's part":
+        part.write_text(tag.replace(tag.split(" ")[1], "0" * 32) + "\n" + rows_text)
+    elif damage == "an old part without its tag line":
+        part.write_text(rows_text)
+    else:
+        part.write_text(text[: len(text) // 2])
+    (out / audit.ROWS_FILE).unlink()
+    again = run(sets, out)
+    assert (again.shards_run, again.shards_skipped) == (1, COUNT // SHARD - 1)
+    assert (out / audit.ROWS_FILE).read_bytes() == (reference / audit.ROWS_FILE).read_bytes()
+
+
+def test_a_part_that_is_not_a_regular_file_is_one_line_and_not_followed(sets, tmp_path):
+    out = tmp_path / "out"
+    run(sets, out)
+    target = tmp_path / "elsewhere.csv"
+    target.write_text("mine\n")
+    audit.part_path(out, 2).unlink()
+    os.symlink(target, audit.part_path(out, 2))
+    with pytest.raises(audit_errors.UserError, match="is a symbolic link"):
+        run(sets, out)
+    assert target.read_text() == "mine\n"
 
 
 def gated(started_dir: Path, go: Path):

@@ -92,7 +92,7 @@ def _in_process(index: TrainingIndex, job: AuditJob, progress: bool):
     started = time.perf_counter()
     with _progress(job.source.count, progress) as bar:
         for shard in iter_shards(job.source):  # one at a time: never a list of every shard
-            if shard_done(job.out_dir, shard):
+            if shard_done(job, shard):
                 skipped += 1
             else:
                 audit_shard(index, job, shard)
@@ -122,7 +122,7 @@ def _on_ray(index: TrainingIndex, job: AuditJob, workers, address, progress, max
                     shard = next(shards, None)
                     if shard is None:
                         break
-                    if shard_done(job.out_dir, shard):
+                    if shard_done(job, shard):
                         skipped += 1
                         bar.update(len(shard.rows))
                         continue

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from service.audit.index import TrainingIndex
-from service.audit.job import AuditJob, part_path
+from service.audit.job import AuditJob, part_path, part_text
 from service.audit.source import Shard, read_shard_images
 from service.files import write_bytes
 from service.validation import memorization
@@ -50,6 +50,6 @@ def shard_rows(index: TrainingIndex, shard: Shard, found: dict) -> str:
 def audit_shard(index: TrainingIndex, job: AuditJob, shard: Shard) -> tuple[int, int, int, int]:
     """Audit one shard and write its part: (shard number, images, likely copies, worker pid)."""
     found = audit_images(index, read_shard_images(job.source, shard))
-    write_bytes(part_path(job.out_dir, shard.number), shard_rows(index, shard, found).encode())
+    write_bytes(part_path(job.out_dir, shard.number), part_text(job, shard, shard_rows(index, shard, found)).encode())
     copies = int(np.sum(found["ratio"] < memorization.COPY_RATIO_THRESHOLD))
     return shard.number, len(shard.rows), copies, os.getpid()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from service.generation.job import MANIFEST_FILE
 DEFAULT_SHARD_SIZE = 1000
 KINDS = ("manifest", "tars")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")  # how a PNG, JPEG and BMP begin
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,22 @@ def open_generated_set(path, shard_size: int = DEFAULT_SHARD_SIZE) -> GeneratedS
         tars = sorted(p for p in path.glob("*.tar") if p.is_file())
         if not tars:
             raise UserError(f"--fake {path}: no {MANIFEST_FILE} and no .tar shards; give a folder `generate` wrote")
+        _refuse_loose_images(path)
         source = GeneratedSet(str(path.resolve()), "tars", shard_size, _tars_fingerprint(tars), tuple(p.name for p in tars))
     return _counted(source)
+
+
+def _refuse_loose_images(folder: Path) -> None:
+    """UserError when a folder of tar shards also holds image files (at any depth): only the
+    shards are the set, so the count would leave them out without a word."""
+    loose = []
+    for place, subfolders, names in os.walk(folder):
+        subfolders.sort()
+        loose += [os.path.relpath(os.path.join(place, n), folder) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+    if loose:
+        shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
+        raise UserError(f"--fake {folder} holds {len(loose)} image file(s) beside its .tar shards ({shown}); "
+                        "only the shards would be audited: move the images out, or audit them as a folder of their own")
 
 
 def _counted(source: GeneratedSet) -> GeneratedSet:
@@ -153,12 +169,27 @@ def _tar_shards(source: GeneratedSet) -> Iterator[Shard]:
 
 
 def _tar_image_members(path: Path) -> list[str]:
-    """Names of a tar's image members, in order (headers only: the data is skipped)."""
+    """Names of a tar's image members, in order, from the headers and each member's first bytes:
+    a member declaring more bytes than an image within the pixel limit can take, or whose bytes
+    do not begin as an image does, is refused here, before anything is written."""
+    from service.data import PIXEL_LIMIT_ENV, max_image_bytes, max_image_pixels
+
+    limit = max_image_bytes(max_image_pixels())
+    names = []
     try:
         with tarfile.open(path) as archive:
-            return [m.name for m in archive if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
+            for member in archive:
+                if not (member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES)):
+                    continue
+                if member.size > limit:
+                    raise UserError(f"{path}: member {member.name} declares {member.size} bytes, more than an image "
+                                    f"within the pixel limit can take ({PIXEL_LIMIT_ENV})")
+                if not archive.extractfile(member).read(8).startswith(IMAGE_SIGNATURES):
+                    raise UserError(f"{path}: member {member.name} is not a PNG, JPEG or BMP image")
+                names.append(member.name)
     except (OSError, tarfile.TarError) as e:
         raise UserError(f"{path}: cut short or damaged tar shard ({' '.join(str(e).split())})") from None
+    return names
 
 
 def read_shard_images(source: GeneratedSet, shard: Shard) -> np.ndarray:

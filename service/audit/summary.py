@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from service.audit.index import TrainingIndex
-from service.audit.job import PANEL_FILE, ROW_COLUMNS, ROWS_FILE, SUMMARY_FILE, AuditJob, part_path, shard_done
+from service.audit.job import PANEL_FILE, ROW_COLUMNS, ROWS_FILE, SUMMARY_FILE, AuditJob, read_part
 from service.audit.source import iter_shards
+from service.errors import UserError
 from service.files import atomic_file, write_json
 from service.validation import memorization
 
@@ -64,9 +65,9 @@ def merge_rows(job: AuditJob, index: TrainingIndex) -> _Tally:
     with atomic_file(Path(job.out_dir) / ROWS_FILE) as out:
         out.write((",".join(ROW_COLUMNS) + "\n").encode())
         for shard in iter_shards(job.source):
-            if not shard_done(job.out_dir, shard):
-                raise RuntimeError(f"shard {shard.number} has no whole part; the audit is incomplete (run it again)")
-            text = part_path(job.out_dir, shard.number).read_text()
+            text = read_part(job, shard)
+            if text is None:
+                raise UserError(f"shard {shard.number}'s part in {job.out_dir} changed while the audit ran; run it again")
             tally.add(list(csv.reader(io.StringIO(text))))
             out.write(text.encode())
     return tally

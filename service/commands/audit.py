@@ -31,7 +31,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from service.audit import DEFAULT_SHARD_SIZE, describe, open_generated_set, run_audit
-    from service.audit.job import AUDIT_COMMAND
+    from service.audit.job import AUDIT_COMMAND, refuse_nesting
     from service.audit.source import first_image_side
     from service.data import load_images
     from service.errors import UserError
@@ -41,6 +41,7 @@ def run(args) -> int:
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     source = open_generated_set(args.fake, args.shard_size or DEFAULT_SHARD_SIZE)
+    refuse_nesting(source, args.out)
     check_output_folder(args.out, AUDIT_COMMAND)  # a folder we may not write: one line before the long steps
     image_size = args.image_size or first_image_side(source)
     train = load_images(args.train, image_size, labels_csv=args.labels, crop=args.crop, progress=show_progress(args))
