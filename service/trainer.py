@@ -15,6 +15,11 @@ listing, as README's `train` section says. Two deliberate differences: the loop 
 a repeated D step regenerates G(z) from the same z with the current G (the Backend's d_step),
 where the thesis reused the fakes generated before the batch's G step.
 
+Conditional runs: with `class_balanced` the epoch's order is drawn class-balanced
+(`epoch_order`); with `condition_ramp_kimg` the class code's strength before each batch is a
+function of the images trained on so far (`condition_strength`, from the step counter), so
+both resume exactly with the rest.
+
 Randomness is all in the trainer RNG (a seeded numpy PCG64 Generator: the epoch's shuffle,
 then each step's z) and the backend's own RNG (dropout). Both, with the epoch's permutation and
 the batch index within it, go into every checkpoint, so a resumed run continues bit for bit.
@@ -105,6 +110,26 @@ def lr_scale(progress: float, decay_from: float) -> float:
 
 
 # --------------------------------------------------------------------------- RNG streams, sample grid
+
+
+def condition_strength(config, images_seen: int) -> float | None:
+    """The class code's strength for the next batch under transitional conditioning:
+    min(1, images seen / (condition_ramp_kimg * 1000)); None when there is no ramp (an
+    unconditional model, or a ramp of 0)."""
+    if config.num_classes == 0 or config.condition_ramp_kimg <= 0:
+        return None
+    return min(1.0, images_seen / (config.condition_ramp_kimg * 1000.0))
+
+
+def epoch_order(rng: np.random.Generator, count: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """The images of one epoch, in order: a permutation, or with `labels` (class-balanced
+    sampling) `count` draws with replacement, each class equally likely and each image equally
+    likely within its class."""
+    if labels is None:
+        return rng.permutation(count).astype(np.int64)
+    present, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    weights = 1.0 / (len(present) * sizes[inverse])
+    return rng.choice(count, size=count, replace=True, p=weights / weights.sum()).astype(np.int64)
 
 
 def trainer_rng(seed: int) -> np.random.Generator:
@@ -414,7 +439,7 @@ class Trainer:
     def _run_epoch(self, started: float, bar, metrics_file) -> str:
         config, backend = self.config, self.backend
         if self.batch_in_epoch == 0:
-            self.permutation = self.rng.permutation(len(self.images)).astype(np.int64)
+            self.permutation = epoch_order(self.rng, len(self.images), self.labels if config.class_balanced else None)
             self._epoch_sums[:] = 0.0
         for batch in range(self.batch_in_epoch, self.batches_per_epoch):
             index = self.permutation[batch * self.batch_size : (batch + 1) * self.batch_size]
@@ -425,6 +450,9 @@ class Trainer:
             scale = lr_scale(self.planned_fraction, config.lr_decay_from)
             if config.lr_decay_from < 1.0:
                 backend.set_learning_rate_scale(scale)
+            strength = condition_strength(config, self.step * self.batch_size)
+            if strength is not None:
+                backend.set_condition_strength(strength)
 
             step_started = time.perf_counter()
             d_loss, g_loss = backend.train_step(real, z, labels)
@@ -458,6 +486,7 @@ class Trainer:
                         "rebalance_g": result.extra_g,
                         "seconds": round(seconds, 6),
                         "lr_scale": round(scale, 6),
+                        **({} if strength is None else {"condition_strength": round(strength, 6)}),
                     }
                 )
                 + "\n"

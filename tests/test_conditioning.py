@@ -122,3 +122,94 @@ def test_each_mechanism_changes_only_its_own_part_of_the_spec():
 def test_bad_conditioning_settings_are_refused(bad, message):
     with pytest.raises(ConfigError, match=message):
         GANConfig(image_size=32, num_classes=CLASSES, **bad)
+
+
+# --------------------------------------------------------------------------- the trainer's side
+
+
+def test_class_balanced_epochs_draw_each_class_equally_and_a_plain_epoch_is_a_permutation():
+    from service.trainer import epoch_order
+
+    labels = np.array([0] * 90 + [1] * 7 + [2] * 3)
+    rng = np.random.default_rng(0)
+    draws = np.concatenate([epoch_order(rng, 100, labels) for _ in range(60)])
+    shares = np.bincount(labels[draws], minlength=3) / len(draws)
+    np.testing.assert_allclose(shares, [1 / 3] * 3, atol=0.03)  # 6,000 draws: sd of a share ~0.006
+    assert len(np.unique(draws[labels[draws] == 2])) == 3  # within a class, every image drawn
+    plain = epoch_order(np.random.default_rng(0), 100)
+    assert sorted(plain) == list(range(100))
+
+
+def test_the_conditioning_ramp_grows_with_the_images_seen():
+    from service.trainer import condition_strength
+
+    ramped = GANConfig(image_size=32, num_classes=2, condition_ramp_kimg=2.0)
+    assert [condition_strength(ramped, n) for n in (0, 500, 1000, 2000, 5000)] == [0.0, 0.25, 0.5, 1.0, 1.0]
+    assert condition_strength(ramped.replace(condition_ramp_kimg=0.0), 0) is None
+    assert condition_strength(ramped.replace(num_classes=0), 0) is None
+
+
+@pytest.fixture
+def conditional_run_parts():
+    from test_trainer import tiny_config, tiny_images
+
+    config = tiny_config(num_classes=3, dropout=0.2, max_rebalance_steps=2, d_conditioning="projection",
+                         g_conditioning="cbn", condition_ramp_kimg=0.02, class_balanced=True)
+    labels = np.array([0] * 8 + [1] * 3 + [2] * 1)
+    return config, tiny_images(12), labels
+
+
+def test_a_ramped_class_balanced_conditional_run_resumes_exactly(tmp_path, backend_name, conditional_run_parts):
+    """Stopped mid-epoch and resumed in a new backend: the same weights, optimizer state and
+    logged strengths as a straight run (bit for bit: conftest runs TensorFlow on one thread)."""
+    import backends
+    from service import checkpoint as ckpt
+    from service.trainer import Trainer
+    from test_trainer import read_metrics, weights_equal
+
+    config, images, labels = conditional_run_parts
+    quiet = dict(epochs=3, progress=False, sample_grid=False, loss_curve=False)
+    straight = backends.get(backend_name, config)
+    Trainer(straight, images, labels, run_dir=tmp_path / "a", **quiet).run()
+
+    first = backends.get(backend_name, config)
+    trainer = Trainer(first, images, labels, run_dir=tmp_path / "b", **quiet)
+    original_step = first.train_step
+
+    def stop_after_step_5(real, z, labels=None):
+        losses = original_step(real, z, labels)
+        if trainer.step == 4:
+            trainer.request_stop("test")
+        return losses
+
+    first.train_step = stop_after_step_5
+    assert trainer.run().status == "stopped:test"
+    resumed = backends.get(backend_name, config)
+    second = Trainer(resumed, images, labels, run_dir=tmp_path / "b", **quiet)
+    second.restore(ckpt.load_latest_valid(tmp_path / "b")[1])
+    assert second.run().step == 9
+    assert weights_equal(straight.get_weights(), resumed.get_weights())
+    assert weights_equal(straight.get_optimizer_state(), resumed.get_optimizer_state())
+    strengths = [m["condition_strength"] for m in read_metrics(tmp_path / "b") if m["type"] == "step"]
+    assert strengths == [min(1.0, 4 * step / 20) for step in range(9)]  # 4 images a batch, 20 to full strength
+    assert strengths == [m["condition_strength"] for m in read_metrics(tmp_path / "a") if m["type"] == "step"]
+
+
+def test_a_class_balanced_run_feeds_the_minority_class_about_as_often_as_the_majority(tmp_path, conditional_run_parts):
+    import backends
+    from service.trainer import Trainer
+
+    config, images, labels = conditional_run_parts
+    backend = backends.get("numpy", config)
+    seen = []
+    original = backend.train_step
+
+    def recording(real, z, batch_labels=None):
+        seen.append(batch_labels)
+        return original(real, z, batch_labels)
+
+    backend.train_step = recording
+    Trainer(backend, images, labels, run_dir=tmp_path, epochs=20, progress=False, sample_grid=False,
+            loss_curve=False).run()
+    counts = np.bincount(np.concatenate(seen), minlength=3)
+    assert counts.sum() == 20 * 12 and counts.min() > 0.2 * counts.sum()  # plain shuffles give class 2 1/12
