@@ -1,5 +1,5 @@
-"""Shared set-up: a private home and cache for the whole run, and one `backend_name` fixture
-parametrized over both backends.
+"""Shared set-up: a private home and cache for the whole run, TensorFlow on one thread, and one
+`backend_name` fixture parametrized over both backends.
 
 Both backends are required dependencies: a backend that fails to import fails the tests that
 use it (an error naming the import), never a skip.
@@ -18,17 +18,21 @@ import pytest
 # touched: HOME and the XDG folders point into a temp folder for the whole run, including the
 # subprocesses the tests start. Set when pytest configures, not in a fixture, because
 # collection imports Keras (which writes ~/.keras) and some modules copy os.environ at import.
-HOME_VARIABLES = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "LESIONGAN_CACHE")
+# TensorFlow runs with one intra-op thread in the tests and the processes they start, so the
+# tests that compare runs bit for bit (stop and resume, replayed dropout) compare like with like:
+# multi-threaded sums may differ in the last bits from run to run (README, "train").
+TEST_ENVIRONMENT = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "LESIONGAN_CACHE",
+                    "LESIONGAN_TF_THREADS")
 _saved_environment: dict[str, str | None] = {}
 
 
 def pytest_configure(config):
     home = tempfile.mkdtemp(prefix="lesiongan-tests-home-")
-    _saved_environment.update({name: os.environ.get(name) for name in HOME_VARIABLES})
+    _saved_environment.update({name: os.environ.get(name) for name in TEST_ENVIRONMENT})
     _saved_environment["_home"] = home
     os.environ.update(HOME=home, XDG_CACHE_HOME=os.path.join(home, ".cache"),
                       XDG_CONFIG_HOME=os.path.join(home, ".config"), XDG_DATA_HOME=os.path.join(home, ".local", "share"),
-                      LESIONGAN_CACHE=os.path.join(home, ".cache", "lesiongan"))
+                      LESIONGAN_CACHE=os.path.join(home, ".cache", "lesiongan"), LESIONGAN_TF_THREADS="1")
 
 
 def pytest_unconfigure(config):
@@ -41,6 +45,7 @@ def pytest_unconfigure(config):
     _saved_environment.clear()
     if home:
         shutil.rmtree(home, ignore_errors=True)
+
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -109,9 +109,10 @@ from service import checkpoint as ckpt  # noqa: E402
 from service.rundir import METRICS_FILE  # noqa: E402
 from service.run import main  # noqa: E402
 
-# TensorFlow's log settings unset, as a user's shell has them: stderr is what the user would see
+# TensorFlow's log settings unset, as a user's shell has them: stderr is what the user would see.
+# One framework thread: the runs compared bit for bit must not differ by how threads split a sum.
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LESIONGAN_TF_LOGS")},
-       "NUMBA_NUM_THREADS": "1"}
+       "NUMBA_NUM_THREADS": "1", "LESIONGAN_TF_THREADS": "1"}
 SAFETY_TIMEOUT = 600  # a hung child fails the test instead of the suite; never a pace to keep
 
 
@@ -131,6 +132,13 @@ def train_args(tiny_data, out, backend, *extra) -> list[str]:
 
 def harness_command(*own: str, argv: list[str]) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), *own, "--", *argv]
+
+
+def train_in_subprocess(argv: list[str]) -> None:
+    """`python -m service.run ARGV` with ENV (one framework thread); it must succeed."""
+    done = subprocess.run([sys.executable, "-m", "service.run", *argv], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=SAFETY_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-800:]
 
 
 def lines_of(run_dir) -> list[dict]:
@@ -172,10 +180,10 @@ def test_sigint_mid_run_saves_a_checkpoint_exits_0_and_resume_finishes_the_run(t
     assert [ckpt.step_of(p) for p in ckpt.list_checkpoints(run)][-1] == stop_step
     ckpt.load_checkpoint(ckpt.latest_checkpoint(run))  # whole and verified
 
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    train_in_subprocess(["train", "--resume", str(run), "--no-progress"])  # threads as the stopped run's
     assert step_numbers(run) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
     straight = tmp_path / "straight"
-    assert main(train_args(tiny_data, straight, backend_name)) == 0
+    train_in_subprocess(train_args(tiny_data, straight, backend_name))
     stopped, reference = final_state(run), final_state(straight)
     assert stopped.keys() == reference.keys()
     for name in reference:
