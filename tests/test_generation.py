@@ -131,8 +131,10 @@ def kill_after_two_shards(driver: subprocess.Popen, out: Path, gate: Path) -> Pa
     gate; returns OUT's parts folder."""
     parts = out / generation.STATE_DIR / generation.PARTS_DIR
     try:
+        deadline = time.monotonic() + 300
         while not (parts.is_dir() and len(list(parts.glob("shard_*.csv"))) >= 2):
             assert driver.poll() is None, f"the driver exited early: {driver.stderr.read()[-1000:]}"
+            assert time.monotonic() < deadline, "the driver did not finish two shards within 300 s"
             time.sleep(0.05)
         driver.send_signal(signal.SIGKILL)
         driver.wait()

@@ -212,7 +212,10 @@ from service import files
 folder, ready, gate = sys.argv[1:4]
 with files.output_lock(folder, "a test"):
     pathlib.Path(ready).write_text("held")
+    deadline = time.monotonic() + 300
     while not pathlib.Path(gate).exists():
+        if time.monotonic() > deadline:
+            sys.exit("the test never opened the gate within 300 s")
         time.sleep(0.05)
 """
 
@@ -226,8 +229,10 @@ def test_a_second_writer_on_the_same_folder_fails_at_once_naming_the_first(tmp_p
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), str(ready), str(gate)],
                               cwd=os.path.dirname(os.path.dirname(__file__)))
     try:
+        deadline = time.monotonic() + 300
         while not ready.exists():  # a file gate: the holder says when it holds the lock
             assert holder.poll() is None, "the lock holder died"
+            assert time.monotonic() < deadline, "the lock holder did not take the lock within 300 s"
             time.sleep(0.05)
         manifest = (out / "manifest.csv").read_bytes()
         assert main(argv) == 2

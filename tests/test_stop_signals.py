@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 TINY = {"width": 4, "max_width": 16, "latent_dim": 8, "batch_size": 4, "max_rebalance_steps": 2}
 EPOCHS, STEPS_PER_EPOCH = 3, 3  # 12 images, batches of 4
+SAFETY_TIMEOUT = 600  # a hung child fails the test instead of the suite; never a pace to keep
 
 
 # ----------------------------------------------------------------------------- the harness
@@ -46,7 +47,11 @@ def pause_in_step(step: int, ready: Path) -> None:
         calls += 1  # one call per training step
         if calls == step:
             ready.write_text("paused")
+            deadline = time.monotonic() + SAFETY_TIMEOUT
             while not requested:
+                if time.monotonic() > deadline:  # the test is gone: end, not wait forever
+                    print(f"no stop was requested within {SAFETY_TIMEOUT} s of the pause", file=sys.stderr, flush=True)
+                    os._exit(3)
                 time.sleep(0.01)
         return rebalance(*args, **kwargs)
 
@@ -113,7 +118,6 @@ from service.run import main  # noqa: E402
 # One framework thread: the runs compared bit for bit must not differ by how threads split a sum.
 ENV = {**{k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LESIONGAN_TF_LOGS")},
        "NUMBA_NUM_THREADS": "1", "LESIONGAN_TF_THREADS": "1"}
-SAFETY_TIMEOUT = 600  # a hung child fails the test instead of the suite; never a pace to keep
 
 
 @pytest.fixture
