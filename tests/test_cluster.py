@@ -170,3 +170,33 @@ def test_local_ray_starts_its_own_instead_of_joining_a_cluster_already_on_the_ma
     with ray_session(num_cpus=2) as session:
         assert session.cluster_resources().get("CPU") == 2  # the other cluster has 2 one-CPU nodes too
         assert session.get_runtime_context().gcs_address != head.address  # so tell them by address
+
+
+@pytest.mark.parametrize("environ, short", [
+    ({}, False),
+    ({"TMPDIR": "/tmp"}, False),
+    ({"TMPDIR": "/scratch/" + "t" * 20}, False),
+    ({"TMPDIR": "/scratch/" + "t" * 60}, True),
+    ({"RAY_TMPDIR": "/scratch/" + "r" * 60, "TMPDIR": "/tmp"}, True),
+    ({"RAY_TMPDIR": "/r", "TMPDIR": "/scratch/" + "t" * 60}, False),
+])
+def test_local_ray_moves_its_session_to_a_short_folder_when_the_temp_folder_is_too_long(environ, short):
+    from service.ray_cluster import SOCKET_PATH_LIMIT, SOCKET_TAIL, local_temp_dir
+
+    chosen = local_temp_dir(environ)
+    assert (chosen is not None) == short
+    if short:
+        assert chosen.startswith("/tmp/") and len(chosen) + SOCKET_TAIL - len("/ray") <= SOCKET_PATH_LIMIT
+
+
+def test_a_long_tmpdir_still_runs_local_ray(tmp_path):
+    """Ray's socket path under a 100-byte TMPDIR would pass the 107-byte AF_UNIX limit (Ray
+    stopped with an OSError traceback): the session goes under /tmp and the task runs."""
+    long_tmp = tmp_path / ("t" * max(1, 100 - len(str(tmp_path)) - 1))
+    long_tmp.mkdir()
+    script = ("from service.ray_cluster import ray_session\n"
+              "with ray_session(num_cpus=1) as ray:\n"
+              "    print(ray.get(ray.remote(lambda: 41).remote()) + 1)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(long_tmp), "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stdout.strip() == "42", done.stderr[-2000:]
