@@ -30,7 +30,8 @@ def ray_cluster():
 
 def test_two_tiny_trials_give_a_best_config_that_train_accepts(ray_cluster, tmp_path, capsys):
     out = tmp_path / "tune"
-    assert main(["tune", "--trials", "2", "--time-budget", "100", "--out", str(out), *TINY_TUNE, "--progress"]) == 0
+    # bounded by 2 trials of 2 epochs; the time budget is far above what they need on any machine
+    assert main(["tune", "--trials", "2", "--time-budget", "36000", "--out", str(out), *TINY_TUNE, "--progress"]) == 0
     captured = capsys.readouterr()
     assert "best SWD" in captured.out
     assert "tune:" in captured.err and "trials done" in captured.err  # the progress bar
@@ -91,7 +92,7 @@ def test_the_search_tries_training_with_and_without_diffaugment():
 def tiny_search(tmp_path, name, trials=1):
     from service.tune import TuneSettings, load_dataset
 
-    settings = TuneSettings(trials=trials, time_budget=600, out_dir=tmp_path / name, backend=BACKEND, epochs=2,
+    settings = TuneSettings(trials=trials, time_budget=36000, out_dir=tmp_path / name, backend=BACKEND, epochs=2,
                             widths=(8,), batch_sizes=(16,), seed=3)
     settings.base = GANConfig(image_size=32, width=8, max_width=16, latent_dim=16, batch_size=16).to_dict()
     return settings, load_dataset(None, 32, max_images=80, seed=3)
@@ -194,13 +195,15 @@ def test_a_search_whose_driver_was_killed_resumes_without_repeating_finished_tri
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     driver = subprocess.Popen(
         [sys.executable, "-c", GATED_TUNE, str(first), str(gate),
-         "tune", "--trials", "3", "--time-budget", "600", "--out", str(out), *TINY_TUNE, "--no-progress"],
+         "tune", "--trials", "3", "--time-budget", "36000", "--out", str(out), *TINY_TUNE, "--no-progress"],
         cwd=Path(__file__).resolve().parents[1], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
+        deadline = time.monotonic() + 600
         while "TERMINATED" not in trial_states(out).values():
             assert driver.poll() is None, "the search ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished within 600 s"
             time.sleep(0.2)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
