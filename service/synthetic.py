@@ -17,7 +17,8 @@ and hairs. The three ISIC 2017 classes have different looks:
 - seborrheic keratosis (2): lighter tan, waxy sheen, cerebriform ridges and furrows, milia-like
   cysts (whitish dots) and comedo-like openings (dark dots), a sharp "stuck-on" edge.
 
-Classes come in the ISIC 2017 training proportions (1372 / 254 / 374 for 2,000 images).
+Classes come in the ISIC 2017 training proportions (1,372 nevi, 374 melanomas, 254 seborrheic
+keratoses in 2,000 images).
 Determinism: `make_image(seed, index, cls, size)` is a pure function of its arguments; in
 `make_dataset` the class layout is a function of (seed, count), so the same call always gives
 the same bytes.
@@ -42,8 +43,9 @@ import numpy as np
 from service.errors import UserError
 from service.files import make_folder, refuse_link, write_bytes, write_text
 
-GENERATOR_VERSION = 4  # bump when the drawing changes, so cached copies are rebuilt
-ISIC_CLASS_COUNTS = (1372, 254, 374)  # nevus, melanoma, seborrheic keratosis in ISIC 2017 training
+DRAWING_VERSION = 4  # in every image's random stream: bump when the drawing changes
+GENERATOR_VERSION = 5  # in the cache key: bump when the drawing or the class layout changes, so cached copies are rebuilt
+ISIC_CLASS_COUNTS = (1372, 374, 254)  # nevus, melanoma, seborrheic keratosis in ISIC 2017 training
 ISIC_IMAGE_SHAPES = ((768, 1024), (576, 767), (480, 640))  # (height, width) of the written JPEGs
 GROUND_TRUTH_NAME = "ISIC-2017_Training_Part3_GroundTruth.csv"
 ISIC_WORK_SIZE = 192  # drawing canvas (short side) of the large ISIC-layout JPEGs: keeps writing fast
@@ -228,7 +230,7 @@ def _draw_batch(seed: int, indices, cls: int, shape: tuple[int, int], work_size:
     work_short = work_size or default_work_size(short)
     scale = work_short / short
     work_h, work_w = max(8, round(height * scale)), max(8, round(width * scale))
-    rngs = [np.random.default_rng([seed, int(index), cls, GENERATOR_VERSION]) for index in indices]
+    rngs = [np.random.default_rng([seed, int(index), cls, DRAWING_VERSION]) for index in indices]
     drawn = _render(rngs, cls, work_h, work_w)
     interpolation = cv2.INTER_AREA if work_h >= height else cv2.INTER_LINEAR
     return np.stack([cv2.resize(image, (width, height), interpolation=interpolation) for image in drawn])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service import synthetic
-from service.data import load_images
+from service.data import CLASS_NAMES, load_images
 from service.errors import UserError
 
 
@@ -26,16 +26,24 @@ def test_any_size(size):
     assert synthetic.make_image(0, 0, 2, size).shape == (*shape, 3)
 
 
+# ISIC 2017's published training set (Codella et al. 2018, "Skin lesion analysis toward melanoma
+# detection", ISBI 2017 challenge): 2,000 images, 374 melanomas, 254 seborrheic keratoses, the
+# other 1,372 nevi. Stated here from the paper, not from the code under test.
+ISIC_2017_TRAINING = {"nevus": 1372, "melanoma": 374, "seborrheic_keratosis": 254}
+
+
 def test_isic_proportions():
-    assert synthetic.class_counts(2000) == (1372, 254, 374)
-    assert synthetic.class_counts(4000) == (2744, 508, 748)
+    published = [ISIC_2017_TRAINING[name] for name in CLASS_NAMES]  # in the class order labels use
+    assert CLASS_NAMES == ("nevus", "melanoma", "seborrheic_keratosis")
+    assert synthetic.class_counts(2000) == tuple(published)
+    assert synthetic.class_counts(4000) == (2744, 748, 508)
     for count in (1, 7, 100, 333):
         counts = synthetic.class_counts(count)
         assert sum(counts) == count
-        expected = np.array([1372, 254, 374]) * count / 2000
+        expected = np.array(published) * count / 2000
         assert np.all(np.abs(np.array(counts) - expected) < 1)
     layout = synthetic.class_layout(2000, seed=0)
-    assert np.bincount(layout).tolist() == [1372, 254, 374]
+    assert np.bincount(layout).tolist() == published
     assert not np.array_equal(layout, np.sort(layout))  # shuffled, not in blocks
     np.testing.assert_array_equal(layout, synthetic.class_layout(2000, seed=0))
 
