@@ -231,6 +231,21 @@ def test_density_coverage_and_precision_on_known_layout():
     assert dc["density"] == pytest.approx(0.5 * metrics.density_coverage(cluster_a, cluster_a + 1e-3)["density"])
 
 
+def test_density_and_coverage_against_a_hand_computed_example():
+    """Naeem et al. 2020: density = 1/(kM) sum_j sum_i 1[Y_j in B(X_i, NND_k(X_i))], coverage =
+    share of real X_i whose ball holds some Y_j. Real points 0, 1, 3, 7 on a line."""
+    real = np.array([[0.0], [1.0], [3.0], [7.0]])
+    # k = 1: radii 1, 1, 2, 4; balls [-1, 1], [0, 2], [1, 5], [3, 11]
+    # 0.5 lies in 2 balls, 1.5 in 2, 2.5 in 1, 6.5 in 1, 20 in none: 6 / (1 * 5)
+    fake = np.array([[0.5], [1.5], [2.5], [6.5], [20.0]])
+    assert metrics.density_coverage(real, fake, k=1) == {"density": pytest.approx(1.2), "coverage": 1.0}
+    # without 0.5, the ball of 0 holds nothing: 1.5 in 2 balls, 2.5 in 1, 6.5 in 1: 4 / (1 * 4)
+    assert metrics.density_coverage(real, fake[1:], k=1) == {"density": pytest.approx(1.0), "coverage": 0.75}
+    # k = 2: radii 3, 2, 3, 6; balls [-3, 3], [-1, 3], [0, 6], [1, 13]
+    # 0.5 in 3 balls, 1.5 in 4, 2.5 in 4, 6.5 in 1, 20 in none: 12 / (2 * 5)
+    assert metrics.density_coverage(real, fake, k=2) == {"density": pytest.approx(1.2), "coverage": 1.0}
+
+
 def test_features_are_fixed_and_shaped(real_images):
     first = random_net_features(real_images[:5])
     assert first.shape == (5, FEATURE_DIM) and first.dtype == np.float32
@@ -466,6 +481,28 @@ def test_cli_bad_input_is_exit_2_with_one_line(tmp_path, capsys, case, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_file_that_is_not_inception_weights_is_one_line_on_stderr_without_framework_logs(tmp_path):
+    """In a fresh process, as a user runs it (no TF_CPP_MIN_LOG_LEVEL of their own): stderr is
+    the error line alone, no TensorFlow, oneDNN or CUDA start-up lines before it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    real = _write_npz(tmp_path / "real.npz", lesion_like_images(24, seed=20))
+    fake = _write_npz(tmp_path / "fake.npz", lesion_like_images(12, seed=21))
+    (tmp_path / "inception.h5").write_bytes(b"not a weights file")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LESIONGAN_TF_LOGS")}
+    done = subprocess.run(
+        [sys.executable, "-m", "service.run", "validate", "--real", real, "--fake", fake, "--out", str(tmp_path / "out"),
+         "--image-size", "32", "--inception-weights", str(tmp_path / "inception.h5"), "--no-progress"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --inception-weights: cannot load") and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_inception_weights_add_inception_scores_to_the_metrics(tmp_path, real_images, monkeypatch):
