@@ -63,6 +63,11 @@ def run(args) -> int:
     for option, path in (("--real", args.real), ("--fake", args.fake), ("--train", args.train), ("--run", args.run), ("--inception-weights", args.inception_weights)):
         if path is not None and not Path(path).exists():
             raise UserError(f"{option}: no such file or folder: {path}")
+    if args.inception_weights is not None:
+        # TensorFlow comes in through Keras for these weights: import it as the tf backend does
+        # (TF_CPP_MIN_LOG_LEVEL set first, its start-up lines held aside; --verbose keeps them),
+        # so a weights file Keras refuses is the one line of the error, not after CUDA's chatter.
+        import backends.tf.runtime  # noqa: F401
     from service.data import native_image_size
 
     image_size = args.image_size or native_image_size(args.real) or native_image_size(args.fake) or DEFAULT_IMAGE_SIZE
