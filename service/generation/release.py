@@ -5,9 +5,12 @@ every likely copy is replaced before anything of the shard is written.
 
 Replacements come from a reserved index range past every possible --count: the r-th draw for
 image i (r = 0, 1, ...) is the image whose noise is keyed by (seed, reserved_index(i, r)) =
-(seed, RESERVED_START + i * RESERVED_STRIDE + r), with image i's class. It is a function of
-(checkpoint, seed, i, r) alone, so a replacement does not depend on how the job is cut into
-shards or spread over workers, and no two indices share a reserved one. A draw that is itself
+(seed, RESERVED_START + i * RESERVED_STRIDE + r), with image i's class, computed in image i's
+own plain batch (service.generation.runners.render: the batch shape and row plain generation
+gives i, the other rows their plain noise). It is a function of (checkpoint, seed, i, r) and
+the job's batch layout alone, never of how many other images are replaced beside it (a
+framework's float sums can change with the batch shape), so a replacement does not depend on
+how the job is spread over workers or resumed, and no two indices share a reserved one. A draw that is itself
 a likely copy is replaced by the next, up to MAX_DRAWS draws; past that the job stops with
 one line (a generator that keeps reproducing its training images needs looking at, not more
 draws).
@@ -84,7 +87,8 @@ def exclude_copies(render: Callable, copy_index, indices, images: np.ndarray) ->
     """A shard's uint8 images with every likely copy replaced, and each image's RELEASE_COLUMNS.
 
     render(indices, noise_indices) -> uint8 images: images with the noise of `noise_indices`
-    and the classes of `indices`."""
+    and the classes of `indices`, each computed as plain generation computes image `indices[k]`
+    (so its bytes do not depend on the others asked for with it)."""
     from service.audit.shard import audit_images, number_text
     from service.validation.memorization import COPY_RATIO_THRESHOLD
 

@@ -84,24 +84,47 @@ def write_shard(backend, job: GenerationJob, shard: int, copy_index=None) -> int
     return len(indices)
 
 
+def plain_batch(job: GenerationJob, index: int) -> range:
+    """The batch plain generation computes image `index` in: job.batch_size images from the
+    start of its shard (the shard's last batch shorter)."""
+    shard = job.shard_range(int(index) // job.shard_size)
+    start = shard.start + (int(index) - shard.start) // job.batch_size * job.batch_size
+    return range(start, min(start + job.batch_size, shard.stop))
+
+
 def render(backend, job: GenerationJob, indices, noise_indices=None) -> np.ndarray:
-    """uint8 images of `indices` (their classes), from the noise of `noise_indices` (default:
-    their own), job.batch_size at a time."""
+    """uint8 images of `indices` (distinct; their classes), from the noise of `noise_indices`
+    (default: their own). Each is computed in its plain batch (plain_batch: the same batch
+    shape, the same row), the batch's other rows with their own noise, so an image's bytes never
+    depend on which or how many other images were asked for with it: a framework's float sums
+    can change with the batch shape (TensorFlow on AVX2 without AVX-512, by a grey level), and a
+    copy-free release's replacements must be the same bytes in any worker, resumed or not."""
     from service.imageio import to_uint8
 
-    indices = list(indices)
-    noise_indices = indices if noise_indices is None else list(noise_indices)
-    images = []
-    for start in range(0, len(indices), job.batch_size):
-        z = noise_for_indices(job.seed, noise_indices[start : start + job.batch_size], backend.config)
-        classes = [class_index_for(i, job) for i in indices[start : start + job.batch_size]]
-        labels = None if not job.class_names else np.asarray(classes, dtype=np.int64)
-        images.append(to_uint8(backend.generate(z, labels)))
-    return np.concatenate(images)
+    indices = [int(i) for i in indices]
+    noise_indices = indices if noise_indices is None else [int(n) for n in noise_indices]
+    if len(set(indices)) != len(indices) or len(noise_indices) != len(indices):
+        raise ValueError("render takes distinct indices, one noise index each")
+    side = backend.config.image_size
+    images = np.zeros((len(indices), side, side, 3), np.uint8)
+    by_batch: dict[int, list[int]] = {}  # plain batch start -> positions in `indices`
+    for k, i in enumerate(indices):
+        by_batch.setdefault(plain_batch(job, i).start, []).append(k)
+    for positions in by_batch.values():
+        batch = plain_batch(job, indices[positions[0]])
+        noise = list(batch)
+        for k in positions:
+            noise[indices[k] - batch.start] = noise_indices[k]
+        z = noise_for_indices(job.seed, noise, backend.config)
+        labels = None if not job.class_names else np.asarray([class_index_for(i, job) for i in batch], np.int64)
+        rendered = to_uint8(backend.generate(z, labels))
+        for k in positions:
+            images[k] = rendered[indices[k] - batch.start]
+    return images
 
 
 def _batches(backend, job: GenerationJob, indices: range):
-    """(indices, uint8 images) of a range, one batch of job.batch_size at a time."""
+    """(indices, uint8 images) of a range, one plain batch at a time."""
     for start in range(indices.start, indices.stop, job.batch_size):
         batch = range(start, min(start + job.batch_size, indices.stop))
         yield batch, render(backend, job, batch)
