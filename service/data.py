@@ -12,7 +12,8 @@ Formats `load_images` accepts:
   Class choices (`label_column`, `classes`, `binary`, `unknown`) are service.labels.choose's;
   the images of classes left out are not loaded (one line says how many).
 - WebDataset-style tar shards (as `generate --format tar` writes them): a `.tar` file, or a
-  folder of them; the image members in order (no labels).
+  folder of them; the image members in order (no labels). A folder holding both tar shards
+  and image files is an error (either kind alone would leave the other out unsaid).
 - A DermaMNIST-style `.npz`: `train_images` uint8 (N, H, W[, 3]) and optionally `train_labels`
   (the train split; `images` / `labels` and `x` / `y` are accepted too), integer class indices
   from 0 with no gap. Class names come from a `class_names` entry, else the three ISIC names
@@ -206,7 +207,11 @@ def load_images(
             raise UserError(f"{path} is a file but not a .npz array file or .tar shard; give a folder of images, a .npz or a .tar")
         return _load_npz(path, image_size, crop, None if unlabelled else choice)
     shards = sorted(path.glob("*.tar"))
-    if shards and not _list_image_files(path):
+    if shards:
+        loose = [f.relative_to(path).as_posix() for f in _list_image_files(path)]
+        if loose:  # reading either kind alone would leave the other out without a word
+            raise UserError(f"{path} holds both .tar shards ({_listed([s.name for s in shards])}) and {len(loose)} image "
+                            f"file(s) ({_listed(loose)}); give a folder of one kind")
         return _load_tars(shards, image_size, crop, progress, max_pixels)
     return _load_folder(path, image_size, labels_csv, crop, strict, cache_dir, progress, max_pixels,
                         None if unlabelled else {"label_column": label_column, **choice})

@@ -437,3 +437,24 @@ def test_split_of_single_image_classes_falls_back_to_unstratified():
     dataset = data.Dataset(np.zeros((3, 1, 1, 1), np.float32), np.array([0, 1, 2]), CLASS_NAMES, [], "t")
     kept, held = split(dataset, 0.3, seed=0)
     assert len(kept) == 2 and len(held) == 1
+
+
+def test_a_folder_of_tar_shards_and_loose_images_is_a_one_line_error(tmp_path):
+    """Either kind alone would be read without a word about the other."""
+    import io
+    import tarfile
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    image = random_rgb(1, 32, 32)
+    write_image(folder / "loose.png", image)
+    data = cv2.imencode(".png", image)[1].tobytes()
+    with tarfile.open(folder / "shard-000000.tar", "w") as archive:
+        member = tarfile.TarInfo("000000000.png")
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+    with pytest.raises(UserError, match=r"holds both .tar shards \(shard-000000.tar\) and 1 image file\(s\) \(loose.png\)") as caught:
+        load_images(folder, 32, progress=False)
+    assert "\n" not in str(caught.value)
+    (folder / "loose.png").unlink()
+    assert len(load_images(folder, 32, progress=False)) == 1
