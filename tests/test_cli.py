@@ -10,6 +10,15 @@ def test_unknown_option_is_exit_2_with_one_line(capsys):
     assert err.count("\n") == 1 and "unrecognized arguments" in err
 
 
+def test_a_shard_size_of_0_is_one_line_of_error_not_the_default(tmp_path, capsys):
+    argv = ["audit", "--fake", str(tmp_path / "fake"), "--train", str(tmp_path / "train"), "--out", str(tmp_path / "out"),
+            "--shard-size", "0", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--shard-size must be positive, got 0" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "service.run", "--help"], capture_output=True, text=True)
     assert out.returncode == 0

@@ -40,7 +40,7 @@ def run(args) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
-    source = open_generated_set(args.fake, args.shard_size or DEFAULT_SHARD_SIZE)
+    source = open_generated_set(args.fake, DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size)
     refuse_nesting(source, args.out)
     check_output_folder(args.out, AUDIT_COMMAND)  # a folder we may not write: one line before the long steps
     image_size = args.image_size or first_image_side(source)
