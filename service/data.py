@@ -432,6 +432,13 @@ def max_image_bytes(max_pixels: int) -> int:
     return 9 * int(max_pixels) + (1 << 20)
 
 
+def check_member_size(path, member, limit: int) -> None:
+    """UserError when a tar member declares more than `limit` bytes (max_image_bytes)."""
+    if member.size > limit:
+        raise UserError(f"{path}: member {member.name} declares {member.size} bytes, more than an image within the "
+                        f"pixel limit can take ({PIXEL_LIMIT_ENV})")
+
+
 def tar_images(path: Path, max_pixels: int | None = None):
     """(member name, bytes) of a tar's image members, in order; UserError if it is cut short or
     damaged, or a member declares more bytes than an image within the pixel limit can take (one
@@ -443,9 +450,7 @@ def tar_images(path: Path, max_pixels: int | None = None):
         with tarfile.open(path) as archive:
             for member in archive:
                 if member.isfile() and member.name.lower().endswith(IMAGE_EXTENSIONS):
-                    if member.size > limit:
-                        raise UserError(f"{path}: member {member.name} declares {member.size} bytes, more than an "
-                                        f"image within the pixel limit can take ({PIXEL_LIMIT_ENV})")
+                    check_member_size(path, member, limit)
                     yield member.name, archive.extractfile(member).read()
     except (OSError, tarfile.TarError) as e:
         raise UserError(f"{path}: cut short or damaged tar shard ({' '.join(str(e).split())})") from None

@@ -172,7 +172,7 @@ def _tar_image_members(path: Path) -> list[str]:
     """Names of a tar's image members, in order, from the headers and each member's first bytes:
     a member declaring more bytes than an image within the pixel limit can take, or whose bytes
     do not begin as an image does, is refused here, before anything is written."""
-    from service.data import PIXEL_LIMIT_ENV, max_image_bytes, max_image_pixels
+    from service.data import check_member_size, max_image_bytes, max_image_pixels
 
     limit = max_image_bytes(max_image_pixels())
     names = []
@@ -181,9 +181,7 @@ def _tar_image_members(path: Path) -> list[str]:
             for member in archive:
                 if not (member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES)):
                     continue
-                if member.size > limit:
-                    raise UserError(f"{path}: member {member.name} declares {member.size} bytes, more than an image "
-                                    f"within the pixel limit can take ({PIXEL_LIMIT_ENV})")
+                check_member_size(path, member, limit)
                 if not archive.extractfile(member).read(8).startswith(IMAGE_SIGNATURES):
                     raise UserError(f"{path}: member {member.name} is not a PNG, JPEG or BMP image")
                 names.append(member.name)
