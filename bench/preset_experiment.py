@@ -87,7 +87,19 @@ class Protocol:
     near_twins: int | None = None  # held-out images the audit calls likely copies of training ones
 
 
-def real_protocol(path: str, image_size: int | None, holdout: float, labels: str | None = None) -> Protocol:
+def held_out_part(held, part: str):
+    """The validation or test half of the held-out images (stratified by class, fixed draw), or
+    all of them: recipes are chosen on the validation half and reported once on the test half."""
+    if part == "all":
+        return held
+    from service import data
+
+    validation, test = data.split(held, 0.5, seed=HOLDOUT_SEED + 1)
+    return validation if part == "validation" else test
+
+
+def real_protocol(path: str, image_size: int | None, holdout: float, labels: str | None = None,
+                  part: str = "all") -> Protocol:
     from service import data
     from service.imageio import to_uint8
     from service.validation.memorization import memorization_audit
@@ -97,6 +109,7 @@ def real_protocol(path: str, image_size: int | None, holdout: float, labels: str
     # By group where the data names one (patches of one image never on both sides), else
     # stratified by class: data.split does whichever applies.
     train, held = data.split(dataset, holdout, seed=HOLDOUT_SEED)
+    held = held_out_part(held, part)
     train_uint8, reference = to_uint8(train.images), to_uint8(held.images)
     rng = np.random.default_rng(HOLDOUT_SEED)
     floors = [train_uint8[np.sort(rng.choice(len(train_uint8), len(reference), replace=False))] for _ in range(2)]
@@ -107,13 +120,13 @@ def real_protocol(path: str, image_size: int | None, holdout: float, labels: str
         counts = lambda d: "" if d.labels is None else " (" + ", ".join(
             f"{n} {name}" for name, n in zip(d.class_names, np.bincount(d.labels, minlength=len(d.class_names)))) + ")"
         how = (f"no groups: split stratified by class; training on {len(train)}{counts(train)}, "
-               f"scoring against {len(held)} held-out{counts(held)}")
+               f"scoring against {len(held)} held-out{counts(held)} ({part} part)")
     # Held-out images that are likely copies of training images (the same lesion imaged
     # twice, or a duplicate): they make every score, the floor's too, look better.
     twins = memorization_audit(train_uint8, reference, train.groups)["copies"]
     print(f"{path}: {len(dataset)} images at {size}x{size}, {how}; near-twins across the split "
           f"(held-out images the audit calls likely copies of training images): {twins}", flush=True)
-    return Protocol(f"real-{Path(path).stem}", train, train_uint8, reference, floors, size,
+    return Protocol(f"real-{Path(path).stem}" + ("" if part == "all" else f"-{part}"), train, train_uint8, reference, floors, size,
                     held.labels, train.labels, tuple(train.class_names), twins)
 
 
@@ -142,6 +155,20 @@ class Scorer:
         self.pca = PCA(n_components=min(PCA_COMPONENTS, *pixels.shape), random_state=0).fit(pixels)
         self.reference_pca = self._pca(protocol.reference)
         self.reference_mean_hp = mean_image_highpass(protocol.reference)
+        self._fidelity = None  # (classifier, its probabilities on the reference), fitted on first use
+
+    def class_fidelity(self, images: np.ndarray, labels: np.ndarray) -> dict:
+        """service.validation.fidelity: a classifier fitted once on the training images scores
+        the generated images of each class, beside its score on the held-out reference."""
+        from service.validation import fidelity
+
+        protocol = self.protocol
+        if self._fidelity is None:
+            classifier = fidelity.fit_classifier(protocol.train_uint8, protocol.train_labels, seed=HOLDOUT_SEED)
+            self._fidelity = classifier, classifier.probabilities(protocol.reference)
+        classifier, reference_probabilities = self._fidelity
+        return fidelity.class_fidelity(classifier, None, protocol.reference_labels, images, labels,
+                                       protocol.class_names, real_probabilities=reference_probabilities)
 
     def per_class(self, images: np.ndarray, labels: np.ndarray) -> dict:
         """SWD and recall of each class's images against the reference images of that class."""
@@ -208,7 +235,10 @@ def format_scores(scores: dict) -> str:
     return (f"SWD {scores['swd']:6.1f} ({levels})  FD {scores['fd']:7.3f}  pcaFD {scores['pca_fd']:6.2f}  "
             f"P {scores['precision']:.2f} R {scores['recall']:.2f} D {scores['density']:.2f} "
             f"C {scores['coverage']:.2f}  meanHP {scores['mean_hp']:.2f}" + ("" if scores["copies"] is None else f"  copies {scores['copies']}")
-            + "".join(f"  [{name}: SWD {c['swd']:.1f} R {c['recall']:.2f}]" for name, c in scores.get("per_class", {}).items()))
+            + "".join(f"  [{name}: SWD {c['swd']:.1f} R {c['recall']:.2f}]" for name, c in scores.get("per_class", {}).items())
+            + "".join(f"  [{name}: AUC gen {c['generated_auc']:.3f} real {c['real_auc']:.3f}]"
+                      for name, c in (scores.get("class_fidelity") or {}).get("classes", {}).items()
+                      if c["ratio"] is not None and name == list(scores["class_fidelity"]["classes"])[-1]))
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -219,6 +249,13 @@ def summarise(runs: list[dict]) -> dict:
         if not values:
             continue
         summary[metric] = {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
+    if runs[0]["scores"].get("class_fidelity"):
+        last = list(runs[0]["scores"]["class_fidelity"]["classes"])[-1]  # the positive class of two
+        for metric in ("generated_auc", "ratio"):
+            values = [r["scores"]["class_fidelity"]["classes"][last][metric] for r in runs]
+            if all(v is not None for v in values):
+                summary[f"fidelity_{metric}"] = {"mean": float(np.mean(values)), "min": float(min(values)),
+                                                 "max": float(max(values))}
     for name in runs[0]["scores"].get("per_class", {}):
         for metric in ("swd", "recall"):
             values = [r["scores"]["per_class"][name][metric] for r in runs]
@@ -240,13 +277,18 @@ def format_summary(name: str, summary: dict, count: int) -> str:
             f"meanHP {cell('mean_hp', 2)}"
             + (f"  copies {cell('copies', 0)}" if "copies" in summary else "")
             + "".join(f"  [{k[:-4]}: SWD {cell(k)} R {cell(k[:-4] + '_recall', 2)}]" for k in summary
-                      if k.endswith("_swd") and not k.startswith("swd_")))
+                      if k.endswith("_swd") and not k.startswith("swd_"))
+            + (f"  fidelity AUC {cell('fidelity_generated_auc', 3)} ratio {cell('fidelity_ratio', 2)}"
+               if "fidelity_ratio" in summary else ""))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", metavar="PATH", help="real images: a folder or .npz (default: the embedded stand-in)")
     parser.add_argument("--labels", metavar="CSV", help="the folder's label file, when not found beside it")
+    parser.add_argument("--part", choices=("all", "validation", "test"), default="all",
+                        help="score against all held-out images, or the validation half (choose recipes on it) "
+                             "or the test half (report the chosen recipe on it once)")
     parser.add_argument("--holdout", type=float, default=0.2,
                         help="share held out (default 0.2): whole groups where the data names them, else stratified by class")
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of training per run (default 600)")
@@ -263,7 +305,7 @@ def main() -> None:
                         help="only print the SWD of the reference against altered copies of the floor set")
     args = parser.parse_args()
 
-    protocol = real_protocol(args.data, args.image_size, args.holdout, args.labels) if args.data else standin_protocol(args.image_size, args.count)
+    protocol = real_protocol(args.data, args.image_size, args.holdout, args.labels, args.part) if args.data else standin_protocol(args.image_size, args.count)
     if args.calibrate:
         calibrate(protocol)
         return
@@ -289,6 +331,7 @@ def main() -> None:
     if protocol.reference_labels is not None and any("conditional" in parse_variant(v)[1] for v in variants):
         floor_images, floor_labels = score.class_floor()
         results["class_floor"] = score.per_class(floor_images, floor_labels)
+        results["class_fidelity_real"] = score.class_fidelity(floor_images, floor_labels)  # training images: an upper mark
         print("per-class floor: " + "  ".join(f"[{name}: SWD {c['swd']:.1f} R {c['recall']:.2f}]"
                                               for name, c in results["class_floor"].items()), flush=True)
     for variant in variants:
@@ -341,6 +384,7 @@ def train_and_score(args, protocol: Protocol, score: Scorer, variant: str, seed:
     scores = score(images)
     if conditional:
         scores["per_class"] = score.per_class(images, np.array(labels))
+        scores["class_fidelity"] = score.class_fidelity(images, np.array(labels))
     print(f"{variant + f' seed {seed}':40s} steps {result.step:5d} (+{result.rebalance_d} D, +{result.rebalance_g} G)  "
           f"{format_scores(scores)}", flush=True)
     return {"variant": variant, "seed": seed, "preset": preset, "overrides": overrides, "conditional": conditional,

@@ -100,6 +100,8 @@ def run(args) -> int:
         seed=args.seed,
         real_groups=real.groups,
         train_groups=None if train is None else train.groups,
+        # the class-fidelity classifier trains on the training set when its classes are the real set's
+        train_labels=None if train is None or tuple(train.class_names) != tuple(class_names) else train.labels,
     )
     if sample is not None:
         result = audit_every_image(args, source, sample, train if train is not None else real, result)

@@ -156,6 +156,7 @@ def validate_sets(
     seed: int = 0,
     real_groups=None,
     train_groups=None,
+    train_labels=None,
 ) -> dict:
     """Compare `fake` with `real` (and audit it against `train`, default: `real`); write the report.
 
@@ -170,10 +171,10 @@ def validate_sets(
     # One OpenMP thread for scikit-learn's k-NN and t-SNE: their many short parallel regions
     # spin and contend on shared cores (measured 10-50x slower under load); BLAS keeps its threads.
     with threadpool_limits(limits=1, user_api="openmp"):
-        return _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups, train_groups)
+        return _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups, train_groups, train_labels)
 
 
-def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups, train_groups) -> dict:
+def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups, train_groups, train_labels=None) -> dict:
     started = time.perf_counter()
     real = _as_uint8("real", real)
     fake = _as_uint8("generated", fake)
@@ -181,6 +182,7 @@ def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_n
     check_sets(real, fake, train)
     real_labels = _check_labels("real", real_labels, len(real))
     fake_labels = _check_labels("generated", fake_labels, len(fake))
+    train_labels = _check_labels("training", train_labels, len(train)) if train is not None else None
     real_groups = _check_labels("real group", real_groups, len(real))
     train_groups = _check_labels("training group", train_groups, len(train)) if train is not None else real_groups
     if real_groups is not None and len(np.unique(real_groups)) < 2:
@@ -193,7 +195,7 @@ def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_n
     out_dir = claim_output_folder(out_dir, VALIDATE_COMMAND, ours_if=is_old_report_folder)
     with output_lock(out_dir, "a report"):
         return _write_validation(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress,
-                                 inception, seed, real_groups, train_groups, half_a, half_b, started)
+                                 inception, seed, real_groups, train_groups, half_a, half_b, started, train_labels)
 
 
 def is_old_report_folder(folder) -> bool:
@@ -202,13 +204,14 @@ def is_old_report_folder(folder) -> bool:
 
 
 def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress,
-                      inception, seed, real_groups, train_groups, half_a, half_b, started) -> dict:
+                      inception, seed, real_groups, train_groups, half_a, half_b, started, train_labels=None) -> dict:
 
     audit_train = train if train is not None else real
     timings: dict[str, float] = {}
     steps = ["features", "swd + feature metrics", "reference (real halves)", "memorization audit", "maps", "report"]
     if real_labels is not None and fake_labels is not None:
         steps.insert(3, "per-class metrics")
+        steps.insert(4, "class fidelity")
     if inception is not None:
         steps.insert(-1, "inception")
     bar = tqdm(total=len(steps), desc="validate", disable=not progress, unit="step")
@@ -234,11 +237,15 @@ def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, clas
     reference = _set_metrics(real[half_a], real[half_b], real_features[half_a], real_features[half_b], seed)
     done("reference (real halves)")
 
-    per_class = None
+    per_class = class_fidelity = None
     if real_labels is not None and fake_labels is not None:
         step("per-class metrics")
         per_class = _per_class(real, fake, real_features, fake_features, real_labels, fake_labels, class_names, seed, real_groups)
         done("per-class metrics")
+        step("class fidelity")
+        class_fidelity = _class_fidelity(real, real_labels, fake, fake_labels, class_names, train, train_labels,
+                                         real_groups, seed)
+        done("class fidelity")
 
     step("memorization audit")
     audit = memorization.memorization_audit(audit_train, fake, train_groups)
@@ -276,6 +283,7 @@ def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, clas
         "real_vs_generated": main,
         "real_vs_real": reference,
         "per_class": per_class,
+        "class_fidelity": class_fidelity,
         "memorization": {
             "space": memorization.AUDIT_SPACE,
             "against": "training set" if train is not None else "real set (no training set given)",
@@ -302,6 +310,20 @@ def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, clas
     write_json(out_dir / "metrics.json", result)
     write_report(out_dir, result)
     return result
+
+
+def _class_fidelity(real, real_labels, fake, fake_labels, class_names, train, train_labels, real_groups, seed) -> dict:
+    """service.validation.fidelity's section of metrics.json, or why it is missing."""
+    from service.validation import fidelity
+
+    try:
+        classifier, real_probabilities, how = fidelity.classifier_for_report(
+            real, real_labels, train, train_labels, real_groups, seed)
+    except UserError as e:
+        return {"skipped": str(e)}
+    result = fidelity.class_fidelity(classifier, real, real_labels, fake, fake_labels, class_names,
+                                     real_probabilities=real_probabilities)
+    return {**result, "how": how}
 
 
 def _write_figures(out_dir: Path, real, fake, run_dir, seed: int) -> dict:
