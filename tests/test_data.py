@@ -458,3 +458,16 @@ def test_a_folder_of_tar_shards_and_loose_images_is_a_one_line_error(tmp_path):
     assert "\n" not in str(caught.value)
     (folder / "loose.png").unlink()
     assert len(load_images(folder, 32, progress=False)) == 1
+
+
+def test_isic_2016_headerless_labels_read_0_0_and_1_0_as_benign_and_malignant(tmp_path):
+    from service.labels import read_label_file
+
+    path = tmp_path / "ISBI2016_ISIC_Part3_Training_GroundTruth.csv"
+    path.write_text("ISIC_0000000,0.0\nISIC_0000001,1.0\nISIC_0000002,0\nISIC_0000003,1\nISIC_0000004,malignant\n")
+    table = read_label_file(path)
+    assert table.format == "ISIC 2016 Part 3" and table.class_names == ("benign", "malignant")
+    assert table.labels == {"ISIC_0000000": 0, "ISIC_0000001": 1, "ISIC_0000002": 0, "ISIC_0000003": 1, "ISIC_0000004": 1}
+    path.write_text("ISIC_0000000,1.0\nISIC_0000001,0.5\n")
+    with pytest.raises(UserError, match=r"line 2 \(ISIC_0000001\): expected benign or malignant, got '0.5'"):
+        read_label_file(path)
