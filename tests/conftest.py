@@ -30,8 +30,8 @@ def pytest_configure(config):
     home = tempfile.mkdtemp(prefix="lesiongan-tests-home-")
     _saved_environment.update({name: os.environ.get(name) for name in TEST_ENVIRONMENT})
     _saved_environment["_home"] = home
-    os.environ.update(HOME=home, XDG_CACHE_HOME=os.path.join(home, ".cache"),
-                      XDG_CONFIG_HOME=os.path.join(home, ".config"), XDG_DATA_HOME=os.path.join(home, ".local", "share"),
+    os.environ.update(HOME=home, XDG_CACHE_HOME=os.path.join(home, ".cache"), XDG_CONFIG_HOME=os.path.join(home, ".config"),
+                      XDG_DATA_HOME=os.path.join(home, ".local", "share"),
                       LESIONGAN_CACHE=os.path.join(home, ".cache", "lesiongan"), LESIONGAN_TF_THREADS="1")
 
 

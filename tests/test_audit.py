@@ -109,6 +109,7 @@ def noting_the_index(seen: Path):
     return task
 
 
+@pytest.mark.slow
 def test_two_ray_workers_give_the_same_rows(sets, in_process, tmp_path):
     _, reference = in_process
     (tmp_path / "seen").mkdir()
@@ -334,6 +335,7 @@ def gated(started_dir: Path, go: Path):
     return task
 
 
+@pytest.mark.slow
 def test_a_worker_node_lost_mid_audit_still_audits_every_image_once(cluster, sets, in_process, tmp_path):
     import ray
 

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from service.run import main
 
 
@@ -54,6 +56,7 @@ def test_bad_input_is_one_line_with_no_framework_noise(tmp_path):
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_a_tf_run_keeps_tensorflow_start_up_logs_out_unless_verbose(tmp_path):
     import numpy as np
 
@@ -73,6 +76,7 @@ def test_verbose_asks_for_the_framework_logs(tmp_path, monkeypatch, capsys):
     assert os.environ["LESIONGAN_TF_LOGS"] == "1"
 
 
+@pytest.mark.slow
 def test_the_gpu_check_says_in_one_line_that_there_is_no_gpu_and_exits_0(tmp_path):
     """The CPU path of bench/gpu_check.py (this machine has no GPU; a device check runs it)."""
     import json

@@ -47,6 +47,7 @@ def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("img_*.png"))}
 
 
+@pytest.mark.slow
 def test_generate_on_a_two_node_cluster_gives_the_in_process_bytes(cluster, run_and_reference, tmp_path):
     (head, _), (run, reference) = cluster, run_and_reference
     out = tmp_path / "out"
@@ -104,6 +105,7 @@ def lose_the_worker_node_mid_run(drive, head, worker, started: Path, go: Path):
     return outcome["result"]
 
 
+@pytest.mark.slow
 def test_a_worker_node_lost_mid_job_still_gives_every_image_once(cluster, run_and_reference, tmp_path):
     (head, worker), (run, reference) = cluster, run_and_reference
     started, go = tmp_path / "started", tmp_path / "go"
@@ -138,6 +140,7 @@ def gated_trial(started_dir: Path, go: Path):
     return trial
 
 
+@pytest.mark.slow
 def test_a_node_lost_mid_search_still_finishes_every_trial(cluster, tmp_path):
     """Two trials, one on each node; the worker node is removed without warning and a
     replacement added: its trial is started again there, and both finish."""
@@ -161,6 +164,7 @@ def test_a_node_lost_mid_search_still_finishes_every_trial(cluster, tmp_path):
     assert len(list(started.iterdir())) == 3  # the lost trial started once more
 
 
+@pytest.mark.slow
 def test_local_ray_starts_its_own_instead_of_joining_a_cluster_already_on_the_machine(cluster):
     """Without --address the tool runs its own local Ray, even while another program's cluster
     runs on this machine (a plain ray.init() would join that one, or refuse the CPU count)."""
@@ -189,6 +193,7 @@ def test_local_ray_moves_its_session_to_a_short_folder_when_the_temp_folder_is_t
         assert chosen.startswith("/tmp/") and len(chosen) + SOCKET_TAIL - len("/ray") <= SOCKET_PATH_LIMIT
 
 
+@pytest.mark.slow
 def test_a_long_tmpdir_still_runs_local_ray(tmp_path):
     """Ray's socket path under a 100-byte TMPDIR would pass the 107-byte AF_UNIX limit (Ray
     stopped with an OSError traceback): the session goes under /tmp and the task runs."""

@@ -155,6 +155,7 @@ def test_the_fused_network_trains_as_the_unfused_one(monkeypatch, preset_fields)
     assert fused_draw == plain_draw
 
 
+@pytest.mark.slow
 def test_openmp_threads_wait_passively_when_the_cli_loads_the_core():
     """OpenMP's spinning threads fight OpenBLAS's for the cores; core.kernels asks libgomp to
     wait passively, which only works if nothing loaded Numba's libgomp before it."""

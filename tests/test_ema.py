@@ -33,6 +33,7 @@ def test_the_rule_keeps_half_of_the_average_per_half_life(images_seen):
     assert spec.ema_beta(config, images_seen, 2 * HALF_LIFE_IMAGES) == 0.25
 
 
+@pytest.mark.slow
 def test_the_average_moves_half_way_to_a_fixed_g_in_one_half_life(backend_name):
     """G held still (learning rate 0: Adam moves no weight), the average set away from it:
     after one half-life of images it sits exactly half way, after two a quarter of the way

@@ -48,6 +48,7 @@ def exported_images(model_path, tmp_path, z, labels=None):
     return np.load(out), json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unconditional-numpy", "conditional-averaged-tf", "conditional-cbn-noise-numpy"])
 def test_exported_generator_gives_generate_s_images(tmp_path, case):
     conditional = case.startswith("conditional")
@@ -84,6 +85,7 @@ def ckpt_path(run):
     return latest_checkpoint(run)
 
 
+@pytest.mark.slow
 def test_savedmodel_export_serves_the_same_images(tmp_path):
     config = GANConfig(**TINY)
     run = init_random_run(tmp_path / "run", config, seed=5)

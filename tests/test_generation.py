@@ -83,6 +83,7 @@ def test_noise_depends_only_on_seed_and_index():
     assert whole.min() >= -1 and whole.max() <= 1  # the thesis's uniform(-1, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ray_output_is_byte_identical_to_in_process(ray_cluster, run_dir, reference, tmp_path, workers):
     # A different batch size too: in inference mode an image depends on its own noise only.
@@ -94,6 +95,7 @@ def test_ray_output_is_byte_identical_to_in_process(ray_cluster, run_dir, refere
     assert (tmp_path / "out" / "manifest.csv").read_bytes() == (reference / "manifest.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_tf_backend_on_ray_matches_in_process(ray_cluster, run_dir, tmp_path):
     jobs = {
         place: generation.plan_job(run_dir, 40, tmp_path / place, seed=7, backend="tf", batch_size=8, shard_size=SHARD)
@@ -145,6 +147,7 @@ def kill_after_two_shards(driver: subprocess.Popen, out: Path, gate: Path) -> Pa
     return parts
 
 
+@pytest.mark.slow
 def test_killed_driver_then_resume_has_no_gaps_or_duplicates(ray_cluster, run_dir, reference, tmp_path):
     out, gate = tmp_path / "out", tmp_path / "gate"
     count, shard = 600, 10
@@ -176,6 +179,7 @@ def failing_once(marker: Path):
     return task
 
 
+@pytest.mark.slow
 def test_task_that_fails_once_is_retried(ray_cluster, run_dir, reference, tmp_path):
     marker = tmp_path / "fail-once"
     marker.touch()
@@ -186,6 +190,7 @@ def test_task_that_fails_once_is_retried(ray_cluster, run_dir, reference, tmp_pa
     assert image_digests(tmp_path / "out") == image_digests(reference)
 
 
+@pytest.mark.slow
 def test_without_retries_the_injected_failure_fails_the_job(ray_cluster, run_dir, tmp_path):
     marker = tmp_path / "fail-once"
     marker.touch()
@@ -245,6 +250,7 @@ def test_run_without_checkpoint_and_unknown_class_are_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "unknown class 'wart'" in err
 
 
+@pytest.mark.slow
 def test_tar_shards_hold_the_png_job_s_images_and_read_back(ray_cluster, run_dir, reference, tmp_path, capsys):
     """--format tar: one WebDataset shard per generation shard, the same PNG bytes as the PNG
     folder, byte-identical however the work is split; validate, Ray Data and a plain tarfile

@@ -410,6 +410,7 @@ def generated_classes(run_dir, out, backend, name) -> list[str]:
         return [row["class"] for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_a_two_class_run_from_the_public_copy_trains_and_generates_a_named_class(tmp_path, backend_name, capsys):
     label_file, *_ = isic_set(tmp_path / "set", "public copy")
     write_images(tmp_path / "set" / "images", image_ids(8))
@@ -427,6 +428,7 @@ def test_a_two_class_run_from_the_public_copy_trains_and_generates_a_named_class
     assert "unknown class 'nevus'; the classes are 0 not_melanoma, 1 melanoma" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_seven_class_run_trains_generates_and_resumes_with_its_choices(tmp_path, backend_name, capsys):
     ids = image_ids(14)
     codes = ISIC_2018.split(",")[1:]

@@ -17,6 +17,7 @@ def tiny_npz(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_main_job_writes_run_generated_images_and_report(tmp_path, tiny_npz, capsys, monkeypatch):
     monkeypatch.setenv("LESIONGAN_CACHE", str(tmp_path / "cache"))
     run_dir = tmp_path / "run"
@@ -39,6 +40,7 @@ def test_main_job_rejects_a_tiny_count(capsys):
     assert "--count" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_main_job_with_utility_adds_the_classifier_arms_to_the_report(tmp_path, tiny_npz, monkeypatch):
     from service.main_job import MainJob, run_main_job, summary_lines
     from service.training import TrainingRequest

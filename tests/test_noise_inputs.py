@@ -129,6 +129,7 @@ def test_generation_is_byte_identical_in_one_or_two_shards(noisy_run, tmp_path):
     assert len(set(one.values())) == 12
 
 
+@pytest.mark.slow
 def test_export_gives_generate_s_images_with_the_longer_z(tmp_path):
     from test_export import exported_images
 

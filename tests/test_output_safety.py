@@ -385,6 +385,7 @@ def run_with_file_size_limit(limit: int, argv: list[str]):
                           capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
 
 
+@pytest.mark.slow
 def test_export_on_a_full_disk_leaves_nothing_torn_and_a_rerun_works(tmp_path, random_run):
     out = tmp_path / "models" / "G.keras"
     done = run_with_file_size_limit(4096, ["export", "--run", str(random_run), "--out", str(out)])

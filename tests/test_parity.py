@@ -138,6 +138,7 @@ def image_tolerance(backend) -> float:
     return IMAGE_TOLERANCE[backend.config.dtype]
 
 
+@pytest.mark.slow
 def test_forward_losses_and_every_gradient_agree(pair):
     tf_backend, np_backend, tol = pair
     synchronise(tf_backend, np_backend)
@@ -162,6 +163,7 @@ def test_forward_losses_and_every_gradient_agree(pair):
                if n.endswith(("kernel", "strength", "embedding", "gain")))
 
 
+@pytest.mark.slow
 def test_one_train_step_leaves_the_same_weights_and_optimizer_state(pair):
     tf_backend, np_backend, tol = pair
     synchronise(tf_backend, np_backend)
@@ -185,6 +187,7 @@ def test_one_train_step_leaves_the_same_weights_and_optimizer_state(pair):
         assert not np.allclose(after[name], before[name]), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer", ["tf", "numpy"])
 def test_a_checkpoint_after_two_steps_generates_the_same_images_in_the_other_backend(pair, writer, tmp_path):
     """Through a real checkpoint file: written by one backend, read by the other."""

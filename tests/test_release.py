@@ -88,6 +88,7 @@ def released(run_dir, data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_release_has_count_images_none_a_copy_and_names_each_replacement(released, data, tmp_path):
     folder, plain = data
     assert_complete(released, COUNT)
@@ -127,6 +128,7 @@ def noting_the_index(seen: Path):
     return task
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ray_workers_give_the_in_process_bytes(ray_cluster, run_dir, data, released, tmp_path, workers):  # noqa: F811
     job = generation.plan_job(run_dir, COUNT, tmp_path / "out", seed=7, backend=BACKEND, batch_size=5, shard_size=SHARD)
@@ -165,6 +167,7 @@ generation.generate_on_ray(job, workers=1, address=address, progress=False, shar
 """
 
 
+@pytest.mark.slow
 def test_killed_release_resumed_equals_an_uninterrupted_one(ray_cluster, run_dir, data, released, tmp_path):  # noqa: F811
     out, gate = tmp_path / "out", tmp_path / "gate"
     driver = subprocess.Popen([sys.executable, "-c", GATED_DRIVER, str(run_dir), str(out), ray_cluster, str(gate),
@@ -180,6 +183,7 @@ def test_killed_release_resumed_equals_an_uninterrupted_one(ray_cluster, run_dir
     assert (out / "manifest.csv").read_bytes() == (released / "manifest.csv").read_bytes()
 
 
+@pytest.mark.slow
 def test_tar_release_names_the_noise_index_of_each_image(run_dir, data, released, tmp_path):
     assert main(generate_args(run_dir, tmp_path / "out", "--workers", "0", "--format", "tar",
                               "--exclude-copies", str(data[0]))) == 0

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROBE = "import json; from backends.tf.runtime import THREADS; print(json.dumps(THREADS))"
 
 
@@ -15,9 +17,11 @@ def _threads(env_overrides: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_deprecated_name_still_sets_the_intra_op_pool():
     assert _threads({"DCGAN_TF_THREADS": "3"})["intra_op"] == 3
 
 
+@pytest.mark.slow
 def test_the_new_name_sets_the_pool_and_wins_over_the_deprecated_one():
     assert _threads({"LESIONGAN_TF_THREADS": "2", "DCGAN_TF_THREADS": "3"})["intra_op"] == 2

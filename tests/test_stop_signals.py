@@ -158,6 +158,7 @@ def final_state(run_dir) -> dict[str, np.ndarray]:
     return {k: v for k, v in arrays.items() if k not in ("meta/train_seconds", "meta/epoch_sums")}
 
 
+@pytest.mark.slow
 def test_sigint_mid_run_saves_a_checkpoint_exits_0_and_resume_finishes_the_run(tmp_path, tiny_data, backend_name):
     stop_step = 4  # in the second epoch, between checkpoints (only epoch ends save)
     run, ready = tmp_path / "run", tmp_path / "ready"
@@ -194,6 +195,7 @@ def test_sigint_mid_run_saves_a_checkpoint_exits_0_and_resume_finishes_the_run(t
         np.testing.assert_array_equal(stopped[name], reference[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_a_nan_loss_exits_2_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, tiny_data, backend_name):
     nan_step = 5
     run = tmp_path / "run"

@@ -267,6 +267,7 @@ def test_ragged_batches_are_refused_before_anything_moves_and_discriminate_keeps
     np.testing.assert_allclose(b.discriminate(images), by_group, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, warned", [("import tensorflow", True), ("pass", False)])
 def test_importing_tensorflow_first_warns_that_onednn_is_off(first, warned):
     # TensorFlow reads TF_ENABLE_ONEDNN_OPTS on its own import: the backend can only ask for

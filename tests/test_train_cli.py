@@ -215,6 +215,7 @@ def step_lines(run_dir) -> list[dict]:
 # 8 epochs of 3 steps; `default` holds its rates to step 12, then lowers them. The kill lands
 # before the decay (step 5) or after it has begun (step 17); checkpoints every 4 steps, so the
 # killed run has trained past its last checkpoint and the resume replays those steps.
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_step", [5, 17], ids=["before-decay", "during-decay"])
 def test_kill_9_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, tiny_data, kill_step, backend_name):
     epochs, steps = 8, 24
@@ -236,6 +237,7 @@ def test_kill_9_then_resume_gives_the_same_weights_as_a_straight_run(tmp_path, t
     assert (reference[kill_step - 1]["lr_scale"] < 1.0) == (kill_step > steps // 2)  # the case is what it says
 
 
+@pytest.mark.slow
 def test_kill_9_of_a_time_budget_run_resumes_its_schedule_where_it_stopped(tmp_path, tiny_data, backend_name):
     """A run planned by time, killed after its rates began to fall, resumed with a new budget:
     the steps continue without gap or repeat, and the rates go on falling from where the
@@ -263,6 +265,7 @@ def test_kill_9_of_a_time_budget_run_resumes_its_schedule_where_it_stopped(tmp_p
     assert float(final["meta/progress"]) > float(arrays["meta/progress"])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, tiny_data):
     out = tmp_path / "run"
     process = start_training_subprocess(tiny_data, out)

@@ -368,6 +368,7 @@ def test_two_epoch_run_writes_the_run_directory(tmp_path, make_backend):
     assert sorted(k for k in arrays if k.startswith(f"rng/{backend.name}/")) == sorted(backend.get_rng_state())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lr_decay_from", [1.0, 0.25], ids=["constant-rates", "decaying-rates"])
 def test_stop_and_resume_in_process_gives_identical_weights(tmp_path, make_backend, lr_decay_from):
     # bit for bit: conftest runs TensorFlow on one thread (multi-threaded sums may differ per run)

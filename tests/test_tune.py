@@ -28,6 +28,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_two_tiny_trials_give_a_best_config_that_train_accepts(ray_cluster, tmp_path, capsys):
     out = tmp_path / "tune"
     # bounded by 2 trials of 2 epochs; the time budget is far above what they need on any machine
@@ -126,6 +127,7 @@ def killed_once_mid_epoch(marker, kill_at_step: int):
     return trial
 
 
+@pytest.mark.slow
 def test_a_trial_killed_mid_epoch_continues_from_its_checkpoint(ray_cluster, tmp_path):
     """64 training images in batches of 16: 4 steps an epoch. Killed in step 6 (epoch 2), the
     trial starts again from its epoch-1 checkpoint and ends exactly as an uninterrupted one."""
@@ -183,6 +185,7 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+@pytest.mark.slow
 def test_a_search_whose_driver_was_killed_resumes_without_repeating_finished_trials(ray_cluster, tmp_path):
     import os
     import signal
