@@ -63,9 +63,10 @@ def data():
     return colour_classes(40, seed=1), colour_classes(20, seed=2), colour_classes(40, seed=3)
 
 
-def test_held_back_real_images_as_synthetic_score_as_the_real_arm(data):
+@pytest.mark.parametrize("classifier", ["features", "cnn"])
+def test_held_back_real_images_as_synthetic_score_as_the_real_arm(data, classifier):
     real, test, held_back = data
-    settings = UtilitySettings(arms=("real", "synthetic"), **FAST)
+    settings = UtilitySettings(arms=("real", "synthetic"), classifier=classifier, **FAST)
     summary = evaluate_arms(real, test, by_class(held_back), CLASS_NAMES, settings)
     real_ba = summary["arms"]["real"]["balanced_accuracy"]["mean"]
     tstr_ba = summary["arms"]["synthetic"]["balanced_accuracy"]["mean"]

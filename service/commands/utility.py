@@ -11,6 +11,7 @@ import numpy as np
 
 from service.commands.common import add_backend, add_crop, add_progress, int_list, show_progress
 from service.utility import ARMS, UtilitySettings
+from service.utility.settings import CLASSIFIERS
 
 DEFAULTS = UtilitySettings()
 
@@ -29,6 +30,9 @@ def add_arguments(p):
     p.add_argument("--positive-class", metavar="NAME",
                    help="the class the AUC and the sensitivity at 80%% specificity are about "
                         "(default: melanoma when the run has it, else the class with the fewest training images)")
+    p.add_argument("--classifier", choices=CLASSIFIERS, default=DEFAULTS.classifier,
+                   help="the classifier every arm trains: trees on the lesion's colour, shape and texture statistics "
+                        "(features, the default: stronger on ISIC 2017 at 64x64) or a small CNN (cnn)")
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs,
                    help="each classifier's budget, in passes over the real training set's size; every arm gets "
                         f"as many optimiser steps (default: {DEFAULTS.epochs})")
@@ -49,7 +53,7 @@ def run(args) -> int:
     progress = show_progress(args)
     settings = UtilitySettings(seeds=int_list(args.seeds, "--seeds"),
                                arms=tuple(a.strip() for a in args.arms.split(",") if a.strip()),
-                               positive_class=args.positive_class, epochs=args.epochs,
+                               positive_class=args.positive_class, epochs=args.epochs, classifier=args.classifier,
                                bootstrap=args.bootstrap, backend=args.backend)
     settings.check()
     real = load_images(args.real, config.image_size, labels_csv=args.labels, crop=args.crop, progress=progress)

@@ -16,6 +16,8 @@ from service.utility.settings import UtilitySettings, check_inputs, conditional_
 from service.utility.stats import MDE_FACTOR, bootstrap_difference, score
 from service.utility.summary import notes, reading, verdict
 
+CLASSIFIER_NAMES = {"features": "extremely randomised trees on the lesion's colour, shape and texture statistics",
+                    "cnn": "a small convolutional network (backends/tf/classifier.py)"}
 METRICS = ("positive_auc", "positive_sensitivity_at_specificity", "balanced_accuracy")  # compared, in this order
 
 
@@ -43,9 +45,8 @@ def evaluate_arms(real, test, synthetic: dict[int, np.ndarray], class_names, set
     `plan_arms`'s, when the caller has made it."""
     from tqdm import tqdm
 
-    from backends.tf.classifier import predict_proba, train_classifier
-
     plan = plan or plan_arms(real.labels, class_names, settings)
+    fit_and_score = _feature_classifier(test) if settings.classifier == "features" else _cnn(test, plan, settings)
     num_classes, positive = len(class_names), plan.positive
     compositions = {arm: arm_images(arm, real.images, real.labels, plan.scarce, synthetic, positive)
                     for arm in settings.arms}
@@ -58,23 +59,57 @@ def evaluate_arms(real, test, synthetic: dict[int, np.ndarray], class_names, set
             started = time.perf_counter()
             for seed in settings.seeds:
                 bar.set_postfix_str(f"{arm}, seed {seed}")
-                model = train_classifier(images, labels, num_classes, augment, seed, settings, plan.steps)
-                epochs[arm].append(len(model.history.history["loss"]))
-                probas[arm].append(predict_proba(model, test.images))
+                proba, passes = fit_and_score(images, labels, num_classes, augment, seed)
+                epochs[arm].append(passes)
+                probas[arm].append(proba)
                 bar.update()
             seconds[arm] = time.perf_counter() - started
     scoring = time.perf_counter()
     arms = {arm: arm_entry(arm, test.labels, probas, compositions[arm][1], class_names, positive, settings)
             for arm in settings.arms}
     for arm in arms:
-        arms[arm].update(seconds=seconds[arm], epochs=epochs[arm])
+        arms[arm].update(seconds=seconds[arm], epochs=None if None in epochs[arm] else epochs[arm])
     summary = {"arms": arms, "class_names": list(class_names), "positive_class": class_names[positive],
-               "specificity": settings.specificity, "mde_factor": MDE_FACTOR, "classifier_steps": plan.steps,
+               "specificity": settings.specificity, "mde_factor": MDE_FACTOR,
+               "classifier": CLASSIFIER_NAMES[settings.classifier],
+               "classifier_steps": plan.steps if settings.classifier == "cnn" else None,
                "test_images_per_class": dict(zip(class_names, np.bincount(test.labels, minlength=num_classes).tolist())),
                "scoring_seconds": time.perf_counter() - scoring,
                "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}}
     summary["notes"] = notes(summary)
     return summary
+
+
+def _cnn(test, plan: Plan, settings: UtilitySettings):
+    """fit_and_score for the CNN: (test probabilities, epochs it trained)."""
+    from backends.tf.classifier import predict_proba, train_classifier
+
+    def fit_and_score(images, labels, num_classes, augment, seed):
+        model = train_classifier(images, labels, num_classes, augment, seed, settings, plan.steps)
+        return predict_proba(model, test.images), len(model.history.history["loss"])
+
+    return fit_and_score
+
+
+def _feature_classifier(test):
+    """fit_and_score for the trees on lesion statistics (service.validation.fidelity): the test
+    set's statistics computed once; an augmented arm adds each image's mirror images."""
+    from service.imageio import to_uint8
+    from service.validation import fidelity
+
+    test_features = fidelity.lesion_features(to_uint8(test.images))
+
+    def fit_and_score(images, labels, num_classes, augment, seed):
+        pixels = to_uint8(images)
+        if augment:
+            pixels = np.concatenate([pixels, pixels[:, :, ::-1], pixels[:, ::-1]])
+            labels = np.concatenate([labels] * 3)
+        model = fidelity.trees(seed).fit(fidelity.lesion_features(pixels), labels)
+        proba = np.zeros((len(test_features), num_classes))
+        proba[:, model.classes_] = model.predict_proba(test_features)
+        return proba, None
+
+    return fit_and_score
 
 
 def _spread(values) -> dict:

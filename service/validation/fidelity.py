@@ -168,11 +168,12 @@ def fit_classifier(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> Fid
     present = np.unique(labels)
     if len(present) < 2:
         raise UserError("class fidelity needs real images of at least two classes")
-    model = _trees(seed).fit(lesion_features(images), labels)
+    model = trees(seed).fit(lesion_features(images), labels)
     return FidelityClassifier(model, present, len(labels))
 
 
-def _trees(seed: int):
+def trees(seed: int):
+    """The unfitted classifier (the same settings wherever it is fitted)."""
     from sklearn.ensemble import ExtraTreesClassifier
 
     return ExtraTreesClassifier(TREES, min_samples_leaf=MIN_SAMPLES_LEAF, n_jobs=2, random_state=seed)
@@ -240,7 +241,7 @@ def classifier_for_report(real, real_labels, train=None, train_labels=None, real
     else:
         splits = GroupKFold(folds).split(features, real_labels, real_groups)
     for fitted, scored in splits:
-        model = _trees(seed).fit(features[fitted], real_labels[fitted])
+        model = trees(seed).fit(features[fitted], real_labels[fitted])
         columns = np.searchsorted(classifier.classes, model.classes_)
         probabilities[np.ix_(scored, columns)] = model.predict_proba(features[scored])
     how = f"fitted on the {len(real)} real images; their own scores out-of-fold ({folds}-fold)"
