@@ -6,6 +6,7 @@ from backends.base import Backend
 from backends.config import GANConfig
 
 BACKENDS = ("numpy", "tf")
+DEFAULT_BACKEND = "tf"  # what every command and request uses unless told
 
 
 def get(name: str, config: GANConfig) -> Backend:
@@ -20,4 +21,4 @@ def get(name: str, config: GANConfig) -> Backend:
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
 
 
-__all__ = ["Backend", "BACKENDS", "GANConfig", "get"]
+__all__ = ["Backend", "BACKENDS", "DEFAULT_BACKEND", "GANConfig", "get"]

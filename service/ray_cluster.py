@@ -1,4 +1,4 @@
-"""Joining or starting Ray, shared by generation and tuning.
+"""Joining or starting Ray, shared by generation, the audit and tuning.
 
 Local Ray starts by itself (quiet, no dashboard); `address` or RAY_ADDRESS joins an existing
 cluster. An address that does not answer is a UserError within a few seconds instead of

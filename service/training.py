@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from backends import DEFAULT_BACKEND
 from backends.config import ConfigError, GANConfig
 from service.data import DEFAULT_DATA_COUNT, DataOptions, Dataset
 from service.errors import UserError
 
 DEFAULT_EPOCHS = 10  # when neither --epochs nor --time-budget is given
 DEFAULT_IMAGE_SIZE = 64
-DEFAULT_BACKEND = "tf"
 DEFAULT_PRESET = "default"
 DEFAULT_SOURCE = "default"  # config.json data.source of the embedded dataset
 IN_MEMORY_SOURCE = "in-memory"  # a Dataset handed over in TrainingRequest.dataset

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backends import DEFAULT_BACKEND
 from backends.config import ConfigError, GANConfig
 from service.data import DEFAULT_DATA_COUNT, DataOptions
 from service.errors import UserError
@@ -56,7 +57,7 @@ class TuneSettings:
     trials: int
     time_budget: float
     out_dir: Path
-    backend: str = "tf"
+    backend: str = DEFAULT_BACKEND
     epochs: int = 10  # epochs per trial at most (ASHA's max_t)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0

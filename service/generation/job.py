@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backends import BACKENDS
+from backends import BACKENDS, DEFAULT_BACKEND
 from backends.config import GANConfig
 from backends.noise import sample_noise
 from service.errors import UserError
@@ -149,7 +149,7 @@ def plan_job(
     out_dir,
     seed: int = 0,
     class_name: str | None = None,
-    backend: str = "tf",
+    backend: str = DEFAULT_BACKEND,
     batch_size: int = DEFAULT_BATCH_SIZE,
     shard_size: int = DEFAULT_SHARD_SIZE,
     output_format: str = "png",

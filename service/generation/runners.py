@@ -242,8 +242,6 @@ def generate_on_ray(
     training index (copy_index) is put in the object store once and passed to it as a third
     argument, so every task on a node reads the node's one copy.
     """
-    import time
-
     from service.ray_cluster import cluster_cpus, cluster_gpus, probe_address, ray_session, thread_env
 
     if workers is not None and workers < 1:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backends import DEFAULT_BACKEND
 from service.errors import UserError
 from service.utility.arms import ARMS
 
@@ -41,7 +42,7 @@ class UtilitySettings:
     split_seed: int = 0  # which real images make the scarce quarter
     bootstrap: int = 1000
     generation_seed: int = GENERATION_SEED
-    backend: str = "tf"  # the generator's backend
+    backend: str = DEFAULT_BACKEND  # the generator's backend
 
     def check(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
