@@ -206,6 +206,7 @@ def test_a_checkpoint_after_two_steps_generates_the_same_images_in_the_other_bac
     assert_arrays_match({"images": source.generate(z, labels)}, {"images": reader.generate(z, labels)}, image_tolerance(source), "images")
 
 
+@pytest.mark.slow
 def test_a_learning_rate_scale_acts_as_the_scaled_rate_in_both_backends():
     config = parity_config(image_size=32, lr_g=4e-4, lr_d=2e-4)
     halved = config.replace(lr_g=2e-4, lr_d=1e-4)
@@ -231,6 +232,7 @@ def test_a_learning_rate_scale_acts_as_the_scaled_rate_in_both_backends():
     assert_arrays_match(trained["numpy"].get_weights(), trained["tf"].get_weights(), TOLERANCE["float64"], "scaled step")
 
 
+@pytest.mark.slow
 def test_the_averaged_generator_agrees_across_backends_after_steps_of_both_kinds():
     """Fused steps and lone G steps (as rebalancing runs them), with the ramp-up on: the
     averaged weights and their images agree, and they differ from G's own."""

@@ -151,6 +151,7 @@ def pattern_classes(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(images, -1, 1), labels.astype(np.int64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
 def test_the_classifier_learns_a_clearly_learnable_task(augment):
     from backends.tf.classifier import predict_proba, train_classifier
@@ -282,6 +283,7 @@ def bootstrap_one_resample_at_a_time(labels, arm_probas, base_probas, resamples,
     return {k: np.array(v) for k, v in draws.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's nanmean of a resample without a class
 @pytest.mark.parametrize("n", [9, 150])
 def test_the_bootstrap_and_the_detectable_difference_are_what_scoring_each_resample_gives(n):
@@ -340,6 +342,7 @@ def runs(tmp_path_factory):
             init_random_run(root / "unconditional", GANConfig(**tiny)))
 
 
+@pytest.mark.slow
 def test_the_command_writes_every_arm_with_intervals_and_verdicts(runs, data, tmp_path, capsys):
     conditional, _ = runs
     real, test, _ = data

@@ -78,6 +78,7 @@ DISTORTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["blur", "noise"])
 def test_swd_worse_monotonically_with_distortion(real_images, name):
     distort, amounts = DISTORTIONS[name]
@@ -353,6 +354,7 @@ def report(tmp_path_factory, real_images):
     return out, result
 
 
+@pytest.mark.slow
 def test_report_files_exist_and_html_links_resolve(report):
     out, result = report
     html_text = (out / "report.html").read_text()
@@ -371,6 +373,7 @@ def test_report_files_exist_and_html_links_resolve(report):
     assert set(result["files"].values()) <= {p.name for p in out.iterdir()}
 
 
+@pytest.mark.slow
 def test_report_metrics_json(report):
     out, result = report
     on_disk = json.loads((out / "metrics.json").read_text())
@@ -395,6 +398,7 @@ def test_mismatched_sizes_are_a_user_error(tmp_path, real_images):
         validate_sets(real_images[:8], real_images[8:30], out_dir=tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_grouped_real_sets_split_the_reference_by_group(tmp_path):
     """Each source image appears twice (a patch and its shifted twin): halves by image put
     twins on both sides, and the reference audit then calls them copies; halves by group
@@ -445,6 +449,7 @@ def test_cli_validates_npz_sets(tmp_path, capsys):
     assert "SWD" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_gives_per_class_values_when_both_sets_carry_labels(tmp_path):
     from service.run import main
 
@@ -483,6 +488,7 @@ def test_cli_bad_input_is_exit_2_with_one_line(tmp_path, capsys, case, message):
     assert err.count("\n") == 1 and message in err, err
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_inception_weights_is_one_line_on_stderr_without_framework_logs(tmp_path):
     """In a fresh process, as a user runs it (no TF_CPP_MIN_LOG_LEVEL of their own): stderr is
     the error line alone, no TensorFlow, oneDNN or CUDA start-up lines before it."""
@@ -505,6 +511,7 @@ def test_a_file_that_is_not_inception_weights_is_one_line_on_stderr_without_fram
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_inception_weights_add_inception_scores_to_the_metrics(tmp_path, real_images, monkeypatch):
     """--inception-weights reaches metrics.json (FD/KID in that space, the file named); a
     stand-in extractor replaces InceptionV3, whose weights cannot be downloaded here."""
