@@ -385,34 +385,44 @@ class ClassCode:
         self.code = None
 
 
-class ClassInput(Layer):
-    """Takes the class code off the end of G's input vector [rest | c] and passes `rest` on."""
+class _TakesClassCode(Layer):
+    """A network's first layer that takes the class code off its input into `context` and passes
+    the rest on; the code's gradient is zero (it is not trained)."""
 
     def __init__(self, name, classes, context: ClassCode):
         super().__init__(name)
         self.classes, self.context = int(classes), context
 
     def forward(self, x, training=True):
-        out, self.context.code = F.class_input_split(x, self.classes)
+        out, self.context.code = self._split(x)
         return out
 
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
-        return F.class_input_split_backward(dout, self.classes) if need_input_grad else None
+        return self._split_backward(dout) if need_input_grad else None
 
 
-class ClassSplit(Layer):
-    """Takes the class code from D's label planes and passes the image channels on."""
+class ClassInput(_TakesClassCode):
+    """G's input vector [rest | c]: the code off its end (functional.class_input_split)."""
+
+    def _split(self, x):
+        return F.class_input_split(x, self.classes)
+
+    def _split_backward(self, dout):
+        return F.class_input_split_backward(dout, self.classes)
+
+
+class ClassSplit(_TakesClassCode):
+    """D's image and label planes: the code from the planes (functional.class_split)."""
 
     def __init__(self, name, channels, classes, context: ClassCode):
-        super().__init__(name)
-        self.channels, self.classes, self.context = int(channels), int(classes), context
+        super().__init__(name, classes, context)
+        self.channels = int(channels)
 
-    def forward(self, x, training=True):
-        out, self.context.code = F.class_split(x, self.channels)
-        return out
+    def _split(self, x):
+        return F.class_split(x, self.channels)
 
-    def backward(self, dout, need_input_grad=True, need_param_grads=True):
-        return F.class_split_backward(dout, self.classes) if need_input_grad else None
+    def _split_backward(self, dout):
+        return F.class_split_backward(dout, self.classes)
 
 
 class ClassAffine(Layer):
