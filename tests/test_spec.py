@@ -123,6 +123,16 @@ def test_d_width_widens_the_discriminator_alone_with_its_cap():
     assert spec.weight_shapes(GANConfig(image_size=32, width=4, max_width=8, d_width=4)) == plain
 
 
+def test_a_d_width_below_width_narrows_the_discriminator_alone_with_its_cap():
+    plain = spec.weight_shapes(GANConfig(image_size=32, width=4, max_width=8))
+    narrow = spec.weight_shapes(GANConfig(image_size=32, width=4, max_width=8, d_width=2))
+    filters = lambda shapes: [shapes[f"discriminator/conv_{i}/kernel"][3] for i in range(3)]
+    assert filters(narrow) == [2, 4, 4]  # the cap scaled alike: 8 * 2 / 4
+    assert {n: s for n, s in narrow.items() if n.startswith("generator/")} == {
+        n: s for n, s in plain.items() if n.startswith("generator/")
+    }
+
+
 def test_spectral_norm_adds_an_untrained_vector_to_each_discriminator_kernel():
     plain = GANConfig(image_size=32, width=4, max_width=16)
     normed = spec.weight_shapes(plain.replace(spectral_norm=True))
