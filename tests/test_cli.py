@@ -21,6 +21,23 @@ def test_a_shard_size_of_0_is_one_line_of_error_not_the_default(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_validate_sample_of_0_is_one_line_of_error(tmp_path, capsys):
+    import numpy as np
+
+    from service.imageio import save_png
+
+    for folder in ("real", "fake"):
+        (tmp_path / folder).mkdir()
+        for i in range(2):
+            save_png(tmp_path / folder / f"{i}.png", np.full((8, 8, 3), 40 * i, np.uint8))
+    argv = ["validate", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"), "--out", str(tmp_path / "out"),
+            "--sample", "0", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--sample must be a positive number of images, got 0" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "service.run", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
