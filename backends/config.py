@@ -78,6 +78,14 @@ class GANConfig:
     # real batches drawn with equal weight per class (with replacement, an epoch's worth per
     # epoch) instead of a plain shuffle; the fakes take the same labels
     class_balanced: bool = False
+    # --- differential privacy (DP-SGD on D's gradients from real images; service.privacy) ---
+    # noise multiplier sigma: each real example's gradient of D's loss is clipped to L2 norm
+    # dp_clip over all of D's trainable weights, and N(0, (sigma * dp_clip)^2) noise is added to
+    # their sum; 0: off (an ordinary run)
+    dp_noise: float = 0.0
+    dp_clip: float = 1.0  # C, the per-example gradient norm bound
+    dp_delta: float = 1e-5  # the guarantee's delta; must be below 1/N for the N training images
+    dp_epsilon: float = 0.0  # budget: training stops before it would spend more; 0: no budget
     # --- loss ---
     label_smoothing: float = 0.0  # one-sided: real target is 1 - label_smoothing
     diffaugment: str = ""  # comma list of "color", "translation", "cutout"; empty: off
@@ -139,6 +147,7 @@ class GANConfig:
             raise ConfigError(f"condition_ramp_kimg must be >= 0, got {self.condition_ramp_kimg}")
         if not isinstance(self.class_balanced, bool):
             raise ConfigError(f"class_balanced must be true or false, got {self.class_balanced!r}")
+        self._validate_privacy()
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.noise not in ("uniform", "normal"):
@@ -167,6 +176,32 @@ class GANConfig:
         for name in ("beta_1", "beta_2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1)")
+
+    def _validate_privacy(self) -> None:
+        if not self.dp_noise >= 0:
+            raise ConfigError(f"dp_noise must be >= 0 (0: no differential privacy), got {self.dp_noise}")
+        if not self.dp_clip > 0:
+            raise ConfigError(f"dp_clip must be > 0, got {self.dp_clip}")
+        if not 0.0 < self.dp_delta < 1.0:
+            raise ConfigError(f"dp_delta must be in (0, 1) (and below 1/N at training time), got {self.dp_delta}")
+        if not self.dp_epsilon >= 0:
+            raise ConfigError(f"dp_epsilon must be >= 0 (0: no budget), got {self.dp_epsilon}")
+        if not self.private:
+            if self.dp_epsilon:
+                raise ConfigError("dp_epsilon needs dp_noise > 0: a budget is spent by noisy steps only")
+            return
+        # a private D judges each example on its own: no statistic over the batch, no mixing
+        if self.minibatch_std:
+            raise ConfigError("dp_noise needs minibatch_std 0: D's minibatch statistic mixes examples")
+        if self.pack > 1:
+            raise ConfigError("dp_noise needs pack 1: a packed input mixes examples")
+        if self.class_balanced:
+            raise ConfigError("dp_noise needs class_balanced false: private real batches are Poisson samples")
+
+    @property
+    def private(self) -> bool:
+        """Whether D trains with differential privacy (dp_noise > 0)."""
+        return self.dp_noise > 0
 
     @property
     def diffaugment_policy(self) -> tuple[str, ...]:

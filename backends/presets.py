@@ -70,6 +70,13 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
+# `default` with a differentially private D (service.privacy; README "train"): each real
+# example's gradient clipped to norm 1 with Gaussian noise of 1.0 times that added to the sum,
+# training stopped before epsilon 10 at delta 1e-5; D judges each image alone (no minibatch
+# standard deviation, no packing). G is `default`'s: it never reads real images.
+PRESETS["dp"] = {**PRESETS["default"], "minibatch_std": 0, "pack": 1, "dp_noise": 1.0, "dp_clip": 1.0,
+                 "dp_delta": 1e-5, "dp_epsilon": 10.0}
+
 
 # What a preset changes from a given image size up. `default` at 64x64 and above (screened on
 # whole ISIC 2017 lesions at 64x64, docs/presets.md): noise inputs in G (recall 0.43 -> 0.60, the
@@ -78,6 +85,7 @@ PRESETS: dict[str, dict] = {
 FROM_SIZE: dict[str, dict[int, dict]] = {
     "default": {64: dict(noise_inputs=True, lr_g=5e-4)},
 }
+FROM_SIZE["dp"] = FROM_SIZE["default"]  # the same G at every size
 
 
 def preset_config(name: str, **overrides) -> GANConfig:

@@ -113,3 +113,45 @@ def test_budget_allows_exactly_max_steps():
         taken += 1
     assert taken == privacy.max_steps(0.05, 1.5, 1.0, DELTA)
     assert accountant.epsilon() <= 1.0
+
+
+# --------------------------------------------------------------------------- config and preset
+
+from backends.config import ConfigError, GANConfig  # noqa: E402
+from backends.presets import preset_config  # noqa: E402
+
+
+def test_privacy_fields_round_trip_and_older_configs_load_without_privacy():
+    cfg = GANConfig(image_size=32, dp_noise=1.3, dp_clip=0.5, dp_delta=1e-6, dp_epsilon=4.0)
+    assert cfg.private
+    assert GANConfig.from_dict(cfg.to_dict()) == cfg
+    older = {k: v for k, v in GANConfig(image_size=32).to_dict().items() if not k.startswith("dp_")}
+    loaded = GANConfig.from_dict(older)
+    assert not loaded.private and loaded.dp_noise == 0.0 and loaded.dp_clip == 1.0 and loaded.dp_delta == 1e-5
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(dp_noise=-1.0), "dp_noise"),
+        (dict(dp_noise=1.0, dp_clip=0.0), "dp_clip"),
+        (dict(dp_noise=1.0, dp_delta=0.0), "dp_delta"),
+        (dict(dp_noise=1.0, dp_delta=1.0), "dp_delta"),
+        (dict(dp_noise=1.0, dp_epsilon=-1.0), "dp_epsilon"),
+        (dict(dp_epsilon=3.0), "dp_epsilon needs dp_noise"),
+        (dict(dp_noise=1.0, minibatch_std=4, batch_size=8), "minibatch_std"),
+        (dict(dp_noise=1.0, pack=2, batch_size=8), "pack"),
+        (dict(dp_noise=1.0, num_classes=2, class_balanced=True), "class_balanced"),
+    ],
+)
+def test_bad_privacy_settings_name_the_field(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        GANConfig(image_size=32, **changes)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_dp_preset_is_default_with_a_private_discriminator(size):
+    private, default = preset_config("dp", image_size=size), preset_config("default", image_size=size)
+    assert private.private and private.dp_epsilon > 0 and private.minibatch_std == 0 and private.pack == 1
+    different = {k for k, v in private.to_dict().items() if default.to_dict()[k] != v}
+    assert different == {"preset", "minibatch_std", "dp_noise", "dp_epsilon"}
