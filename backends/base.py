@@ -71,6 +71,17 @@ class Backend(ABC):
         trainable weight, both evaluated at the same (current) weights, G in training mode.
         """
 
+    def compute_private_gradients(self, real, z, labels=None, noise: bool = True) -> dict:
+        """A private D step's gradient at the current weights (backends.spec, "Differential
+        privacy"), changing nothing but the noise stream: {"d_loss": D's loss on the fakes,
+        "grads": {D's weight name: array}}; noise=False gives the clipped sum alone."""
+        raise NotImplementedError(f"the {self.name} backend has no private steps")
+
+    def set_dp_noise(self, multiplier: float) -> None:
+        """The noise multiplier of the private steps that follow (tests: 0 checks the clipped
+        sum alone); not checkpointed, the config holds the run's."""
+        raise NotImplementedError(f"the {self.name} backend has no private steps")
+
     # --- state ---
     @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]: ...

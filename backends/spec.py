@@ -61,6 +61,18 @@ Semantics both backends follow:
   G's steps and inference use sn_u as it stands.
 - D's step sees [real; fake] as one batch of 2B, targets [1 - label_smoothing; 0];
   G's step targets 1. Both losses are mean binary cross-entropy from logits.
+- Differential privacy (config.dp_noise sigma > 0; Abadi et al. 2016). D's step (alone or in
+  train_step) takes a real batch of any size R >= 0 (a Poisson sample) beside B = len(z) fakes,
+  and the batch's labels may be a pair (real's, fakes'). D runs forward on [real; fake] as in
+  an ordinary step (the same dropout and augmentation draws); each real example's gradient of
+  its own term 0.5 * BCE(logit, 1 - smoothing) is clipped to L2 norm dp_clip over all of D's
+  trainable weights jointly, the clipped gradients are summed, N(0, (sigma * dp_clip)^2) is
+  added to every coordinate (from the backend's own checkpointed noise stream), and the sum
+  is divided by config.batch_size (the expected R, not the drawn one); the fakes' gradient of
+  0.5 * their mean BCE is added unclipped. Then Adam as usual. With R = B and a clip above
+  every norm and no noise this is the ordinary step's gradient. The loss a private D step
+  returns is its mean BCE on the fakes: the real images' loss is never released. G's steps
+  are unchanged (they read D's weights only).
 - With `ema_kimg` > 0 (generator weight averaging, as StyleGAN2-ADA's G_ema), a second copy
   of G's weights, "generator_ema/<layer>/<param>", starts equal to G's and after every G step
   (alone or in train_step) moves toward them: w_ema += (1 - beta) (w - w_ema), with beta =

@@ -106,6 +106,19 @@ def conv2d_backward(dout, cache, need_input_grad=True, need_param_grads=True):
     return dx, dkernel, dbias
 
 
+def conv2d_per_example_grads(dout, cache):
+    """The weight gradients of each example on its own, (B, k, k, cin, cout) and (B, cout): the
+    batch gradient's terms before the sum over the batch (Opacus's grad_sample/conv.py), from the
+    same unfolded input: cols as (B, P, K) and dout as (B, P, cout), one product per example."""
+    cols, kernel, _ = cache
+    batch = dout.shape[0]
+    cout = kernel.shape[3]
+    cols3 = cols.reshape(batch, -1, cols.shape[1])
+    dout3 = dout.reshape(batch, -1, cout)
+    dkernel = np.matmul(cols3.transpose(0, 2, 1), dout3)
+    return dkernel.reshape((batch,) + kernel.shape), dout3.sum(axis=1)
+
+
 # --- nearest UpSampling2D, alone and fused with a 'same' stride-1 Conv2D -------------------
 
 
@@ -225,6 +238,12 @@ def dense_backward(dout, cache, need_input_grad=True, need_param_grads=True):
     return dx, None, None
 
 
+def dense_per_example_grads(dout, cache):
+    """Each example's dense weight gradients: (B, in, units) outer products and (B, units)."""
+    x, _ = cache
+    return x[:, :, None] * dout[:, None, :], dout.copy()
+
+
 # --- Spectral normalisation (Miyato et al. 2018) -----------------------------------------
 # A kernel of shape (..., units) is read as the matrix M = kernel.reshape(-1, units); its
 # largest singular value is estimated as sigma = |M u| for a unit vector u (units,) that one
@@ -254,6 +273,16 @@ def spectral_norm_backward(dnormalized, cache):
     kernel, u, mu, sigma = cache
     coefficient = np.sum(dnormalized * kernel) / sigma**3
     return dnormalized / sigma - coefficient * np.outer(mu, u).reshape(kernel.shape)
+
+
+def spectral_norm_per_example_backward(dnormalized, cache):
+    """spectral_norm_backward for a stack of per-example gradients (B, *kernel shape): the map
+    is linear in its argument, so each example's gradient goes through it alone."""
+    kernel, u, mu, sigma = cache
+    batch = dnormalized.shape[0]
+    coefficients = np.einsum("bi,i->b", dnormalized.reshape(batch, -1), kernel.reshape(-1)) / sigma**3
+    direction = np.outer(mu, u).reshape(kernel.shape)
+    return dnormalized / sigma - coefficients.reshape((batch,) + (1,) * kernel.ndim) * direction
 
 
 # --- BatchNormalization (last axis is the feature axis, as Keras's axis=-1) -----------------
@@ -456,6 +485,15 @@ def projection_backward(dout, cache, need_input_grad=True, need_param_grads=True
         dh += dout * projected
     dembedding = matmul(code.T, dout * h) if need_param_grads else None
     return dh, dkernel, dbias, dembedding
+
+
+def projection_per_example_grads(dout, cache):
+    """Each example's projection weight gradients: kernel (B, in, 1), bias (B, 1), embedding
+    (B, classes, in)."""
+    dense_cache, code, _ = cache
+    h = dense_cache[0]
+    dkernel, dbias = dense_per_example_grads(dout, dense_cache)
+    return dkernel, dbias, code[:, :, None] * (dout * h)[:, None, :]
 
 
 # --- minibatch standard deviation (Karras et al. 2018) --------------------------------------

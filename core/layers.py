@@ -38,6 +38,14 @@ class Layer:
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
         raise NotImplementedError
 
+    def per_example_gradients(self, dout) -> dict[str, np.ndarray]:
+        """Each example's gradients of the parameters, {key: (B, *shape)}, from the cache of the
+        last forward pass and this layer's d loss / d output (what `backward` would sum over the
+        batch). Layers whose gradients mix examples (batch norm) have none."""
+        if self.parameters:
+            raise NotImplementedError(f"{type(self).__name__} has no per-example gradients")
+        return {}
+
     def _set_gradients(self, **grads):
         for key, grad in grads.items():
             if grad is not None:
@@ -76,6 +84,11 @@ class SpectralNormMixin:
             return dkernel
         return F.spectral_norm_backward(dkernel, self._sn_cache)
 
+    def _per_example_kernel_gradient(self, dkernels):
+        if not self.spectral_norm:
+            return dkernels
+        return F.spectral_norm_per_example_backward(dkernels, self._sn_cache)
+
 
 class Dense(SpectralNormMixin, Layer):
     def __init__(self, name, in_features, units, rng, dtype=np.float32, spectral_norm=False):
@@ -94,6 +107,10 @@ class Dense(SpectralNormMixin, Layer):
         dx, dkernel, dbias = F.dense_backward(dout, self._cache, need_input_grad, need_param_grads)
         self._set_gradients(kernel=self._kernel_gradient(dkernel), bias=dbias)
         return dx
+
+    def per_example_gradients(self, dout):
+        dkernel, dbias = F.dense_per_example_grads(dout, self._cache)
+        return {"kernel": self._per_example_kernel_gradient(dkernel), "bias": dbias}
 
 
 class Conv2D(SpectralNormMixin, Layer):
@@ -120,6 +137,10 @@ class Conv2D(SpectralNormMixin, Layer):
         dx, dkernel, dbias = F.conv2d_backward(dout, self._cache, need_input_grad, need_param_grads)
         self._set_gradients(kernel=self._kernel_gradient(dkernel), bias=dbias)
         return dx
+
+    def per_example_gradients(self, dout):
+        dkernel, dbias = F.conv2d_per_example_grads(dout, self._cache)
+        return {"kernel": self._per_example_kernel_gradient(dkernel), "bias": dbias}
 
 
 class UpSampleConv2D(Conv2D):
@@ -464,6 +485,10 @@ class Projection(Dense):
         dx, dkernel, dbias, dembedding = F.projection_backward(dout, self._cache, need_input_grad, need_param_grads)
         self._set_gradients(kernel=self._kernel_gradient(dkernel), bias=dbias, embedding=dembedding)
         return dx
+
+    def per_example_gradients(self, dout):
+        dkernel, dbias, dembedding = F.projection_per_example_grads(dout, self._cache)
+        return {"kernel": self._per_example_kernel_gradient(dkernel), "bias": dbias, "embedding": dembedding}
 
 
 class Reshape(Layer):

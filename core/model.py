@@ -32,6 +32,19 @@ class Sequential:
             dout = self.layers[index].backward(dout, wants_input, need_param_grads)
         return dout
 
+    def backward_per_example(self, dout: np.ndarray) -> dict[str, np.ndarray]:
+        """Backpropagate d loss / d output, returning every parameter's gradient per example,
+        {name: (B, *shape)}, instead of their sums over the batch (`gradients` is left as it
+        was). For differentially private training: each example's gradient is clipped alone."""
+        per_example = {}
+        for index in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[index]
+            for key, grads in layer.per_example_gradients(dout).items():
+                per_example[f"{self.prefix}{layer.name}/{key}"] = grads
+            if index > 0:
+                dout = layer.backward(dout, True, need_param_grads=False)
+        return {name: per_example[name] for name in self.parameters()}  # layer order
+
     def _named(self, attribute: str) -> dict[str, np.ndarray]:
         return {
             f"{self.prefix}{layer.name}/{key}": value

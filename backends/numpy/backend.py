@@ -12,6 +12,10 @@ is the network `generate` runs.
 running through the already-updated D. Dropout masks and augmentation draws come from one
 numpy Generator seeded from config.seed; its state travels in checkpoints as "rng/numpy/...".
 
+With config.dp_noise > 0 (differential privacy, backends.spec), D's update is DP-SGD's: per-example
+gradients of the real half (core's backward_per_example), each clipped, their sum noised from a
+second numpy Generator (state "rng/numpy/dp_noise/..."), which only private runs have.
+
 `config.dtype == "float64"` runs everything in float64 (for gradient checks); weights and
 optimizer state are returned in the backend's dtype.
 """
@@ -29,6 +33,7 @@ from backends.numpy.networks import build_network
 from backends.rng_state import rng_to_arrays, set_rng_from_arrays
 
 RNG_PREFIX = "rng/numpy/"
+DP_RNG_PREFIX = "rng/numpy/dp_noise/"
 INFERENCE_CHUNK = 64  # images per forward pass in generate/discriminate: bounds the im2col buffers
 
 
@@ -59,6 +64,10 @@ class NumpyBackend(Backend):
         self.optimizers["generator"].build(self.generator.parameters())
         self.optimizers["discriminator"].build(self.discriminator.parameters())
         self.condition_strength = 1.0  # the class code's scale in training (set_condition_strength)
+        self.dp_rng = None
+        self.dp_noise = float(config.dp_noise)  # set_dp_noise; the config holds the run's
+        if config.private:  # the third child of the seed: init and dropout streams stay as they were
+            self.dp_rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2,)))
         self._weight_shapes = spec.weight_shapes(config)
         self._optimizer_shapes = spec.optimizer_state_shapes(config)
 
@@ -144,6 +153,39 @@ class NumpyBackend(Backend):
         self.discriminator.backward(dlogits.reshape(logits.shape), need_input_grad=False)
         return loss
 
+    def _private_discriminator_grads(self, real, fake, labels, noise: bool = True) -> tuple[float, dict]:
+        """DP-SGD's gradient of D (backends.spec, "Differential privacy"): D forward on [real;
+        fake] in training mode as in an ordinary step; each real example's gradient of its own
+        term clipped to norm dp_clip over all of D's weights, summed, plus N(0, (dp_noise *
+        dp_clip)^2) per coordinate, over batch_size; the fakes' gradient added as it is. Returns
+        (D's mean loss on the fakes, {weight name: gradient})."""
+        for layer in self.discriminator.layers:
+            if isinstance(layer, core.SpectralNormMixin):
+                layer.power_iteration()
+        c = self.config
+        real_count, fake_count = len(real), len(fake)
+        batch = np.concatenate([real, fake], axis=0)
+        if labels is None:
+            both_labels = None
+        else:
+            real_labels, fake_labels = labels
+            both_labels = np.concatenate([real_labels, fake_labels])
+        batch, _ = self._augment(batch)
+        logits = self.discriminator.forward(self._discriminator_input(batch, both_labels), training=True).reshape(-1)
+        targets = np.concatenate([np.full(real_count, 1.0 - c.label_smoothing), np.zeros(fake_count)]).astype(self.dtype)
+        # each real example's term weighs 1/2 (the real half of the batch mean, over batch_size);
+        # the fakes' terms their share of the fake half's mean
+        weights = np.concatenate([np.full(real_count, 0.5), np.full(fake_count, 0.5 / fake_count)]).astype(self.dtype)
+        dlogits = (core.functional.sigmoid(logits) - targets) * weights
+        per_example = self.discriminator.backward_per_example(dlogits.reshape(-1, 1))
+        real_grads = {name: g[:real_count] for name, g in per_example.items()}
+        noise_std = self.dp_noise * c.dp_clip if noise else 0.0
+        summed = clipped_sum(real_grads, c.dp_clip, self.dp_rng if noise_std else None, noise_std)
+        scale = self.dtype.type(1.0 / c.batch_size)
+        grads = {name: summed[name] * scale + g[real_count:].sum(axis=0) for name, g in per_example.items()}
+        fake_loss = core.bce_from_logits(logits[real_count:], targets[real_count:])[0]
+        return fake_loss, grads
+
     def _generator_loss_and_grads(self, fake, labels) -> float:
         """D forward on fake in training mode, target 1; backward through D (its weights'
         gradients are not needed) into G, whose caches hold the forward pass that made `fake`."""
@@ -155,10 +197,11 @@ class NumpyBackend(Backend):
         self.generator.backward(np.ascontiguousarray(dfake), need_input_grad=False)
         return loss
 
-    def _apply(self, net: str, batch: int) -> None:
-        """Adam on `net`'s gradients; after G's update, the averaged generator follows it."""
+    def _apply(self, net: str, batch: int, gradients: dict | None = None) -> None:
+        """Adam on `net`'s gradients (its layers' own unless given); after G's update, the
+        averaged generator follows it."""
         model = self.generator if net == "generator" else self.discriminator
-        self.optimizers[net].step(model.parameters(), model.gradients())
+        self.optimizers[net].step(model.parameters(), model.gradients() if gradients is None else gradients)
         if net == "generator" and self.generator_ema is not None:
             self._update_average(batch)
 
@@ -176,8 +219,28 @@ class NumpyBackend(Backend):
         check_groups(len(real), self.config)
         return real
 
+    def _private_labels(self, real, z, labels):
+        """A private step's labels: (real's, the fakes'); None for an unconditional model."""
+        if self.config.num_classes == 0:
+            return None
+        real_labels, fake_labels = labels if isinstance(labels, tuple) else (labels, labels)
+        return self._labels(real_labels, len(real)), self._labels(fake_labels, len(z))
+
+    def _private_d_update(self, real, z, labels) -> tuple[float, np.ndarray]:
+        """A private D step; returns (D's loss on the fakes, the fakes for G's step)."""
+        real = self._images(real)
+        check_groups(len(z), self.config)
+        labels = self._private_labels(real, z, labels)
+        fake_labels = None if labels is None else labels[1]
+        fake = self.generator.forward(self._generator_input(z, fake_labels), training=True)
+        loss, grads = self._private_discriminator_grads(real, fake, labels)
+        self._apply("discriminator", len(z), grads)
+        return loss, fake
+
     # --- training ---
     def d_step(self, real, z, labels=None) -> float:
+        if self.config.private:
+            return self._private_d_update(real, z, labels)[0]
         real = self._real_batch(real, z)
         fake = self.generator.forward(self._generator_input(z, labels), training=True)
         loss = self._discriminator_loss_and_grads(real, fake, labels)
@@ -192,6 +255,12 @@ class NumpyBackend(Backend):
         return loss
 
     def train_step(self, real, z, labels=None) -> tuple[float, float]:
+        if self.config.private:
+            d_loss, fake = self._private_d_update(real, z, labels)
+            fake_labels = None if self.config.num_classes == 0 else self._private_labels(real, z, labels)[1]
+            g_loss = self._generator_loss_and_grads(fake, fake_labels)
+            self._apply("generator", len(z))
+            return d_loss, g_loss
         real = self._real_batch(real, z)
         fake = self.generator.forward(self._generator_input(z, labels), training=True)
         d_loss = self._discriminator_loss_and_grads(real, fake, labels)
@@ -240,6 +309,25 @@ class NumpyBackend(Backend):
             self.set_rng_state(saved_rng)
         return {"d_loss": d_loss, "g_loss": g_loss, "grads": grads}
 
+    def compute_private_gradients(self, real, z, labels=None, noise: bool = True) -> dict:
+        """D's private gradient at the current weights, changing nothing but the noise stream:
+        {"d_loss": D's loss on the fakes, "grads": {D's weight name: array}}."""
+        if not self.config.private:
+            raise ValueError("compute_private_gradients needs a private config (dp_noise > 0)")
+        real = self._images(real)
+        labels = self._private_labels(real, z, labels)
+        saved_weights, saved_rng = self.get_weights(), rng_to_arrays(self.rng, RNG_PREFIX)
+        try:
+            fake = self.generator.forward(self._generator_input(z, None if labels is None else labels[1]), training=True)
+            d_loss, grads = self._private_discriminator_grads(real, fake, labels, noise)
+        finally:
+            self.set_weights(saved_weights)
+            set_rng_from_arrays(self.rng, saved_rng, RNG_PREFIX)
+        return {"d_loss": d_loss, "grads": grads}
+
+    def set_dp_noise(self, multiplier: float) -> None:
+        self.dp_noise = float(multiplier)
+
     # --- state ---
     def _all_weights(self) -> dict[str, np.ndarray]:
         averaged = {} if self.generator_ema is None else self.generator_ema.weights()
@@ -275,10 +363,15 @@ class NumpyBackend(Backend):
             optimizer.iterations = int(state[f"opt/{net}/iterations"])
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
-        return rng_to_arrays(self.rng, RNG_PREFIX)
+        state = rng_to_arrays(self.rng, RNG_PREFIX)
+        if self.dp_rng is not None:
+            state.update(rng_to_arrays(self.dp_rng, DP_RNG_PREFIX))
+        return state
 
     def set_rng_state(self, state) -> None:
         set_rng_from_arrays(self.rng, state, RNG_PREFIX)
+        if self.dp_rng is not None:
+            set_rng_from_arrays(self.dp_rng, state, DP_RNG_PREFIX)
 
     def set_condition_strength(self, strength: float) -> None:
         self.condition_strength = float(strength)
@@ -286,3 +379,19 @@ class NumpyBackend(Backend):
     def set_learning_rate_scale(self, scale: float) -> None:
         self.optimizers["generator"].learning_rate = self.config.lr_g * float(scale)
         self.optimizers["discriminator"].learning_rate = self.config.lr_d * float(scale)
+
+
+def clipped_sum(per_example: dict, clip: float, rng: np.random.Generator | None = None, noise_std: float = 0.0) -> dict:
+    """DP-SGD's sum (Abadi et al. 2016): each example's gradients {name: (B, *shape)} scaled
+    by min(1, clip / |g_b|), |g_b| the L2 norm over all names jointly, summed over the
+    examples, plus N(0, noise_std^2) per coordinate drawn from `rng` (in name order)."""
+    count = next(iter(per_example.values())).shape[0]
+    flat = [g.reshape(count, int(np.prod(g.shape[1:]))) for g in per_example.values()]
+    squares = sum(np.einsum("bi,bi->b", g, g) for g in flat)
+    norms = np.sqrt(squares)
+    factors = np.minimum(1.0, clip / np.maximum(norms, np.finfo(norms.dtype).tiny)).astype(norms.dtype)
+    summed = {name: np.tensordot(factors, g, axes=(0, 0)) for name, g in per_example.items()}
+    if noise_std:
+        for name, value in summed.items():
+            value += (noise_std * rng.standard_normal(value.shape, dtype=value.dtype)).astype(value.dtype)
+    return summed
