@@ -131,21 +131,15 @@ def image_folder(path, count=12, size=32):
     return path
 
 
-@pytest.mark.parametrize("command", ["train", "main-job", "generate", "validate", "tune"])
+@pytest.mark.parametrize("command", ["train", "main-job", "generate", "validate", "audit", "tune", "utility"])
 def test_every_command_refuses_a_folder_it_did_not_make_and_touches_nothing(tmp_path, capsys, random_run, command):
     out = tmp_path / "mine"
+    if command == "main-job":
+        argv = ["--out", str(out), "--epochs", "1", "--count", "10", "--backend", "numpy", "--image-size", "32",
+                "--no-progress"]
+    else:
+        argv = argv_of(command, tmp_path, out, random_run)
     before = foreign_folder(out)
-    small = ["--backend", "numpy", "--image-size", "32", "--no-progress"]
-    argv = {
-        "train": ["train", "--out", str(out), "--epochs", "1", "--data-count", "16", *small],
-        "main-job": ["--out", str(out), "--epochs", "1", "--count", "10", *small],
-        "generate": ["generate", "--run", str(random_run), "--count", "4", "--out", str(out), "--workers", "0",
-                     "--backend", "numpy", "--no-progress"],
-        "validate": ["validate", "--real", str(image_folder(tmp_path / "real")), "--fake",
-                     str(image_folder(tmp_path / "fake", count=8)), "--out", str(out), "--no-progress"],
-        "tune": ["tune", "--out", str(out), "--max-images", "16", "--image-size", "32", "--batch-sizes", "8",
-                 "--widths", "8", "--no-progress"],
-    }[command]
     assert main(argv) == 2
     one_line_error(capsys, str(out), "did not make")
     assert unchanged(out, before)
@@ -339,18 +333,36 @@ def command_argv(command, tmp_path, out, random_run):
                   str(image_folder(tmp_path / "real")), "--out", str(out), "--workers", "0", "--no-progress"],
         "tune": ["tune", "--out", str(out), "--max-images", "16", "--image-size", "32", "--batch-sizes", "8",
                  "--widths", "8", "--no-progress"],
+        "utility": lambda: utility_argv(tmp_path, out),
     }[command]
 
 
+def utility_argv(tmp_path, out):
+    rng = np.random.default_rng(0)
+    run = init_random_run(tmp_path / "conditional", GANConfig(**TINY, num_classes=3), seed=3)
+    for name in ("real", "test"):
+        labels = np.arange(18) % 3
+        np.savez(tmp_path / f"{name}.npz", train_images=rng.integers(0, 256, (18, 32, 32, 3), dtype=np.uint8),
+                 train_labels=labels)
+    return ["utility", "--run", str(run), "--real", str(tmp_path / "real.npz"), "--test", str(tmp_path / "test.npz"),
+            "--out", str(out), "--seeds", "0", "--arms", "real", "--bootstrap", "2", "--backend", "numpy",
+            "--no-progress"]
+
+
+def argv_of(command, tmp_path, out, random_run):
+    argv = command_argv(command, tmp_path, out, random_run)
+    return argv() if callable(argv) else argv
+
+
 @pytest.mark.parametrize("kind", ["link", "fifo"])
-@pytest.mark.parametrize("command", ["train", "generate", "validate", "audit", "tune"])
+@pytest.mark.parametrize("command", ["train", "generate", "validate", "audit", "tune", "utility"])
 def test_every_writing_command_refuses_a_planted_lock_file_and_touches_nothing(tmp_path, capsys, random_run,
                                                                               command, kind):
     out, victim = tmp_path / "out", tmp_path / "elsewhere.txt"
     files.claim_output_folder(out, {"train": "train"}.get(command, command))
     lock = planted_lock(out, kind, victim)
     before = sorted(os.listdir(out))
-    assert main(command_argv(command, tmp_path, out, random_run)) == 2
+    assert main(argv_of(command, tmp_path, out, random_run)) == 2
     one_line_error(capsys, "lock file")
     assert untouched(lock, kind, victim)
     assert sorted(os.listdir(out)) == before
