@@ -20,6 +20,15 @@ Conditional runs: with `class_balanced` the epoch's order is drawn class-balance
 function of the images trained on so far (`condition_strength`, from the step counter), so
 both resume exactly with the rest.
 
+Differential privacy (config.dp_noise > 0; service.privacy): every D step that reads real
+images, the rebalancing's extra ones included, takes a fresh Poisson sample of the training set
+(each image in with probability q = batch_size / N, from the trainer RNG), so each is one
+Poisson-sampled Gaussian mechanism for the accountant; the fakes keep batch_size, their classes
+drawn uniformly (the real labels' proportions are not read). The accountant's steps travel in
+every checkpoint; epsilon spent is logged at each epoch's end and in config.json's "privacy";
+before a step that would take epsilon past config.dp_epsilon the run saves and stops with
+status "privacy_budget", and a resumed run stops there too. An epoch is N / batch_size steps.
+
 Randomness is all in the trainer RNG (a seeded numpy PCG64 Generator: the epoch's shuffle,
 then each step's z) and the backend's own RNG (dropout). Both, with the epoch's permutation and
 the batch index within it, go into every checkpoint, so a resumed run continues bit for bit.
@@ -46,7 +55,7 @@ from backends.rng_state import rng_from_arrays, rng_to_arrays
 from service import checkpoint as ckpt
 from service.errors import UserError
 from service.files import append_lines, make_folder, output_lock, write_text
-from service.rundir import LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_DIR, claim_run_dir
+from service.rundir import CONFIG_FILE, LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_DIR, claim_run_dir, update_config
 
 SAMPLE_GRID_SIZE = 64  # images in each epoch's fixed-noise sample grid (8 x 8)
 # SeedSequence([seed, stream]) keeps the trainer's streams apart; config.json records them
@@ -75,17 +84,21 @@ def rebalance(
     g_loss: float,
     margin: float,
     max_steps: int,
+    max_d_steps: int | None = None,
 ) -> RebalanceResult:
     """The thesis's convergence condition: retrain the model with the higher loss on the same batch.
 
     Runs while |d_loss - g_loss| > margin, at most `max_steps` extra steps, and stops as soon as
     the retrained model's loss falls below the other's. Only the retrained model's loss is
     re-measured (the other model did not change). A NaN loss ends the loop (the caller checks).
+    `max_d_steps` caps the extra D steps alone (a private run's budget).
     """
     extra_d = extra_g = 0
     retrain_d = d_loss > g_loss  # fixed for the batch, as in the thesis's two separate loops
     while abs(d_loss - g_loss) > margin and extra_d + extra_g < max_steps:
         if retrain_d:
+            if max_d_steps is not None and extra_d >= max_d_steps:
+                break
             d_loss = float(d_step())
             extra_d += 1
             if d_loss < g_loss:
@@ -183,7 +196,7 @@ def stop_on_signals(trainer: "Trainer"):
 
 @dataclass
 class TrainResult:
-    status: str  # "completed", "time_budget", "stopped:<SIGNAL>", "stopped:callback", "nothing_to_do"
+    status: str  # "completed", "time_budget", "privacy_budget", "stopped:<SIGNAL>", "stopped:callback", "nothing_to_do"
     step: int
     epoch: int  # completed epochs
     checkpoint: Path | None
@@ -291,6 +304,15 @@ class Trainer:
         self._fraction_at_start = 0.0
         self._epoch_sums = np.zeros(5)  # d_loss, g_loss, rebalance_d, rebalance_g, seconds
         self.last_checkpoint: Path | None = None
+        self._checkpoint_step: int | None = None  # the step of the checkpoint saved or resumed from
+        self.accountant = None
+        if config.private:
+            from service.privacy import PrivacyAccountant, check_delta
+
+            check_delta(config.dp_delta, len(images))
+            self.accountant = PrivacyAccountant(
+                self.batch_size / len(images), config.dp_noise, config.dp_delta, config.dp_epsilon
+            )
 
     # ----------------------------------------------------------------- state
 
@@ -323,6 +345,8 @@ class Trainer:
                 "meta/epoch_sums": self._epoch_sums.astype(np.float64),
             }
         )
+        if self.accountant is not None:
+            arrays.update(self.accountant.to_arrays())
         return arrays
 
     def restore(self, arrays: dict[str, np.ndarray], path=None) -> None:
@@ -358,11 +382,31 @@ class Trainer:
         self.train_seconds = float(meta.get("meta/train_seconds", 0.0))
         self.planned_fraction = float(meta.get("meta/progress", 0.0))
         self._epoch_sums = np.asarray(meta.get("meta/epoch_sums", np.zeros(5)), dtype=np.float64).copy()
+        if self.accountant is not None:
+            self.accountant.restore(meta)
+        self._checkpoint_step = self.step
         self.truncate_metrics()
 
     def save(self) -> Path:
         self.last_checkpoint = ckpt.save_checkpoint(self.run_dir, self.step, self.state_arrays(), keep=self.keep)
+        self._checkpoint_step = self.step
+        if self.accountant is not None and (self.run_dir / CONFIG_FILE).is_file():
+            update_config(self.run_dir, privacy=self.accountant.summary())  # epsilon spent, beside the model
         return self.last_checkpoint
+
+    # ----------------------------------------------------------------- private batches
+
+    def _poisson_batch(self):
+        """A private D step's real images: each training image with probability q, independently
+        (the accountant's Poisson sampling), and their labels."""
+        index = np.flatnonzero(self.rng.random(len(self.images)) < self.accountant.sampling_rate)
+        return self.images[index], None if self.labels is None else self.labels[index]
+
+    def _private_fake_labels(self):
+        """The fakes' classes in a private conditional run: uniform, from the trainer RNG."""
+        if self.labels is None:
+            return None
+        return self.rng.integers(0, self.config.num_classes, self.batch_size)
 
     def truncate_metrics(self) -> None:
         """Drop metrics lines written after the checkpoint we resume from (a killed run's tail)."""
@@ -438,13 +482,24 @@ class Trainer:
 
     def _run_epoch(self, started: float, bar, metrics_file) -> str:
         config, backend = self.config, self.backend
+        private = self.accountant is not None
         if self.batch_in_epoch == 0:
-            self.permutation = epoch_order(self.rng, len(self.images), self.labels if config.class_balanced else None)
+            if not private:  # a private run samples each step afresh
+                self.permutation = epoch_order(self.rng, len(self.images), self.labels if config.class_balanced else None)
             self._epoch_sums[:] = 0.0
         for batch in range(self.batch_in_epoch, self.batches_per_epoch):
-            index = self.permutation[batch * self.batch_size : (batch + 1) * self.batch_size]
-            real = self.images[index]
-            labels = None if self.labels is None else self.labels[index]
+            if private and not self.accountant.can_step():
+                if self._checkpoint_step != self.step:
+                    self.save()
+                return "privacy_budget"
+            if private:
+                real, real_labels = self._poisson_batch()
+                fake_labels = self._private_fake_labels()
+                labels = None if fake_labels is None else (real_labels, fake_labels)
+            else:
+                index = self.permutation[batch * self.batch_size : (batch + 1) * self.batch_size]
+                real = self.images[index]
+                labels = None if self.labels is None else self.labels[index]
             z = sample_noise(self.rng, self.batch_size, config)
             self.planned_fraction = self._planned_fraction(started)
             scale = lr_scale(self.planned_fraction, config.lr_decay_from)
@@ -456,13 +511,16 @@ class Trainer:
 
             step_started = time.perf_counter()
             d_loss, g_loss = backend.train_step(real, z, labels)
+            if private:
+                self.accountant.record_step()
             result = rebalance(
-                lambda: backend.d_step(real, z, labels),
-                lambda: backend.g_step(z, labels),
+                (lambda: self._private_d_step(z, fake_labels)) if private else (lambda: backend.d_step(real, z, labels)),
+                lambda: backend.g_step(z, labels if not private else fake_labels),
                 float(d_loss),
                 float(g_loss),
                 config.margin,
                 config.max_rebalance_steps,
+                self._d_steps_left() if private else None,
             )
             seconds = time.perf_counter() - step_started
             if not (math.isfinite(result.d_loss) and math.isfinite(result.g_loss)):
@@ -502,6 +560,19 @@ class Trainer:
                 self.save()
         return self._end_epoch(metrics_file)
 
+    def _private_d_step(self, z, fake_labels) -> float:
+        """A rebalancing D step of a private run: a fresh Poisson sample, counted."""
+        real, real_labels = self._poisson_batch()
+        labels = None if fake_labels is None else (real_labels, fake_labels)
+        loss = self.backend.d_step(real, z, labels)
+        self.accountant.record_step()
+        return loss
+
+    def _d_steps_left(self) -> int:
+        """The extra private D steps this batch may take: the budget's remaining steps, at most."""
+        limit = self.accountant.max_steps
+        return self.config.max_rebalance_steps if limit is None else max(0, limit - self.accountant.steps)
+
     def _end_epoch(self, metrics_file) -> str:
         self.epoch += 1
         self.batch_in_epoch = 0
@@ -518,6 +589,8 @@ class Trainer:
             "seconds": round(float(seconds), 6),
             "images_per_second": steps * self.batch_size / seconds if seconds > 0 else None,
         }
+        if self.accountant is not None:
+            summary.update(epsilon=self.accountant.epsilon(), delta=self.accountant.delta, privacy_steps=self.accountant.steps)
         if self.sample_grid:
             summary["samples"] = str(self._write_sample_grid())
         self.save()

@@ -93,6 +93,7 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
         "completed": "finished",
         "time_budget": "stopped at the time budget",
         "nothing_to_do": "already trained to the requested epochs; nothing to do",
+        "privacy_budget": "stopped: the next step would spend more than the run's dp_epsilon",
     }.get(result.status, f"stopped ({result.status.split(':', 1)[-1]})")
     lines = [
         f"{what}: step {result.step}, {result.epoch} epoch(s), {result.images_per_second:.1f} images/s, "
@@ -100,7 +101,7 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
     ]
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint}")
-    if result.status not in ("completed", "nothing_to_do"):
+    if result.status not in ("completed", "nothing_to_do", "privacy_budget"):
         lines.append(f"resume with: python -m service.run train --resume {outcome.run_dir}")
     lines.append(f"run directory: {outcome.run_dir}")
     return lines

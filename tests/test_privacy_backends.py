@@ -160,3 +160,82 @@ def test_private_noise_stream_is_checkpointed_and_only_in_private_runs():
     second.train_step(real, z)
     for name, value in first.get_weights().items():
         np.testing.assert_array_equal(second.get_weights()[name], value)
+
+
+# --------------------------------------------------------------------------- TF: parity with NumPy, noise
+
+from test_parity import TOLERANCE, assert_arrays_match, with_random_noise_strengths  # noqa: E402
+
+PRIVATE_CASES = {
+    "32-unconditional": dict(),
+    "32-projection-spectral-norm": dict(num_classes=3, d_conditioning="projection", spectral_norm=True,
+                                        label_smoothing=0.1),
+    "32-concat-float32": dict(num_classes=2, dtype="float32", dp_clip=0.02),
+}
+
+
+@pytest.mark.parametrize("real_count", [BATCH, 0, 6])
+@pytest.mark.parametrize("case", list(PRIVATE_CASES))
+def test_tf_private_gradient_noise_off_matches_numpy(case, real_count):
+    from backends.tf import TFBackend
+
+    config = private_config(**PRIVATE_CASES[case])
+    tf_backend = TFBackend(config)
+    tf_backend.set_weights(with_random_noise_strengths(tf_backend.get_weights(), seed=3))
+    np_backend = NumpyBackend(config)
+    np_backend.set_weights(tf_backend.get_weights())
+    real, z = batch(config, real_count)
+    real, z = real.astype(config.dtype), z.astype(config.dtype)
+    labels = None
+    if config.num_classes:
+        rng = np.random.default_rng(5)
+        labels = (rng.integers(0, config.num_classes, real_count), rng.integers(0, config.num_classes, len(z)))
+    want = np_backend.compute_private_gradients(real, z, labels, noise=False)
+    got = tf_backend.compute_private_gradients(real, z, labels, noise=False)
+    assert got["d_loss"] == pytest.approx(want["d_loss"], rel=TOLERANCE[config.dtype])
+    assert_arrays_match(want["grads"], got["grads"], TOLERANCE[config.dtype], "private gradients")
+    # some examples were clipped (the comparison covers the clipping, not only the sum)
+    if real_count:
+        plain = NumpyBackend(config.replace(dp_clip=1e9))
+        plain.set_weights(tf_backend.get_weights())
+        unclipped = plain.compute_private_gradients(real, z, labels, noise=False)["grads"]
+        assert any(not np.allclose(unclipped[n], want["grads"][n]) for n in unclipped)
+
+
+def test_tf_private_noise_has_sigma_clip_over_batch_and_resumes():
+    from backends.tf import TFBackend
+
+    config = private_config(dp_noise=1.7, dp_clip=0.3)
+    backend = TFBackend(config)
+    real, z = batch(config)
+    clean = backend.compute_private_gradients(real, z, noise=False)["grads"]
+    state = backend.get_rng_state()
+    assert "rng/tf/dp_noise/state" in state
+    draws = [backend.compute_private_gradients(real, z)["grads"] for _ in range(5)]
+    noise = np.concatenate([np.concatenate([(g - clean[n]).ravel() for n, g in d.items()]) for d in draws])
+    expected = config.dp_noise * config.dp_clip / config.batch_size
+    assert np.std(noise) == pytest.approx(expected, rel=0.03)
+    assert abs(np.mean(noise)) < 5 * expected / np.sqrt(noise.size)
+    # the noise stream is the checkpointed state: restored, it draws the same noise again
+    backend.set_rng_state(state)
+    again = backend.compute_private_gradients(real, z)["grads"]
+    for name, value in draws[0].items():
+        np.testing.assert_array_equal(again[name], value)
+    assert "rng/tf/dp_noise/state" not in TFBackend(private_config(dp_noise=0.0)).get_rng_state()
+
+
+def test_tf_private_step_with_huge_clip_and_no_noise_is_the_ordinary_step():
+    from backends.tf import TFBackend
+
+    ordinary = TFBackend(private_config(dp_noise=0.0))
+    private = TFBackend(private_config(dp_clip=1e12))
+    private.set_weights(ordinary.get_weights())
+    private.set_dp_noise(0.0)
+    real, z = batch(ordinary.config)
+    for backend in (ordinary, private):
+        backend.d_step(real, z)
+        backend.train_step(real, z)
+    assert_arrays_match(ordinary.get_weights(), private.get_weights(), 1e-9, "weights")
+    assert private.trace_counts()["train_step"] == 1
+    private.train_step(real[:2], z)  # another real count: the same trace
+    assert private.trace_counts()["train_step"] == 1

@@ -5,6 +5,10 @@ so the last, smaller batch of an epoch runs the same trace. `train_step` runs G'
 pass once and shares it: D takes an Adam step on [real; fake], then G takes one through the
 updated D. With config.ema_kimg, the averaged generator (spec.ema_beta) follows G inside the
 same compiled step after every G update, and `generate` runs it.
+With config.dp_noise > 0, D's updates are DP-SGD's (backends.spec, "Differential privacy"):
+the real examples' gradients per example as the Jacobian of their loss terms (pfor over the
+batch), clipped, summed, plus noise from a checkpointed tf.random.Generator
+("rng/tf/dp_noise/state").
 """
 
 from __future__ import annotations
@@ -82,6 +86,11 @@ class TFBackend(Backend):
             **dropout_seed_variables(config, "generator", self.generator),
             **dropout_seed_variables(config, "discriminator", self.discriminator),
         }
+        # the private steps' noise multiplier (set_dp_noise; read by the compiled steps) and stream
+        self.dp_noise = tf.Variable(float(config.dp_noise), dtype=tf.float64, trainable=False, name="dp_noise")
+        if config.private:
+            self.dp_generator = tf.random.Generator.from_seed(config.seed * 10007 + 3000)
+            self.rng_state["rng/tf/dp_noise/state"] = self.dp_generator.state
         self.augment_policy = config.diffaugment_policy
         if self.augment_policy:  # DiffAugment's random transforms: one generator, checkpointed
             self.augment_generator = tf.random.Generator.from_seed(config.seed * 10007 + 2000)
@@ -151,7 +160,7 @@ class TFBackend(Backend):
             state[f"opt/{net}/iterations"] = tf.Variable(0, dtype=tf.int64, trainable=False, name=f"iterations_{net}")
         return state
 
-    def _signature(self, *parts: str) -> list:
+    def _signature(self, *parts: str, label_pair: bool = False) -> list:
         c = self.config
         specs = {
             "images": tf.TensorSpec([None, c.image_size, c.image_size, c.channels], self.float_dtype),
@@ -160,14 +169,26 @@ class TFBackend(Backend):
         signature = [specs[p] for p in parts]
         if self.conditional:
             signature.append(tf.TensorSpec([None], tf.int32))
+            if label_pair:  # a private step's: the real images' labels, then the fakes'
+                signature.append(tf.TensorSpec([None], tf.int32))
         return signature
 
     def _compile_steps(self) -> None:
-        def compiled(fn, *parts, jit=self.jit_compile):
-            return tf.function(fn, input_signature=self._signature(*parts), jit_compile=jit, autograph=False)
+        def compiled(fn, *parts, jit=self.jit_compile, label_pair=False):
+            signature = self._signature(*parts, label_pair=label_pair)
+            return tf.function(fn, input_signature=signature, jit_compile=jit, autograph=False)
 
-        self._train_step_fn = compiled(self._train_step_graph, "images", "z")
-        self._d_step_fn = compiled(self._d_step_graph, "images", "z")
+        if self.config.private:
+            self._train_step_fn = compiled(self._private_train_step_graph, "images", "z", label_pair=True)
+            self._d_step_fn = compiled(self._private_d_step_graph, "images", "z", label_pair=True)
+            self._private_gradients_fn = {
+                noise: compiled(lambda *a, noise=noise: self._private_d_grads_graph(*a, noise=noise), "images", "z",
+                                label_pair=True)
+                for noise in (False, True)
+            }
+        else:
+            self._train_step_fn = compiled(self._train_step_graph, "images", "z")
+            self._d_step_fn = compiled(self._d_step_graph, "images", "z")
         self._g_step_fn = compiled(self._g_step_graph, "z")
         self._gradients_fn = compiled(self._gradients_graph, "images", "z")
         self._generate_fn = compiled(self._generate_graph, "z")
@@ -216,6 +237,68 @@ class TFBackend(Backend):
             logits = self._d_forward(both, both_labels, training=True, augment=True)
             loss = bce_from_logits(logits, self._d_targets(tf.shape(real)[0]))
         return loss, tape.gradient(loss, self.trainable["discriminator"])
+
+    def _private_d_loss_and_grads(self, real, fake, real_labels, fake_labels, noise=True):
+        """A private D step's gradient (backends.spec; the NumPy backend's
+        _private_discriminator_grads): per-example gradients of the real terms as a Jacobian,
+        clipped jointly over D's weights, summed, noised, over batch_size; plus the fakes'."""
+        c = self.config
+        for layer in self.discriminator.layers:
+            if isinstance(layer, SpectralNorm):
+                layer.power_iteration()
+        both = tf.concat([real, tf.stop_gradient(fake)], axis=0)
+        both_labels = tf.concat([real_labels, fake_labels], axis=0) if self.conditional else None
+        real_count, fake_count = tf.shape(real)[0], tf.shape(fake)[0]
+        dtype = self.float_dtype
+        variables = self.trainable["discriminator"]
+        with tf.GradientTape(persistent=True) as tape:
+            logits = self._d_forward(both, both_labels, training=True, augment=True)
+            targets = tf.concat([tf.fill([real_count], tf.constant(1.0 - c.label_smoothing, dtype)),
+                                 tf.zeros([fake_count], dtype)], axis=0)
+            terms = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
+            real_terms = 0.5 * terms[:real_count]
+            fake_loss = tf.reduce_mean(terms[real_count:])
+            fake_half = 0.5 * fake_loss
+            # one constant term more: pfor's loop must not be empty when no real image was drawn
+            padded = tf.concat([real_terms, tf.zeros([1], dtype)], axis=0)
+        per_example = tape.jacobian(padded, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                                    experimental_use_pfor=True)
+        fake_grads = tape.gradient(fake_half, variables)
+        del tape
+        per_example = [tf.cast(j[:real_count], dtype) for j in per_example]
+        squares = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(j), [real_count, -1]), axis=1) for j in per_example])
+        norms = tf.sqrt(squares)
+        clip = tf.constant(c.dp_clip, dtype)
+        factors = tf.minimum(tf.constant(1.0, dtype), clip / tf.maximum(norms, tf.constant(np.finfo(dtype.as_numpy_dtype).tiny, dtype)))
+        grads = []
+        for j, fake_grad, variable in zip(per_example, fake_grads, variables):
+            summed = tf.tensordot(factors, j, axes=[[0], [0]])
+            if noise:
+                std = tf.cast(self.dp_noise * c.dp_clip, dtype)
+                summed += std * tf.cast(self.dp_generator.normal(tf.shape(variable), dtype=tf.float32 if dtype == tf.float32 else tf.float64), dtype)
+            grads.append(summed / tf.constant(float(c.batch_size), dtype) + tf.cast(fake_grad, dtype))
+        return fake_loss, grads
+
+    def _private_train_step_graph(self, real, z, real_labels=None, fake_labels=None):
+        with tf.GradientTape() as g_tape:
+            fake = self._g_forward(z, fake_labels, True)
+            with g_tape.stop_recording():
+                d_loss, d_grads = self._private_d_loss_and_grads(real, fake, real_labels, fake_labels)
+                self._apply_adam("discriminator", d_grads)
+            g_loss = self._g_loss(fake, fake_labels)
+        g_grads = g_tape.gradient(g_loss, self.trainable["generator"])
+        self._apply_generator(g_grads, tf.shape(z)[0])
+        return d_loss, g_loss
+
+    def _private_d_step_graph(self, real, z, real_labels=None, fake_labels=None):
+        fake = self._g_forward(z, fake_labels, True)
+        d_loss, d_grads = self._private_d_loss_and_grads(real, fake, real_labels, fake_labels)
+        self._apply_adam("discriminator", d_grads)
+        return d_loss
+
+    def _private_d_grads_graph(self, real, z, real_labels=None, fake_labels=None, noise=True):
+        fake = self._g_forward(z, fake_labels, True)
+        return self._private_d_loss_and_grads(real, fake, real_labels, fake_labels, noise)
 
     def _g_loss(self, fake, labels):
         logits = self._d_forward(fake, labels, training=True, augment=True)
@@ -276,12 +359,43 @@ class TFBackend(Backend):
             raise ValueError(f"real batch ({len(real)}) and noise batch ({len(z)}) differ in size")
         check_groups(len(z), self.config)
 
+    def _private_args(self, real, z, labels) -> list:
+        """A private step's arguments: real images (any count), z, and when conditional the real
+        images' labels then the fakes' (`labels` a pair, or one array when the counts agree)."""
+        check_groups(len(z), self.config)
+        tensors = [tf.convert_to_tensor(np.asarray(a), dtype=self.float_dtype) for a in (real, z)]
+        if not self.conditional:
+            return tensors
+        real_labels, fake_labels = labels if isinstance(labels, tuple) else (labels, labels)
+        for values, count in ((real_labels, len(real)), (fake_labels, len(z))):
+            values = check_labels(values, count, self.config.num_classes)
+            tensors.append(tf.convert_to_tensor(values, dtype=tf.int32))
+        return tensors
+
+    def compute_private_gradients(self, real, z, labels=None, noise: bool = True) -> dict:
+        if not self.config.private:
+            raise ValueError("compute_private_gradients needs a private config (dp_noise > 0)")
+        saved = [(v, v.numpy()) for v in self._side_effect_variables() if v is not self.rng_state["rng/tf/dp_noise/state"]]
+        d_loss, grads = self._private_gradients_fn[bool(noise)](*self._private_args(real, z, labels))
+        for variable, value in saved:
+            variable.assign(value)
+        names = spec.trainable_names(self.config, "discriminator")
+        return {"d_loss": float(d_loss), "grads": {n: g.numpy() for n, g in zip(names, grads)}}
+
+    def set_dp_noise(self, multiplier: float) -> None:
+        self.dp_noise.assign(float(multiplier))
+
     def train_step(self, real, z, labels=None):
+        if self.config.private:
+            d_loss, g_loss = self._train_step_fn(*self._private_args(real, z, labels))
+            return float(d_loss), float(g_loss)
         self._check_pair(real, z)
         d_loss, g_loss = self._train_step_fn(*self._args(real, z, labels=labels))
         return float(d_loss), float(g_loss)
 
     def d_step(self, real, z, labels=None):
+        if self.config.private:
+            return float(self._d_step_fn(*self._private_args(real, z, labels)))
         self._check_pair(real, z)
         return float(self._d_step_fn(*self._args(real, z, labels=labels)))
 
