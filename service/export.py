@@ -71,6 +71,7 @@ def export_generator(run_dir, out, fmt: str = "keras") -> dict:
         raise UserError(f"--out {out} already exists; choose a new path")
     _check_latest_checkpoint(run_dir)
     model, config, checkpoint = build_generator_model(run_dir)
+    privacy = _checkpoint_privacy(config, checkpoint)
     try:
         with temp_path_beside(out, durable=True, folder=fmt == "savedmodel") as temp:
             if fmt == "keras":
@@ -84,7 +85,16 @@ def export_generator(run_dir, out, fmt: str = "keras") -> dict:
         "weights": "averaged generator" if config.ema_kimg > 0 else "generator",
         "inputs": "[z, label]" if config.num_classes else "z", "latent_dim": config.latent_dim,
         "noise": config.noise, "image_size": config.image_size,
+        **({} if privacy is None else {"privacy": privacy}),
     }
+
+
+def _checkpoint_privacy(config, checkpoint) -> dict | None:
+    """Epsilon and delta the exported checkpoint has spent (service.privacy); None if not private."""
+    from service.checkpoint import load_checkpoint
+    from service.privacy import checkpoint_privacy
+
+    return checkpoint_privacy(config, load_checkpoint(checkpoint)) if config.private else None
 
 
 def _check_latest_checkpoint(run_dir) -> None:

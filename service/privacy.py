@@ -23,7 +23,7 @@ import numpy as np
 
 from service.errors import UserError
 
-ARRAY_PREFIX = "privacy/"  # checkpoint entries: privacy/steps, privacy/sampling_rate, privacy/noise_multiplier
+ARRAY_PREFIX = "meta/privacy/"  # checkpoint entries: meta/privacy/steps, .../sampling_rate, .../noise_multiplier
 
 
 def check_delta(delta: float, dataset_size: int) -> None:
@@ -92,6 +92,19 @@ def max_steps(sampling_rate: float, noise_multiplier: float, target_epsilon: flo
         else:
             high = middle
     return low
+
+
+def checkpoint_privacy(config, arrays: dict) -> dict | None:
+    """What a private run's checkpoint has spent (PrivacyAccountant.summary), for the artefacts
+    made from it (export, generation); None for a run trained without privacy."""
+    if not config.private:
+        return None
+    accountant = PrivacyAccountant(
+        float(arrays[ARRAY_PREFIX + "sampling_rate"]), float(arrays[ARRAY_PREFIX + "noise_multiplier"]),
+        config.dp_delta, config.dp_epsilon,
+    )
+    accountant.restore(arrays)
+    return accountant.summary()
 
 
 @dataclass

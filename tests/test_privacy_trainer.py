@@ -135,3 +135,18 @@ def test_budget_stops_the_run_cleanly_and_resume_cannot_exceed_it(tmp_path):
     assert again.run().status == "privacy_budget"
     assert again.step == result.step and again.accountant.steps == allowed
     assert ckpt.list_checkpoints(run_dir)[-1] == latest
+
+
+def test_export_of_a_private_run_carries_its_epsilon(tmp_path):
+    import backends
+    from service.export import export_generator
+    from service.rundir import create_run_dir
+
+    config = private_config(max_rebalance_steps=0)
+    run_dir = create_run_dir(tmp_path / "run", config, "numpy", {"source": "test"}, {"trainer": 3})
+    run = trainer(backends.get("numpy", config), run_dir, epochs=1)
+    run.run()
+    written = export_generator(run_dir, tmp_path / "g.keras")
+    assert written["privacy"]["steps"] == run.accountant.steps == COUNT // 4
+    assert written["privacy"]["epsilon"] == pytest.approx(run.accountant.epsilon())
+    assert written["privacy"]["delta"] == config.dp_delta

@@ -27,4 +27,8 @@ def run(args) -> int:
     print(f"exported the {written['weights']} of {written['checkpoint']} as a {written['format']} model: {written['path']}")
     print(f"inputs: {written['inputs']} (z: {written['latent_dim']} {written['noise']} numbers{then}); "
           f"output: {written['image_size']}x{written['image_size']} RGB in [-1, 1]")
+    if "privacy" in written:  # a private run's guarantee travels with its model
+        privacy = written["privacy"]
+        print(f"differentially private: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} "
+              f"({privacy['steps']} private D steps)")
     return 0
