@@ -78,6 +78,10 @@ class GANConfig:
     # real batches drawn with equal weight per class (with replacement, an epoch's worth per
     # epoch) instead of a plain shuffle; the fakes take the same labels
     class_balanced: bool = False
+    # An auxiliary class loss (AC-GAN, Odena et al. 2017) of this weight: D has K more outputs,
+    # class logits trained by cross-entropy on the real images' classes, and G is trained to
+    # make images D's classifier puts in their class; 0: off
+    class_loss: float = 0.0
     # --- differential privacy (DP-SGD on D's gradients from real images; service.privacy) ---
     # noise multiplier sigma: each real example's gradient of D's loss is clipped to L2 norm
     # dp_clip over all of D's trainable weights, and N(0, (sigma * dp_clip)^2) noise is added to
@@ -147,6 +151,10 @@ class GANConfig:
             raise ConfigError(f"condition_ramp_kimg must be >= 0, got {self.condition_ramp_kimg}")
         if not isinstance(self.class_balanced, bool):
             raise ConfigError(f"class_balanced must be true or false, got {self.class_balanced!r}")
+        if not self.class_loss >= 0:
+            raise ConfigError(f"class_loss must be >= 0 (0: off), got {self.class_loss}")
+        if self.class_loss > 0 and self.num_classes > 0 and self.pack > 1:
+            raise ConfigError("class_loss needs pack 1: a packed input holds several images' classes")
         self._validate_privacy()
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -197,11 +205,19 @@ class GANConfig:
             raise ConfigError("dp_noise needs pack 1: a packed input mixes examples")
         if self.class_balanced:
             raise ConfigError("dp_noise needs class_balanced false: private real batches are Poisson samples")
+        if self.class_loss > 0 and self.num_classes > 0:
+            raise ConfigError("dp_noise with class_loss is not supported: the class loss's real-image gradients "
+                              "would need clipping too")
 
     @property
     def private(self) -> bool:
         """Whether D trains with differential privacy (dp_noise > 0)."""
         return self.dp_noise > 0
+
+    @property
+    def class_outputs(self) -> int:
+        """D's class logits beside its real/fake logit: K with the auxiliary class loss, else 0."""
+        return self.num_classes if self.class_loss > 0 else 0
 
     @property
     def diffaugment_policy(self) -> tuple[str, ...]:

@@ -40,6 +40,11 @@ Semantics both backends follow:
   label planes (pixel 0, 0) and passes the image channels on, and D's output layer
   "dense_out" (kind "projection") computes h @ kernel + bias + sum(h * (c @ embedding)) on
   the flattened features h, embedding (K, features) starting at zero (Miyato & Koyama 2018).
+  With `class_loss` w > 0 (AC-GAN), D's output has 1 + K units: the real/fake logit (the
+  projection adds to it alone), then K class logits. D's loss adds w times the mean softmax
+  cross-entropy of the real images' class logits against their labels (the fakes' class logits
+  take no loss in D); G's loss adds w times that of the fakes' class logits against the labels
+  they were made for. `discriminate` returns the real/fake logit.
 - With `pack` p > 1 (PacGAN, Lin et al. 2018), D's input is p consecutive images of the batch
   (each with its label planes) concatenated along channels, image j of a group taking
   channels j*C' .. (j+1)*C' - 1; D gives one logit per group. D's step packs real images with
@@ -214,11 +219,12 @@ def discriminator_spec(cfg: GANConfig) -> list[Layer]:
         layers.append(Layer("minibatch_std", "minibatch_std", {"group": cfg.minibatch_std}))
         cin += 1
     layers.append(Layer("flatten", "flatten"))
+    units = 1 + cfg.class_outputs  # the real/fake logit, then the auxiliary class logits if any
     if projection:
-        args = {"units": 1, "in": side * side * cin, "classes": cfg.num_classes, **normed}
+        args = {"units": units, "in": side * side * cin, "classes": cfg.num_classes, **normed}
         layers.append(Layer("projection", "dense_out", args))
     else:
-        layers.append(Layer("dense", "dense_out", {"units": 1, "in": side * side * cin, **normed}))
+        layers.append(Layer("dense", "dense_out", {"units": units, "in": side * side * cin, **normed}))
     return layers
 
 

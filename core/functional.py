@@ -469,10 +469,11 @@ def class_affine_backward(dout, cache, need_input_grad=True, need_param_grads=Tr
 
 
 def projection_forward(h, code, kernel, bias, embedding):
-    """h @ kernel + bias + sum(h * (c @ embedding)), one logit per example (Miyato & Koyama 2018)."""
+    """h @ kernel + bias, plus sum(h * (c @ embedding)) on the first output (the real/fake logit;
+    Miyato & Koyama 2018); further outputs (auxiliary class logits) are the dense part alone."""
     out, dense_cache = dense_forward(h, kernel, bias)
     projected = matmul(code, embedding)
-    out += (h * projected).sum(axis=1, keepdims=True)
+    out[:, :1] += (h * projected).sum(axis=1, keepdims=True)
     return out, (dense_cache, code, projected)
 
 
@@ -482,8 +483,8 @@ def projection_backward(dout, cache, need_input_grad=True, need_param_grads=True
     h = dense_cache[0]
     dh, dkernel, dbias = dense_backward(dout, dense_cache, need_input_grad, need_param_grads)
     if need_input_grad:
-        dh += dout * projected
-    dembedding = matmul(code.T, dout * h) if need_param_grads else None
+        dh += dout[:, :1] * projected
+    dembedding = matmul(code.T, dout[:, :1] * h) if need_param_grads else None
     return dh, dkernel, dbias, dembedding
 
 
@@ -658,6 +659,19 @@ def bce_from_logits(logits, targets):
     count = logits.size
     dlogits = (sigmoid(logits) - targets) / logits.dtype.type(count)
     return float(per_example.mean()), dlogits.astype(logits.dtype, copy=False)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean cross-entropy of softmax(logits) (N, K) against integer labels (N,), and d loss /
+    d logits; log-softmax with the row maximum taken out, so any finite logits are exact."""
+    logits = np.asarray(logits)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(len(labels))
+    loss = float(-(shifted[rows, labels] - log_sum[:, 0]).mean())
+    dlogits = np.exp(shifted - log_sum)
+    dlogits[rows, labels] -= 1.0
+    return loss, (dlogits / logits.dtype.type(len(labels))).astype(logits.dtype, copy=False)
 
 
 # --- Adam ----------------------------------------------------------------------------------

@@ -471,8 +471,9 @@ class Projection(Dense):
     (Miyato & Koyama 2018); the embedding (K, in) starts at zero. Spectral norm, when on,
     applies to the kernel as in Dense."""
 
-    def __init__(self, name, in_features, classes, context: ClassCode, rng, dtype=np.float32, spectral_norm=False):
-        super().__init__(name, in_features, 1, rng, dtype, spectral_norm)
+    def __init__(self, name, in_features, classes, context: ClassCode, rng, dtype=np.float32, spectral_norm=False,
+                 units=1):
+        super().__init__(name, in_features, units, rng, dtype, spectral_norm)
         self.context = context
         self.parameters["embedding"] = np.zeros((classes, in_features), dtype)
 

@@ -248,3 +248,54 @@ def test_a_seven_class_run_trains_and_generates_each_class(tmp_path, backend_nam
         assert [row["class"] for row in read_manifest(out)] == [name, name]
         images[name] = (out / "img_000000000.png").read_bytes()
     assert len(set(images.values())) == 7  # the same noise, seven classes: seven different images
+
+
+# --------------------------------------------------------------------------- the auxiliary class loss
+
+
+def test_softmax_cross_entropy_against_its_definition_and_central_differences():
+    from core import functional as F
+    from core.gradcheck import numerical_gradient, relative_error
+
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((5, 4)) * 3, np.array([0, 3, 1, 1, 2])
+    loss, dlogits = F.softmax_cross_entropy(logits, labels)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert loss == pytest.approx(-np.log(probabilities[np.arange(5), labels]).mean(), rel=1e-12)
+    numeric = numerical_gradient(lambda: F.softmax_cross_entropy(logits, labels)[0], logits, np.arange(20))
+    assert relative_error(dlogits.reshape(-1), numeric) < 1e-7
+    assert np.isfinite(F.softmax_cross_entropy(np.array([[1e4, -1e4]]), np.array([1]))[0])
+
+
+def test_the_class_loss_adds_class_logits_to_d_and_its_cross_entropy_to_both_losses():
+    import backends
+
+    base = dict(image_size=32, width=4, max_width=16, latent_dim=8, base_side=4, num_classes=3, batch_size=4,
+                dropout=0.0, dtype="float64", d_conditioning="projection")
+    plain, classed = GANConfig(**base), GANConfig(**base, class_loss=0.5)
+    assert spec.weight_shapes(classed)["discriminator/dense_out/kernel"][1] == 1 + CLASSES
+    assert spec.weight_shapes(GANConfig(**base, class_loss=0.0)) == spec.weight_shapes(plain)
+    rng = np.random.default_rng(1)
+    real, z, labels = rng.uniform(-1, 1, (4, 32, 32, 3)), rng.uniform(-1, 1, (4, 8)), np.array([0, 2, 1, 2])
+    with_classes, without = backends.get("numpy", classed), backends.get("numpy", plain)
+    weights = with_classes.get_weights()
+    shared = {name: (value[:, :1] if name.endswith("dense_out/kernel") else value[:1] if name.endswith("dense_out/bias")
+                     else value) for name, value in weights.items()}
+    without.set_weights(shared)
+    # the real/fake logit is the plain D's; the class logits add w * cross-entropy to each loss
+    np.testing.assert_allclose(with_classes.discriminate(real, labels), without.discriminate(real, labels), atol=1e-12)
+    outputs = with_classes.discriminator.forward(with_classes._discriminator_input(real, labels, training=False),
+                                                 training=False)
+    from core import functional as F
+
+    real_ce = F.softmax_cross_entropy(outputs[:, 1:], labels)[0]
+    got, reference = with_classes.compute_gradients(real, z, labels), without.compute_gradients(real, z, labels)
+    assert got["d_loss"] == pytest.approx(reference["d_loss"] + 0.5 * real_ce, rel=1e-9)
+    assert got["g_loss"] > reference["g_loss"]
+
+
+def test_the_class_loss_is_refused_where_it_cannot_work():
+    with pytest.raises(ConfigError, match="class_loss"):
+        GANConfig(image_size=32, num_classes=2, class_loss=-1.0)
+    with pytest.raises(ConfigError, match="pack"):
+        GANConfig(image_size=32, num_classes=2, class_loss=1.0, pack=2, batch_size=4)

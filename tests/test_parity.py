@@ -56,6 +56,9 @@ CASES = {
     "64-projection-spectral-norm": dict(image_size=64, num_classes=3, d_conditioning="projection", spectral_norm=True),
     "32-cbn-noise-inputs-ema": dict(image_size=32, base_side=4, num_classes=3, g_conditioning="cbn",
                                     noise_inputs=True, ema_kimg=0.02),
+    "32-class-loss-projection-cbn": dict(image_size=32, base_side=4, num_classes=3, class_loss=0.7,
+                                         d_conditioning="projection", g_conditioning="cbn", label_smoothing=0.1),
+    "64-class-loss-concat-spectral-norm": dict(image_size=64, num_classes=3, class_loss=1.0, spectral_norm=True),
     "32-projection-cbn-minibatch-std-float32": dict(image_size=32, base_side=4, num_classes=7, minibatch_std=2,
                                                     d_conditioning="projection", g_conditioning="cbn", dtype="float32"),
 }

@@ -149,9 +149,24 @@ class NumpyBackend(Backend):
         targets = np.concatenate(
             [np.full(groups, 1.0 - self.config.label_smoothing), np.zeros(groups)]
         ).astype(self.dtype)
-        loss, dlogits = core.bce_from_logits(logits.reshape(-1), targets)
-        self.discriminator.backward(dlogits.reshape(logits.shape), need_input_grad=False)
+        loss, dlogits = self._loss(logits, targets, labels, classified=len(real))
+        self.discriminator.backward(dlogits, need_input_grad=False)
         return loss
+
+    def _loss(self, outputs, targets, labels, classified: int):
+        """(loss, d loss / d outputs) of D's outputs (N, 1 + class logits): the real/fake BCE of
+        the first column against `targets`, plus, with the auxiliary class loss, its weight
+        times the class logits' cross-entropy against `labels` for the first `classified` rows
+        (backends.spec)."""
+        loss, dadversarial = core.bce_from_logits(outputs[:, 0], targets)
+        if not self.config.class_outputs:
+            return loss, dadversarial.reshape(outputs.shape)
+        weight = self.config.class_loss
+        class_loss, dclass = core.functional.softmax_cross_entropy(outputs[:classified, 1:], labels[:classified])
+        doutputs = np.zeros_like(outputs)
+        doutputs[:, 0] = dadversarial
+        doutputs[:classified, 1:] = weight * dclass
+        return loss + weight * class_loss, doutputs
 
     def _private_discriminator_grads(self, real, fake, labels, noise: bool = True) -> tuple[float, dict]:
         """DP-SGD's gradient of D (backends.spec, "Differential privacy"): D forward on [real;
@@ -191,8 +206,8 @@ class NumpyBackend(Backend):
         gradients are not needed) into G, whose caches hold the forward pass that made `fake`."""
         augmented, ops = self._augment(fake)
         logits = self.discriminator.forward(self._discriminator_input(augmented, labels), training=True)
-        loss, dlogits = core.bce_from_logits(logits.reshape(-1), np.ones(len(logits), self.dtype))
-        dinput = self._unpack(self.discriminator.backward(dlogits.reshape(logits.shape), need_param_grads=False))
+        loss, dlogits = self._loss(logits, np.ones(len(logits), self.dtype), labels, classified=len(logits))
+        dinput = self._unpack(self.discriminator.backward(dlogits, need_param_grads=False))
         dfake = augment.augment_backward(dinput[..., : self.config.channels], ops)
         self.generator.backward(np.ascontiguousarray(dfake), need_input_grad=False)
         return loss
@@ -290,7 +305,7 @@ class NumpyBackend(Backend):
         # the inputs are packed already: a chunk holds whole minibatch-std groups of them
         step = whole_groups_chunk(INFERENCE_CHUNK, max(self.config.minibatch_std, 1))
         chunks = [
-            self.discriminator.forward(inputs[start : start + step], training=False).reshape(-1)
+            self.discriminator.forward(inputs[start : start + step], training=False)[:, 0]
             for start in range(0, len(inputs), step)
         ]
         return np.concatenate(chunks) if chunks else np.zeros(0, self.dtype)

@@ -68,7 +68,7 @@ def _class_affine(layer: spec.Layer, c: _Context):
 def _projection(layer: spec.Layer, c: _Context):
     a = layer.args
     return core.Projection(layer.name, a["in"], a["classes"], c.class_code, c.init_rng, c.dtype,
-                           a.get("spectral_norm", False))
+                           a.get("spectral_norm", False), a["units"])
 
 
 CONSTRUCTORS = {

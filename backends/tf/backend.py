@@ -206,6 +206,12 @@ class TFBackend(Backend):
         return tf.cast((network or self.generator)(z, training=training), self.float_dtype)
 
     def _d_forward(self, images, labels, training, augment=False):
+        """D's real/fake logits, one per group of `pack` images."""
+        return self._d_outputs(images, labels, training, augment)[:, 0]
+
+    def _d_outputs(self, images, labels, training, augment=False):
+        """D's outputs (groups, 1 + class logits): the real/fake logit, then the auxiliary class
+        logits when the run has the class loss."""
         if augment and self.augment_policy:
             images = diff_augment(images, self.augment_policy, self.augment_generator)
         if self.conditional:
@@ -218,7 +224,8 @@ class TFBackend(Backend):
             shape = tf.shape(images)
             images = tf.reshape(images, [-1, pack, shape[1], shape[2], shape[3]])
             images = tf.reshape(tf.transpose(images, [0, 2, 3, 1, 4]), [-1, shape[1], shape[2], pack * shape[3]])
-        return tf.cast(tf.reshape(self.discriminator(images, training=training), [-1]), self.float_dtype)
+        outputs = self.discriminator(images, training=training)
+        return tf.cast(tf.reshape(outputs, [-1, 1 + self.config.class_outputs]), self.float_dtype)
 
     def _d_targets(self, batch):
         batch = batch // self.config.pack
@@ -234,9 +241,19 @@ class TFBackend(Backend):
         both = tf.concat([real, tf.stop_gradient(fake)], axis=0)
         both_labels = tf.concat([labels, labels], axis=0) if self.conditional else None
         with tf.GradientTape() as tape:
-            logits = self._d_forward(both, both_labels, training=True, augment=True)
-            loss = bce_from_logits(logits, self._d_targets(tf.shape(real)[0]))
+            outputs = self._d_outputs(both, both_labels, training=True, augment=True)
+            loss = self._loss(outputs, self._d_targets(tf.shape(real)[0]), labels)
         return loss, tape.gradient(loss, self.trainable["discriminator"])
+
+    def _loss(self, outputs, targets, labels):
+        """The real/fake BCE of outputs[:, 0], plus, with the auxiliary class loss, its weight
+        times the mean cross-entropy of the class logits of the first len(labels) rows (backends.spec)."""
+        loss = bce_from_logits(outputs[:, 0], targets)
+        if not self.config.class_outputs:
+            return loss
+        classified = outputs[: tf.shape(labels)[0], 1:]
+        cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=classified)
+        return loss + tf.constant(self.config.class_loss, loss.dtype) * tf.reduce_mean(cross_entropy)
 
     def _private_d_loss_and_grads(self, real, fake, real_labels, fake_labels, noise=True):
         """A private D step's gradient (backends.spec; the NumPy backend's
@@ -301,8 +318,8 @@ class TFBackend(Backend):
         return self._private_d_loss_and_grads(real, fake, real_labels, fake_labels, noise)
 
     def _g_loss(self, fake, labels):
-        logits = self._d_forward(fake, labels, training=True, augment=True)
-        return bce_from_logits(logits, tf.ones_like(logits))
+        outputs = self._d_outputs(fake, labels, training=True, augment=True)
+        return self._loss(outputs, tf.ones_like(outputs[:, 0]), labels)
 
     def _train_step_graph(self, real, z, labels=None):
         with tf.GradientTape() as g_tape:

@@ -161,17 +161,18 @@ class Projection(SpectralNorm, keras.layers.Layer):
     sum(h * (c @ embedding)) (B, 1); the embedding starts at zero. With `spectral_norm`, the
     kernel is normalised as in SNDense."""
 
-    def __init__(self, classes: int, kernel_initializer, spectral_norm: bool = False, **kwargs):
+    def __init__(self, classes: int, kernel_initializer, spectral_norm: bool = False, units: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.classes, self.kernel_initializer, self.spectral_norm = int(classes), kernel_initializer, spectral_norm
+        self.units = int(units)
 
     def build(self, input_shape):
         features = input_shape[0][-1]
-        self.kernel = self.add_weight(name="kernel", shape=(features, 1), initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(1,), initializer="zeros")
+        self.kernel = self.add_weight(name="kernel", shape=(features, self.units), initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
         self.embedding = self.add_weight(name="embedding", shape=(self.classes, features), initializer="zeros")
         if self.spectral_norm:
-            self._add_sn_vector(1)
+            self._add_sn_vector(self.units)
 
     def power_iteration(self) -> None:
         if self.spectral_norm:
@@ -182,10 +183,12 @@ class Projection(SpectralNorm, keras.layers.Layer):
         code = tf.cast(code, h.dtype)
         kernel = self.normalised_kernel(h.dtype) if self.spectral_norm else tf.cast(self.kernel, h.dtype)
         projected = tf.matmul(code, tf.cast(self.embedding, h.dtype))
-        return tf.matmul(h, kernel) + tf.cast(self.bias, h.dtype) + tf.reduce_sum(h * projected, axis=1, keepdims=True)
+        out = tf.matmul(h, kernel) + tf.cast(self.bias, h.dtype)
+        # the projection adds to the real/fake logit only (further outputs: the class logits)
+        return tf.concat([out[:, :1] + tf.reduce_sum(h * projected, axis=1, keepdims=True), out[:, 1:]], axis=1)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], 1)
+        return (input_shape[0][0], self.units)
 
 
 def _phase_taps(phase: int, kernel_size: int) -> list[tuple[int, list[int]]]:
@@ -430,7 +433,7 @@ def _class_affine(layer: spec.Layer, c: _Context):
 
 def _projection(layer: spec.Layer, c: _Context):
     a = layer.args
-    made = Projection(a["classes"], c.initializer(layer), bool(a.get("spectral_norm")), **c.common(layer))
+    made = Projection(a["classes"], c.initializer(layer), bool(a.get("spectral_norm")), a["units"], **c.common(layer))
     return lambda features: made([features, c.class_code])
 
 
