@@ -202,6 +202,7 @@ def test_tf_private_gradient_noise_off_matches_numpy(case, real_count):
         assert any(not np.allclose(unclipped[n], want["grads"][n]) for n in unclipped)
 
 
+@pytest.mark.slow
 def test_tf_private_noise_has_sigma_clip_over_batch_and_resumes():
     from backends.tf import TFBackend
 
@@ -224,6 +225,7 @@ def test_tf_private_noise_has_sigma_clip_over_batch_and_resumes():
     assert "rng/tf/dp_noise/state" not in TFBackend(private_config(dp_noise=0.0)).get_rng_state()
 
 
+@pytest.mark.slow
 def test_tf_private_step_with_huge_clip_and_no_noise_is_the_ordinary_step():
     from backends.tf import TFBackend
 

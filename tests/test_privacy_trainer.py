@@ -81,6 +81,7 @@ def test_delta_at_or_above_one_over_n_is_refused(tmp_path):
         trainer(backends.get("numpy", private_config(dp_delta=1.0 / COUNT)), tmp_path, epochs=1)
 
 
+@pytest.mark.slow
 def test_private_stop_and_resume_gives_identical_weights_and_privacy(tmp_path, make_backend):
     config = private_config()
     straight = make_backend(config)
