@@ -16,6 +16,7 @@ from backends.config import GANConfig
 CONFIGS = [
     GANConfig(image_size=32, width=4, max_width=8, dropout=0.3, minibatch_std=2, spectral_norm=True),
     GANConfig(image_size=32, width=4, max_width=8, noise_inputs=True, num_classes=2),
+    GANConfig(image_size=32, width=4, max_width=8, num_classes=2, d_conditioning="projection", g_conditioning="cbn"),
 ]
 
 
