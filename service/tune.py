@@ -222,7 +222,7 @@ def load_dataset(data, image_size: int, max_images: int | None = None, seed: int
             keep = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:max_images])
             dataset = dataset.subset(keep)
         return dataset
-    return default_dataset(image_size, count=max_images or DEFAULT_DATA_COUNT, seed=seed)
+    return default_dataset(image_size, count=max_images or DEFAULT_DATA_COUNT, seed=seed, progress=False)  # as --data
 
 
 def resumed_arguments(folder, arguments: dict, given: list[str]) -> dict:
