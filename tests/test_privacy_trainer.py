@@ -151,3 +151,22 @@ def test_export_of_a_private_run_carries_its_epsilon(tmp_path):
     assert written["privacy"]["steps"] == run.accountant.steps == COUNT // 4
     assert written["privacy"]["epsilon"] == pytest.approx(run.accountant.epsilon())
     assert written["privacy"]["delta"] == config.dp_delta
+
+
+def test_every_manifest_row_of_a_private_run_carries_its_epsilon_and_delta(tmp_path):
+    import backends
+    from service.generation import generate_in_process, plan_job, read_manifest
+    from service.rundir import create_run_dir
+
+    config = private_config(max_rebalance_steps=0)
+    run_dir = create_run_dir(tmp_path / "run", config, "numpy", {"source": "test"}, {"trainer": 3})
+    run = trainer(backends.get("numpy", config), run_dir, epochs=1)
+    run.run()
+    job = plan_job(run_dir, 5, tmp_path / "images", backend="numpy")
+    generate_in_process(job)
+    rows = read_manifest(tmp_path / "images")
+    assert len(rows) == 5
+    assert [float(r["dp_epsilon"]) for r in rows] == [pytest.approx(run.accountant.epsilon(), rel=1e-5)] * 5
+    assert [float(r["dp_delta"]) for r in rows] == [config.dp_delta] * 5
+    recorded = json.loads((tmp_path / "images" / ".generation" / "job.json").read_text())
+    assert recorded["dp_epsilon"] == pytest.approx(run.accountant.epsilon())

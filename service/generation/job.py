@@ -30,6 +30,7 @@ PARTS_DIR = "parts"
 # device: the kind of device that computed the image ("cpu" or "gpu"): bytes are identical
 # for any number of workers on one kind of device, not across kinds
 MANIFEST_COLUMNS = ("index", "file", "class", "seed", "checkpoint_sha256", "device")
+PRIVACY_COLUMNS = ("dp_epsilon", "dp_delta")  # a private run's guarantee, on every row of what it made
 DEFAULT_SHARD_SIZE = 250
 DEFAULT_BATCH_SIZE = 50
 MAX_COUNT = 10**9  # images in one job: file names and manifest indices have 9 digits
@@ -57,6 +58,8 @@ class GenerationJob:
     output_format: str = "png"
     copy_reference: str | None = None  # --exclude-copies: fingerprint of the training images (service.generation.release)
     copy_reference_source: str | None = None  # where those images came from, for the record
+    # a private run's spent privacy at this checkpoint (epsilon, delta): every manifest row says it
+    privacy: tuple[float, float] | None = None
 
     @property
     def num_shards(self) -> int:
@@ -173,8 +176,9 @@ def plan_job(
     class_names = run_class_names(config, full)
     check_class(class_name, class_names)
     checkpoint = latest_checkpoint(run_dir)
-    load_verified(checkpoint, config)  # damaged, misshapen or non-finite: one line, before OUT is touched
+    arrays = load_verified(checkpoint, config)  # damaged, misshapen or non-finite: one line, before OUT is touched
     return GenerationJob(
+        privacy=_spent_privacy(config, arrays),
         run_dir=str(Path(run_dir).resolve()),
         checkpoint=str(checkpoint.resolve()),
         checkpoint_sha256=file_sha256(checkpoint),
@@ -188,6 +192,16 @@ def plan_job(
         shard_size=int(shard_size),
         output_format=output_format,
     )
+
+
+def _spent_privacy(config, arrays) -> tuple[float, float] | None:
+    """(epsilon, delta) a private run's checkpoint has spent (service.privacy), else None."""
+    if not config.private:
+        return None
+    from service.privacy import checkpoint_privacy
+
+    spent = checkpoint_privacy(config, arrays)
+    return float(spent["epsilon"]), float(spent["delta"])
 
 
 def is_old_generation_folder(folder) -> bool:
@@ -239,6 +253,8 @@ def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
             from service.validation.memorization import AUDIT_SPACE
 
             record.update(copy_reference_source=job.copy_reference_source, audit_space=AUDIT_SPACE)
+        if job.privacy is not None:
+            record.update(dp_epsilon=job.privacy[0], dp_delta=job.privacy[1])
         write_json(job_file, record)
     make_folder(out_dir / STATE_DIR)
     make_folder(_parts_dir(out_dir))
@@ -292,12 +308,14 @@ def _part_lists(job: GenerationJob, shard: int) -> bool:
 
 
 def manifest_columns(job: GenerationJob) -> tuple[str, ...]:
-    """The manifest's columns: MANIFEST_COLUMNS, then a copy-free release's own (release.py)."""
-    if job.copy_reference is None:
-        return MANIFEST_COLUMNS
-    from service.generation.release import RELEASE_COLUMNS
+    """The manifest's columns: MANIFEST_COLUMNS, then a copy-free release's own (release.py), then
+    a private run's PRIVACY_COLUMNS."""
+    columns = MANIFEST_COLUMNS
+    if job.copy_reference is not None:
+        from service.generation.release import RELEASE_COLUMNS
 
-    return MANIFEST_COLUMNS + RELEASE_COLUMNS
+        columns += RELEASE_COLUMNS
+    return columns + (PRIVACY_COLUMNS if job.privacy is not None else ())
 
 
 def merge_manifest(job: GenerationJob) -> Path:

@@ -76,7 +76,8 @@ def write_shard(backend, job: GenerationJob, shard: int, copy_index=None) -> int
             encoded.append((i, png, class_name, noise_index))
         else:
             write_bytes(out_dir / image_file_name(i), png)
-        extra = [] if release_columns is None else release_columns[k]
+        extra = [] if release_columns is None else list(release_columns[k])
+        extra += [] if job.privacy is None else [f"{job.privacy[0]:.6g}", f"{job.privacy[1]:.6g}"]
         writer.writerow([i, manifest_file(job, i), class_name, job.seed, job.checkpoint_sha256, backend.device_kind, *extra])
     if job.output_format == "tar":
         write_bytes(out_dir / tar_shard_name(shard), tar_shard_bytes(job, encoded, backend.device_kind))
