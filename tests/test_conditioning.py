@@ -159,6 +159,7 @@ def conditional_run_parts():
     return config, tiny_images(12), labels
 
 
+@pytest.mark.slow
 def test_a_ramped_class_balanced_conditional_run_resumes_exactly(tmp_path, backend_name, conditional_run_parts):
     """Stopped mid-epoch and resumed in a new backend: the same weights, optimizer state and
     logged strengths as a straight run (bit for bit: conftest runs TensorFlow on one thread)."""
@@ -220,6 +221,7 @@ def test_a_class_balanced_run_feeds_the_minority_class_about_as_often_as_the_maj
 SEVEN = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")  # DermaMNIST's seven, as HAM10000 names them
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend_name", ["numpy", "tf"])
 def test_a_seven_class_run_trains_and_generates_each_class(tmp_path, backend_name):
     import json

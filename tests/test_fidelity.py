@@ -83,6 +83,7 @@ def test_without_a_training_set_the_real_scores_are_out_of_fold(classes):
     assert fidelity.one_vs_rest_auc(in_sample, noise_labels, np.array([0, 1]))[1] > 0.9
 
 
+@pytest.mark.slow
 def test_validate_reports_class_fidelity_beside_the_per_class_values(tmp_path, classes, capsys):
     from service.run import main
 

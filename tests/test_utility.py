@@ -63,7 +63,7 @@ def data():
     return colour_classes(40, seed=1), colour_classes(20, seed=2), colour_classes(40, seed=3)
 
 
-@pytest.mark.parametrize("classifier", ["features", "cnn"])
+@pytest.mark.parametrize("classifier", ["features", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_held_back_real_images_as_synthetic_score_as_the_real_arm(data, classifier):
     real, test, held_back = data
     settings = UtilitySettings(arms=("real", "synthetic"), classifier=classifier, **FAST)
