@@ -195,3 +195,17 @@ def test_a_config_saved_before_noise_inputs_existed_has_them_off():
     saved = preset_config("default", image_size=32).to_dict()
     del saved["noise_inputs"]
     assert GANConfig.from_dict(saved).noise_inputs is False
+
+
+def test_a_conditional_default_reads_the_class_as_screened_and_an_unconditional_one_is_unchanged():
+    conditional = preset_config("default", image_size=64, num_classes=2)
+    assert (conditional.d_conditioning, conditional.g_conditioning) == ("projection", "cbn")
+    assert conditional.condition_ramp_kimg == 16.0 and conditional.class_balanced
+    plain = preset_config("default", image_size=64)
+    assert (plain.d_conditioning, plain.g_conditioning, plain.condition_ramp_kimg, plain.class_balanced) == \
+        ("concat", "concat", 0.0, False)
+    # explicit choices win over the preset's
+    assert preset_config("default", image_size=64, num_classes=2, d_conditioning="concat").d_conditioning == "concat"
+    assert preset_config("seed", image_size=64, num_classes=2).d_conditioning == "concat"  # the thesis's model as it was
+    private = preset_config("dp", image_size=64, num_classes=2)
+    assert private.d_conditioning == "projection" and not private.class_balanced
