@@ -170,3 +170,23 @@ def test_every_manifest_row_of_a_private_run_carries_its_epsilon_and_delta(tmp_p
     assert [float(r["dp_delta"]) for r in rows] == [config.dp_delta] * 5
     recorded = json.loads((tmp_path / "images" / ".generation" / "job.json").read_text())
     assert recorded["dp_epsilon"] == pytest.approx(run.accountant.epsilon())
+
+
+@pytest.mark.slow
+def test_the_validation_report_of_a_private_run_opens_with_its_epsilon(tmp_path):
+    import backends
+    from service.rundir import create_run_dir
+    from service.validation import validate_sets
+
+    config = private_config(max_rebalance_steps=0)
+    run_dir = create_run_dir(tmp_path / "run", config, "numpy", {"source": "test"}, {"trainer": 3})
+    run = trainer(backends.get("numpy", config), run_dir, epochs=1)
+    run.run()
+    real = (np.random.default_rng(1).uniform(0, 255, (16, 32, 32, 3))).astype(np.uint8)
+    fake = (np.random.default_rng(2).uniform(0, 255, (8, 32, 32, 3))).astype(np.uint8)
+    result = validate_sets(real, fake, out_dir=tmp_path / "report", run_dir=run_dir, progress=False)
+    assert result["privacy"]["epsilon"] == pytest.approx(run.accountant.epsilon())
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.index("Differential privacy: epsilon") < page.index("<h2>Metrics</h2>")
+    plain = validate_sets(real, fake, out_dir=tmp_path / "plain", progress=False)
+    assert plain["privacy"] is None and "Differential privacy" not in (tmp_path / "plain" / "report.html").read_text()

@@ -284,6 +284,7 @@ def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, clas
         "real_vs_real": reference,
         "per_class": per_class,
         "class_fidelity": class_fidelity,
+        "privacy": _run_privacy(run_dir),
         "memorization": {
             "space": memorization.AUDIT_SPACE,
             "against": "training set" if train is not None else "real set (no training set given)",
@@ -310,6 +311,23 @@ def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, clas
     write_json(out_dir / "metrics.json", result)
     write_report(out_dir, result)
     return result
+
+
+def _run_privacy(run_dir) -> dict | None:
+    """A private run's spent privacy as its config.json records it (service.trainer), or None."""
+    if run_dir is None:
+        return None
+    from service.rundir import load_config
+
+    try:
+        _, full = load_config(run_dir)
+    except UserError:
+        return None
+    privacy = full.get("privacy")
+    if not isinstance(privacy, dict) or privacy.get("epsilon") is None:
+        return None
+    return {"run": str(run_dir), "epsilon": float(privacy["epsilon"]), "delta": float(privacy["delta"]),
+            "steps": int(privacy.get("steps", 0))}
 
 
 def _class_fidelity(real, real_labels, fake, fake_labels, class_names, train, train_labels, real_groups, seed) -> dict:
