@@ -89,13 +89,15 @@ FROM_SIZE["dp"] = FROM_SIZE["default"]  # the same G at every size
 
 # What a preset changes for a conditional model (num_classes > 0). `default` (screened on ISIC
 # 2017's melanoma / not melanoma at 64x64 against concat, two seeds, docs/presets.md): D reads
-# the class by projection, G by class-conditional batch norm, the class faded in over the first
-# 16,000 images, real batches class-balanced. `dp` takes the same but class balancing (a private
-# run's real batches are Poisson samples).
+# the class by projection and an auxiliary class loss of weight 1, G by class-conditional batch
+# norm, the class faded in over the first 16,000 images, real batches class-balanced. `dp` takes
+# the same but class balancing (a private run's real batches are Poisson samples) and the class
+# loss (its real-image gradients are not clipped).
 CONDITIONAL: dict[str, dict] = {
-    "default": dict(d_conditioning="projection", g_conditioning="cbn", condition_ramp_kimg=16.0, class_balanced=True),
+    "default": dict(d_conditioning="projection", g_conditioning="cbn", condition_ramp_kimg=16.0, class_balanced=True,
+                    class_loss=1.0),
 }
-CONDITIONAL["dp"] = {k: v for k, v in CONDITIONAL["default"].items() if k != "class_balanced"}
+CONDITIONAL["dp"] = {k: v for k, v in CONDITIONAL["default"].items() if k not in ("class_balanced", "class_loss")}
 
 
 def preset_config(name: str, **overrides) -> GANConfig:

@@ -200,7 +200,7 @@ def test_a_config_saved_before_noise_inputs_existed_has_them_off():
 def test_a_conditional_default_reads_the_class_as_screened_and_an_unconditional_one_is_unchanged():
     conditional = preset_config("default", image_size=64, num_classes=2)
     assert (conditional.d_conditioning, conditional.g_conditioning) == ("projection", "cbn")
-    assert conditional.condition_ramp_kimg == 16.0 and conditional.class_balanced
+    assert conditional.condition_ramp_kimg == 16.0 and conditional.class_balanced and conditional.class_loss == 1.0
     plain = preset_config("default", image_size=64)
     assert (plain.d_conditioning, plain.g_conditioning, plain.condition_ramp_kimg, plain.class_balanced) == \
         ("concat", "concat", 0.0, False)
@@ -208,4 +208,4 @@ def test_a_conditional_default_reads_the_class_as_screened_and_an_unconditional_
     assert preset_config("default", image_size=64, num_classes=2, d_conditioning="concat").d_conditioning == "concat"
     assert preset_config("seed", image_size=64, num_classes=2).d_conditioning == "concat"  # the thesis's model as it was
     private = preset_config("dp", image_size=64, num_classes=2)
-    assert private.d_conditioning == "projection" and not private.class_balanced
+    assert private.d_conditioning == "projection" and not private.class_balanced and private.class_loss == 0.0
