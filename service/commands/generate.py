@@ -37,7 +37,7 @@ def run(args) -> int:
     from service.generation.release import plan_release
 
     job = plan_job(
-        args.run, args.count, args.out, seed=args.seed, class_name=run_class(args.run, args.class_name),
+        args.run, args.count, args.out, seed=args.seed, class_name=args.class_name,
         backend=args.backend, batch_size=args.batch_size, shard_size=args.shard_size, output_format=args.output_format,
     )
     copy_index = None
@@ -59,20 +59,3 @@ def run(args) -> int:
         file=sys.stdout,
     )
     return 0
-
-
-def run_class(run_dir, given: str | None) -> str | None:
-    """--class as one of the run's class names: a name (exact, else without regard to case) or
-    an index; a one-line UserError listing the run's classes otherwise."""
-    if given is None:
-        return None
-    from service.errors import UserError
-    from service.generation.job import run_class_names
-    from service.labels import class_index
-    from service.rundir import load_config
-
-    config, full = load_config(run_dir)
-    names = run_class_names(config, full)
-    if not names:
-        raise UserError(f"--class {given}: this run is unconditional (trained without classes)")
-    return names[class_index(given, names, "--class")]

@@ -126,13 +126,16 @@ def run_class_names(config: GANConfig, full_config: dict) -> tuple[str, ...]:
     return names[: config.num_classes]
 
 
-def check_class(class_name: str | None, class_names: tuple[str, ...]) -> None:
-    if class_name is None:
-        return
+def resolve_class(given: str | None, class_names: tuple[str, ...]) -> str | None:
+    """--class as one of the run's class names: a name (exact, else without regard to case) or
+    an index; a one-line UserError listing the run's classes otherwise."""
+    if given is None:
+        return None
     if not class_names:
-        raise UserError(f"--class {class_name}: this run is unconditional (trained without classes)")
-    if class_name not in class_names:
-        raise UserError(f"unknown class {class_name!r}; this run knows {', '.join(class_names)}")
+        raise UserError(f"--class {given}: this run is unconditional (trained without classes)")
+    from service.labels import class_index
+
+    return class_names[class_index(str(given), class_names, "--class")]
 
 
 # --- the output folder ---------------------------------------------------------------------
@@ -174,7 +177,7 @@ def plan_job(
     refuse_link(out_dir, f"--out {out_dir}")
     config, full = load_config(run_dir)
     class_names = run_class_names(config, full)
-    check_class(class_name, class_names)
+    class_name = resolve_class(class_name, class_names)
     checkpoint = latest_checkpoint(run_dir)
     arrays = load_verified(checkpoint, config)  # damaged, misshapen or non-finite: one line, before OUT is touched
     return GenerationJob(
