@@ -23,9 +23,7 @@ from service.audit.shard import audit_shard
 from service.audit.source import GeneratedSet, iter_shards
 from service.audit.summary import merge_rows, write_summary
 from service.errors import UserError
-from service.generation.runners import _peak_rss_bytes
-
-DEFAULT_TASK_RETRIES = 3
+from service.ray_window import DEFAULT_TASK_RETRIES, peak_rss_bytes, remote_task, run_window
 
 
 @dataclass
@@ -45,7 +43,7 @@ class AuditResult:
 
 def run_shard_task(index: TrainingIndex, job: AuditJob, shard) -> tuple[int, int, int, int, int]:
     """Body of a Ray task: (shard, images, likely copies, worker pid, worker peak RSS bytes)."""
-    return (*audit_shard(index, job, shard), _peak_rss_bytes())
+    return (*audit_shard(index, job, shard), peak_rss_bytes())
 
 
 def run_audit(
@@ -78,7 +76,7 @@ def run_audit(
         tally = merge_rows(job, index)
         summary = write_summary(job, index, train_uint8, tally, shards_run + skipped)
     return AuditResult(Path(job.out_dir), tally.count, tally.copies, shards_run, skipped, time.perf_counter() - started,
-                       index_seconds, shard_seconds, summary, peaks, _peak_rss_bytes())
+                       index_seconds, shard_seconds, summary, peaks, peak_rss_bytes())
 
 
 def _progress(total: int, enabled: bool):
@@ -98,49 +96,37 @@ def _in_process(index: TrainingIndex, job: AuditJob, progress: bool):
                 audit_shard(index, job, shard)
                 shards_run += 1
             bar.update(len(shard.rows))
-    return shards_run, skipped, {os.getpid(): _peak_rss_bytes()}, time.perf_counter() - started
+    return shards_run, skipped, {os.getpid(): peak_rss_bytes()}, time.perf_counter() - started
 
 
 def _on_ray(index: TrainingIndex, job: AuditJob, workers, address, progress, max_retries, shard_task):
-    from service.ray_cluster import cluster_cpus, ray_session, thread_env
+    from service.ray_cluster import cluster_cpus, ray_session
 
     local_cpus = workers or os.cpu_count() or 1
     with ray_session(address, num_cpus=None if (address or os.environ.get("RAY_ADDRESS")) else local_cpus) as ray:
         workers = workers or cluster_cpus()
-        task = ray.remote(shard_task).options(
-            num_cpus=1, max_retries=max_retries, retry_exceptions=True, runtime_env={"env_vars": thread_env(1)},
-        )
+        task = remote_task(ray, shard_task, max_retries)
         index_ref, job_ref = ray.put(index), ray.put(job)
-        shards = iter_shards(job.source)
-        pending: dict = {}
-        peaks: dict[int, int] = {}
         shards_run = skipped = 0
         started = time.perf_counter()
         with _progress(job.source.count, progress) as bar:
-            while True:
-                while len(pending) < workers:
-                    shard = next(shards, None)
-                    if shard is None:
-                        break
+
+            def todo():  # one shard at a time: never a list of every shard
+                nonlocal skipped
+                for shard in iter_shards(job.source):
                     if shard_done(job, shard):
                         skipped += 1
                         bar.update(len(shard.rows))
-                        continue
-                    pending[task.remote(index_ref, job_ref, shard)] = shard
-                if not pending:
-                    break
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    shard = pending.pop(ref)
-                    try:
-                        _, count, _, pid, peak = ray.get(ref)
-                    except ray.exceptions.RayTaskError as e:
-                        if isinstance(e.cause, UserError):  # bad input found by a task: one line, as in process
-                            raise e.cause from None
-                        raise
-                    peaks[pid] = max(peaks.get(pid, 0), peak)
-                    shards_run += 1
-                    bar.update(count)
+                    else:
+                        yield shard
+
+            def finished(shard, result):  # (shard, images, likely copies)
+                nonlocal shards_run
+                shards_run += 1
+                bar.update(result[1])
+
+            # bad input found by a task (a UserError) is one line, as in process
+            peaks = run_window(ray, lambda shard: task.remote(index_ref, job_ref, shard), todo(), workers, finished)
         seconds = time.perf_counter() - started
     return shards_run, skipped, peaks, seconds
 

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import tarfile
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,8 +29,8 @@ from service.generation.job import (
     GenerationJob, class_index_for, image_file_name, manifest_file, merge_manifest, noise_for_indices, open_out_dir,
     part_path, tar_member_key, tar_shard_name,
 )
+from service.ray_window import DEFAULT_TASK_RETRIES, peak_rss_bytes, remote_task, run_window
 
-DEFAULT_TASK_RETRIES = 3
 
 
 @dataclass
@@ -164,20 +163,6 @@ def load_generator(run_dir, checkpoint, backend_name: str):
     return backend
 
 
-def _peak_rss_bytes() -> int:
-    """Peak resident memory of this process. Linux: VmHWM, because ru_maxrss carries over the
-    parent's peak across fork + exec (a driver started from a big process would look big)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
 # The model is loaded once per worker process and reused by every shard it runs.
 _worker_generator: dict = {}
 
@@ -190,7 +175,7 @@ def run_shard_task(job: GenerationJob, shard: int, copy_index=None) -> tuple[int
         _worker_generator.clear()
         _worker_generator[key] = load_generator(job.run_dir, job.checkpoint, job.backend)
     written = write_shard(_worker_generator[key], job, shard, copy_index)
-    return shard, written, os.getpid(), _peak_rss_bytes()
+    return shard, written, os.getpid(), peak_rss_bytes()
 
 
 def generate_in_process(job: GenerationJob, resume: bool = False, progress: bool = False, copy_index=None) -> GenerationResult:
@@ -214,7 +199,7 @@ def generate_in_process(job: GenerationJob, resume: bool = False, progress: bool
         merge_manifest(job)
     return GenerationResult(
         Path(job.out_dir), job.count, shards_run, len(done), time.perf_counter() - started,
-        {os.getpid(): _peak_rss_bytes()}, _peak_rss_bytes(), _replaced(job),
+        {os.getpid(): peak_rss_bytes()}, peak_rss_bytes(), _replaced(job),
     )
 
 
@@ -243,7 +228,7 @@ def generate_on_ray(
     training index (copy_index) is put in the object store once and passed to it as a third
     argument, so every task on a node reads the node's one copy.
     """
-    from service.ray_cluster import cluster_cpus, cluster_gpus, probe_address, ray_session, thread_env
+    from service.ray_cluster import cluster_cpus, cluster_gpus, probe_address, ray_session
 
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -256,46 +241,26 @@ def generate_on_ray(
         with ray_session(address, num_cpus=None if (address or os.environ.get("RAY_ADDRESS")) else local_cpus) as ray:
             workers = workers or cluster_cpus()
             gpus = cluster_gpus()
-            task = ray.remote(shard_task).options(
-                num_cpus=1,
-                num_gpus=1 if gpus >= 1 else 0,
-                max_retries=max_retries,
-                retry_exceptions=True,
-                runtime_env={"env_vars": thread_env(1)},
-            )
+            task = remote_task(ray, shard_task, max_retries, gpus=1 if gpus >= 1 else 0)
             # one task per GPU where there are GPUs (each task takes a whole one)
             max_in_flight = min(workers, int(gpus)) if gpus >= 1 else workers
             job_ref = ray.put(job)
             extra = () if copy_index is None else (ray.put(copy_index),)
             todo = (s for s in range(job.num_shards) if s not in done)
-            pending: dict = {}
-            peaks: dict[int, int] = {}
             shards_run = 0
             with _progress(job, done, progress) as bar:
-                while True:
-                    while len(pending) < max_in_flight:
-                        shard = next(todo, None)
-                        if shard is None:
-                            break
-                        pending[task.remote(job_ref, shard, *extra)] = shard
-                    if not pending:
-                        break
-                    ready, _ = ray.wait(list(pending), num_returns=1)
-                    for ref in ready:
-                        shard = pending.pop(ref)
-                        try:
-                            _, written, pid, peak = ray.get(ref)
-                        except ray.exceptions.RayTaskError as e:
-                            if isinstance(e.cause, UserError):  # e.g. a release that cannot replace a copy
-                                raise e.cause from None
-                            raise
-                        peaks[pid] = max(peaks.get(pid, 0), peak)
-                        shards_run += 1
-                        bar.update(written)
+
+                def finished(shard, result):  # (shard, images written)
+                    nonlocal shards_run
+                    shards_run += 1
+                    bar.update(result[1])
+
+                # a UserError in a task (e.g. a release that cannot replace a copy) is one line
+                peaks = run_window(ray, lambda shard: task.remote(job_ref, shard, *extra), todo, max_in_flight, finished)
         merge_manifest(job)
     return GenerationResult(
         Path(job.out_dir), job.count, shards_run, len(done), time.perf_counter() - started,
-        peaks, _peak_rss_bytes(), _replaced(job),
+        peaks, peak_rss_bytes(), _replaced(job),
     )
 
 
