@@ -23,19 +23,15 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
+from service import sharded
 from service.audit.source import GeneratedSet, Shard
 from service.errors import UserError
-from service.files import (
-    TEMP_PREFIX, claim_output_folder, make_folder, open_regular, output_lock, refuse_link, remove_file, write_json,
-)
+from service.files import claim_output_folder, open_regular, output_lock, refuse_link
 from service.validation import memorization
 
 AUDIT_COMMAND = "audit"  # the command named in OUT's marker (service.files)
 STATE_DIR = ".audit"
-PARTS_DIR = "parts"
-JOB_FILE = "job.json"
 ROWS_FILE = "audit.csv"
 SUMMARY_FILE = "summary.json"
 PANEL_FILE = "memorization_pairs.png"
@@ -56,12 +52,8 @@ class AuditJob:
                 "audit_space": memorization.AUDIT_SPACE}
 
 
-def parts_dir(out_dir) -> Path:
-    return Path(out_dir) / STATE_DIR / PARTS_DIR
-
-
-def part_path(out_dir, shard: int) -> Path:
-    return parts_dir(out_dir) / f"shard_{shard:06d}.csv"
+def part_path(out_dir, shard: int):
+    return sharded.part_path(out_dir, STATE_DIR, shard)
 
 
 def refuse_nesting(source: GeneratedSet, out_dir) -> None:
@@ -89,25 +81,12 @@ def open_out_dir(job: AuditJob):
 
 
 def _check_or_start(job: AuditJob) -> None:
-    out_dir = Path(job.out_dir)
-    job_file = out_dir / STATE_DIR / JOB_FILE
-    mine = json.loads(json.dumps(job.identity()))  # as JSON would give it back
-    if job_file.is_file():
-        try:
-            with os.fdopen(open_regular(job_file, os.O_RDONLY, what=str(job_file)), encoding="utf-8") as f:
-                recorded = json.loads(f.read())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{job_file} is unreadable ({e}); choose another --out") from None
-        differing = [k for k in mine if not isinstance(recorded, dict) or recorded.get(k) != mine[k]]
-        if differing:
-            raise UserError(f"{out_dir} holds a different audit ({', '.join(differing)} differ); "
-                            "choose another --out or repeat the original inputs")
+    recorded = sharded.read_job(job.out_dir, STATE_DIR, "an audit")
+    if recorded is None:
+        sharded.start_job(job.out_dir, STATE_DIR, {**job.identity(), "train": job.train})
     else:
-        make_folder(parts_dir(out_dir))
-        write_json(job_file, {**mine, "train": job.train})
-    make_folder(parts_dir(out_dir))
-    for torn in list(out_dir.glob(TEMP_PREFIX + "*")) + list(parts_dir(out_dir).glob(TEMP_PREFIX + "*")):
-        remove_file(torn)
+        sharded.check_same_job(recorded, job.identity(), job.out_dir, "audit", "repeat the original inputs")
+    sharded.sweep_torn(job.out_dir, STATE_DIR)
 
 
 def part_text(job: AuditJob, shard: Shard, rows: str) -> str:

@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from service.errors import UserError
-from service.generation.job import MANIFEST_FILE
+from service.sharded import MANIFEST_FILE
 
 DEFAULT_SHARD_SIZE = 1000
 KINDS = ("manifest", "tars")

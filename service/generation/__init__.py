@@ -27,8 +27,9 @@ copy-free release (--exclude-copies: each shard audited, likely copies replaced 
 index range).
 """
 
+from service.sharded import MANIFEST_FILE, PARTS_DIR
 from service.generation.job import (
-    MANIFEST_FILE, PARTS_DIR, STATE_DIR, GenerationJob, class_indices, image_file_name, manifest_classes, noise_for_indices,
+    STATE_DIR, GenerationJob, class_indices, image_file_name, manifest_classes, noise_for_indices,
     plan_job, read_generated, read_manifest, real_class_indices,
 )
 from service.generation.runners import (

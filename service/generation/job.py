@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import sys
 import tarfile
 from dataclasses import dataclass
@@ -19,14 +18,12 @@ from backends import BACKENDS, DEFAULT_BACKEND
 from backends.config import GANConfig
 from backends.noise import sample_noise
 from service.errors import UserError
-from service.files import (
-    TEMP_PREFIX, atomic_file, claim_output_folder, make_folder, output_lock, refuse_link, remove_file, write_json,
-)
+from service.files import atomic_file, claim_output_folder, output_lock, refuse_link, remove_file
+from service.sharded import JOB_FILE, MANIFEST_FILE, check_same_job, read_job, start_job, sweep_torn
+from service.sharded import parts_dir as sharded_parts_dir
+from service.sharded import part_path as sharded_part_path
 
-MANIFEST_FILE = "manifest.csv"
 STATE_DIR = ".generation"
-JOB_FILE = "job.json"
-PARTS_DIR = "parts"
 # device: the kind of device that computed the image ("cpu" or "gpu"): bytes are identical
 # for any number of workers on one kind of device, not across kinds
 MANIFEST_COLUMNS = ("index", "file", "class", "seed", "checkpoint_sha256", "device")
@@ -141,12 +138,8 @@ def resolve_class(given: str | None, class_names: tuple[str, ...]) -> str | None
 # --- the output folder ---------------------------------------------------------------------
 
 
-def _parts_dir(out_dir) -> Path:
-    return Path(out_dir) / STATE_DIR / PARTS_DIR
-
-
 def part_path(out_dir, shard: int) -> Path:
-    return _parts_dir(out_dir) / f"shard_{shard:06d}.csv"
+    return sharded_part_path(out_dir, STATE_DIR, shard)
 
 
 def plan_job(
@@ -228,29 +221,15 @@ def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
     """Check OUT (claimed by open_out_dir) holds this same job or start it there; clear torn
     temp files; return done shards."""
     out_dir = Path(job.out_dir)
-    job_file = out_dir / STATE_DIR / JOB_FILE
-    if job_file.is_file():
-        try:
-            recorded = json.loads(job_file.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{job_file} is unreadable ({e}); remove it or choose another --out") from None
-        if not isinstance(recorded, dict):
-            raise UserError(f"{job_file} is not a generation job; remove it or choose another --out")
-        mine = job.identity()
+    recorded = read_job(out_dir, STATE_DIR, "a generation job")
+    if recorded is not None:
         recorded.setdefault("output_format", "png")  # jobs written before tar output existed
-        differing = [k for k in mine if recorded.get(k) != mine[k]]
-        if differing:
-            raise UserError(
-                f"{out_dir} holds a different generation job ({', '.join(differing)} differ); "
-                "choose another --out or repeat the original options"
-            )
+        check_same_job(recorded, job.identity(), out_dir, "generation job", "repeat the original options")
     else:
         if resume:
             raise UserError(f"--resume: {out_dir} holds no generation job to resume")
         if any(out_dir.glob("img_*.png")) or any(out_dir.glob("shard-*.tar")):
             raise UserError(f"{out_dir} already holds images from elsewhere; choose an empty --out")
-        make_folder(out_dir / STATE_DIR)
-        make_folder(_parts_dir(out_dir))
         record = {**job.identity(), "run_dir": job.run_dir, "checkpoint": job.checkpoint}
         if job.copy_reference is not None:
             from service.validation.memorization import AUDIT_SPACE
@@ -258,13 +237,10 @@ def prepare_out_dir(job: GenerationJob, resume: bool = False) -> set[int]:
             record.update(copy_reference_source=job.copy_reference_source, audit_space=AUDIT_SPACE)
         if job.privacy is not None:
             record.update(dp_epsilon=job.privacy[0], dp_delta=job.privacy[1])
-        write_json(job_file, record)
-    make_folder(out_dir / STATE_DIR)
-    make_folder(_parts_dir(out_dir))
-    for torn in list(out_dir.glob(TEMP_PREFIX + "*")) + list(_parts_dir(out_dir).glob(TEMP_PREFIX + "*")):
-        remove_file(torn)  # left by a killed writer of this job (the folder is ours); never a finished file
+        start_job(out_dir, STATE_DIR, record)
+    sweep_torn(out_dir, STATE_DIR)  # left by a killed writer of this job (the folder is ours)
     done, damaged = set(), []
-    for part in _parts_dir(out_dir).glob("shard_*.csv"):
+    for part in sharded_parts_dir(out_dir, STATE_DIR).glob("shard_*.csv"):
         try:
             shard = int(part.stem.split("_")[1])
         except ValueError:

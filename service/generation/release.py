@@ -129,7 +129,7 @@ def exclude_copies(render: Callable, copy_index, indices, images: np.ndarray) ->
 
 def count_replaced(out_dir) -> int:
     """How many images of a finished release were replaced (streamed from manifest.csv)."""
-    from service.generation.job import MANIFEST_FILE
+    from service.sharded import MANIFEST_FILE
 
     with open(Path(out_dir) / MANIFEST_FILE, newline="") as f:
         return sum(1 for row in csv.DictReader(f) if row.get("noise_index") not in (None, "", row["index"]))
