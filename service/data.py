@@ -61,7 +61,7 @@ import cv2
 import numpy as np
 
 from backends.config import SUPPORTED_IMAGE_SIZES
-from service.errors import UserError
+from service.errors import UserError, listed, warn
 from service.files import atomic_file
 from service.imageio import from_uint8
 from service import labels as label_files
@@ -80,7 +80,6 @@ DERMAMNIST_CLASS_NAMES = (
     "melanoma", "nevus", "vascular_lesion",
 )
 CACHE_FORMAT = 1  # bump when the decoding changes, so old caches are not reused
-SHOWN_NAMES = 3  # how many offending names a one-line message lists
 MAX_IMAGE_PIXELS = 100_000_000  # larger declared images are skipped undecoded (LESIONGAN_MAX_IMAGE_PIXELS)
 PIXEL_LIMIT_ENV = "LESIONGAN_MAX_IMAGE_PIXELS"
 MAX_NPZ_SIDE = 1 << 15  # an .npz image side beyond this is a damaged or hostile header
@@ -210,8 +209,8 @@ def load_images(
     if shards:
         loose = [f.relative_to(path).as_posix() for f in _list_image_files(path)]
         if loose:  # reading either kind alone would leave the other out without a word
-            raise UserError(f"{path} holds both .tar shards ({_listed([s.name for s in shards])}) and {len(loose)} image "
-                            f"file(s) ({_listed(loose)}); give a folder of one kind")
+            raise UserError(f"{path} holds both .tar shards ({listed([s.name for s in shards])}) and {len(loose)} image "
+                            f"file(s) ({listed(loose)}); give a folder of one kind")
         return _load_tars(shards, image_size, crop, progress, max_pixels)
     return _load_folder(path, image_size, labels_csv, crop, strict, cache_dir, progress, max_pixels,
                         None if unlabelled else {"label_column": label_column, **choice})
@@ -518,8 +517,8 @@ def load_generated_images(folder, files: list[str]) -> np.ndarray:
 def _load_folder(root: Path, image_size, labels_csv, crop, strict, cache_dir, progress, max_pixels, choice) -> Dataset:
     listing = _walk(root)
     if listing.special:
-        _warn(f"skipped {len(listing.special)} file(s) in {root} that are not regular files (FIFO, socket or device): "
-              + _listed(listing.special))
+        warn(f"skipped {len(listing.special)} file(s) in {root} that are not regular files (FIFO, socket or device): "
+              + listed(listing.special))
     _note_links(root, listing.linked)
     if not listing.files:
         raise UserError(f"no JPEG/PNG/BMP images in {root}")
@@ -544,8 +543,8 @@ def _load_folder(root: Path, image_size, labels_csv, crop, strict, cache_dir, pr
     if skipped:
         what = f"unreadable or corrupt image(s) (or over {max_pixels} pixels, {PIXEL_LIMIT_ENV})"
         if strict:
-            raise UserError(f"{len(skipped)} {what} in {root}: {_listed(skipped)}")
-        _warn(f"skipped {len(skipped)} {what} in {root}: {_listed(skipped)}")
+            raise UserError(f"{len(skipped)} {what} in {root}: {listed(skipped)}")
+        warn(f"skipped {len(skipped)} {what} in {root}: {listed(skipped)}")
     if not kept:
         raise UserError(f"no decodable image in {root} ({len(relative)} file(s) tried)")
 
@@ -571,10 +570,6 @@ def _load_folder(root: Path, image_size, labels_csv, crop, strict, cache_dir, pr
         groups=groups,
         labelling=labelling,
     )
-
-
-def _listed(names: list[str]) -> str:
-    return ", ".join(names[:SHOWN_NAMES]) + (", ..." if len(names) > SHOWN_NAMES else "")
 
 
 @dataclass
@@ -699,16 +694,16 @@ def _labelled_only(root: Path, relative: list[str], table, strict: bool) -> list
     unlabelled = [k for k in keys if k not in table.labels and k not in table.left_out]
     if unlabelled:
         raise UserError(
-            f"{len(unlabelled)} of {len(keys)} images have no row in {table.source} ({_listed(unlabelled)}); "
+            f"{len(unlabelled)} of {len(keys)} images have no row in {table.source} ({listed(unlabelled)}); "
             "add their rows or pass the matching --labels (or --unlabelled)"
         )
     present = set(keys)
     without_image = sorted((set(table.labels) | set(table.left_out)) - present)
     if without_image:
-        message = f"{len(without_image)} id(s) in {table.source} have no image in {root} ({_listed(without_image)})"
+        message = f"{len(without_image)} id(s) in {table.source} have no image in {root} ({listed(without_image)})"
         if strict:
             raise UserError(message)
-        _warn(message + "; those rows are ignored")
+        warn(message + "; those rows are ignored")
     reasons: dict[str, int] = {}
     for k in keys:
         if k in table.left_out:
@@ -852,7 +847,7 @@ def _npz_class_names(contents: dict, labels: np.ndarray, path: Path) -> tuple[st
             if value > previous + 1:
                 gaps.append(str(previous + 1) if value == previous + 2 else f"{previous + 1}..{value - 1}")
             previous = value
-        gap = ", ".join(gaps[:SHOWN_NAMES]) + (", ..." if len(gaps) > SHOWN_NAMES else "")
+        gap = listed(gaps)
         raise UserError(
             f"{path}: labels use classes {', '.join(str(c) for c in present[:6].tolist())}"
             f"{', ...' if len(present) > 6 else ''} but none of {gap}: class indices must run from 0 with "
@@ -895,11 +890,7 @@ def _write_cache(cache_dir, kind: str, key: str, **arrays) -> None:
             np.savez(f, **arrays)
     except (OSError, UserError) as e:
         reason = getattr(e, "strerror", None) or e
-        _warn(f"could not write the cache {path} ({reason}); the next run will decode again")
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {' '.join(message.split())}", file=sys.stderr)
+        warn(f"could not write the cache {path} ({reason}); the next run will decode again")
 
 
 def _note(message: str) -> None:

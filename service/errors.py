@@ -1,5 +1,22 @@
-"""Errors the CLI turns into exit 2 with one line on stderr."""
+"""Errors the CLI turns into exit 2 with one line on stderr, and the one-line warnings beside them."""
+
+from __future__ import annotations
+
+import sys
+
+SHOWN = 3  # how many offending names a one-line message lists
 
 
 class UserError(Exception):
     """Bad input or usage: the message is shown to the user as is, on one line."""
+
+
+def listed(names) -> str:
+    """The first few names, then ', ...' when there are more: for a one-line message."""
+    names = [str(name) for name in names]
+    return ", ".join(names[:SHOWN]) + (", ..." if len(names) > SHOWN else "")
+
+
+def warn(message: str) -> None:
+    """A warning on one line of stderr (the message's own line breaks and runs of spaces folded)."""
+    print(f"warning: {' '.join(message.split())}", file=sys.stderr)

@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from service.errors import UserError
+from service.errors import UserError, listed, warn
 
 ID_COLUMNS = ("image_id", "image", "image_name")
 GROUP_COLUMNS = ("patient_id", "lesion_id")  # patient first: the coarser, the safer split
@@ -45,7 +44,6 @@ UNKNOWN_CLASSES = ("unk", "unknown")
 UNKNOWN_CHOICES = ("drop", "keep")
 ISIC_2016_CLASSES = ("benign", "malignant")
 ISIC_ID = re.compile(r"^ISIC_\d+")
-SHOWN = 3  # offending names a one-line message lists
 KNOWN_FORMATS = (
     "ISIC 2016 Part 3 (no header: ISIC_0000000,benign)",
     "ISIC 2017 Part 3 (image_id,melanoma,seborrheic_keratosis)",
@@ -366,8 +364,8 @@ def class_folders(root: Path, relative: list[str], subfolders=()) -> LabelFile |
     with_images = {name.split("/", 1)[0] for name in nested}
     folders = sorted(with_images | set(subfolders))
     if loose:
-        shown = ", ".join(loose[:SHOWN]) + (", ..." if len(loose) > SHOWN else "")
-        named = ", ".join(f + "/" for f in folders[:SHOWN]) + (", ..." if len(folders) > SHOWN else "")
+        shown = listed(loose)
+        named = listed(f + "/" for f in folders)
         raise UserError(
             f"{root} mixes {len(loose)} loose image(s) ({shown}) and class subfolders ({named}); "
             "put every image in a class subfolder, or pass --unlabelled"
@@ -406,7 +404,7 @@ def choose(table: LabelFile, classes=(), binary: str | None = None, unknown: str
                 reasons[c] = "of classes not in --classes"
     empty = [names[c] for c in keep if names[c] in table.empty_folders]
     if empty:
-        shown = ", ".join(str(Path(table.source) / name) for name in empty[:SHOWN]) + (", ..." if len(empty) > SHOWN else "")
+        shown = listed(Path(table.source) / name for name in empty)
         raise UserError(f"{len(empty)} class folder(s) hold no JPEG/PNG/BMP image ({shown}); add the images, remove "
                         "the folder, or leave its class out with --classes")
     new_index = {old: new for new, old in enumerate(keep)}
@@ -444,5 +442,3 @@ def class_index(name: str, class_names, option: str, source: str = "", allow_ind
     raise UserError(f"{option}: unknown class {name!r}{where}; the classes are {known}")
 
 
-def warn(message: str) -> None:
-    print(f"warning: {' '.join(message.split())}", file=sys.stderr)
