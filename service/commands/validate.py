@@ -15,6 +15,7 @@ from pathlib import Path
 from service.commands.common import add_crop, add_image_size, add_progress, add_seed, show_progress
 from service.training import DEFAULT_IMAGE_SIZE
 from service.errors import UserError
+from service.validation.report import REPORT_FILE
 
 DEFAULT_SAMPLE = 10_000
 
@@ -104,14 +105,18 @@ def run(args) -> int:
         train_labels=None if train is None or tuple(train.class_names) != tuple(class_names) else train.labels,
     )
     if sample is not None:
-        result = audit_every_image(args, source, sample, train if train is not None else real, result)
+        from service.validation.every_image import audit_every_image
+
+        result = audit_every_image(result, args.out, source, sample, train if train is not None else real,
+                                   train_name=str(Path(args.train or args.real).resolve()), seed=args.seed,
+                                   workers=args.workers, progress=show_progress(args))
     main, reference = result["real_vs_generated"], result["real_vs_real"]
     print(
         f"SWD {main['swd_mean']:.3f} (real vs real {reference['swd_mean']:.3f}), "
         f"FD {main['fd']:.4g} ({reference['fd']:.4g}), precision {main['precision']:.3f}, recall {main['recall']:.3f}, "
         f"likely copies {main['copies']}/{result['counts']['generated']}"
     )
-    print(f"report: {Path(args.out) / 'report.html'}")
+    print(f"report: {Path(args.out) / REPORT_FILE}")
     return 0
 
 
@@ -145,36 +150,3 @@ def read_fitted_sample(source, sample, image_size: int, crop: str):
     if images.shape[1:3] != (image_size, image_size):
         images = np.stack([fit_square(image, image_size, crop) for image in images])
     return images, names
-
-
-def audit_every_image(args, source, sample, train, result: dict) -> dict:
-    """The streaming audit of every generated image into OUT/audit/ (service.audit); its counts,
-    closest pairs and panel replace the sample's in metrics.json and the report."""
-    from service.audit import PANEL_FILE, ROWS_FILE, run_audit
-    from service.files import copy_regular_file, output_lock, write_json
-    from service.imageio import to_uint8
-    from service.validation.report import write_report
-
-    out = Path(args.out)
-    with output_lock(out, "a report"):
-        audited = run_audit(source, to_uint8(train.images), out / "audit", train_groups=train.groups,
-                            train_files=train.files, train_name=str(Path(args.train or args.real).resolve()),
-                            workers=args.workers, progress=show_progress(args))
-        summary = audited.summary
-        result["counts"].update(generated=summary["generated"], generated_sample=len(sample))
-        result["sample"] = {
-            "size": len(sample), "of": summary["generated"], "seed": args.seed, "draw": "numpy default_rng([seed, 5])",
-            "note": "distribution metrics and maps on the sample: proportions (precision, recall, density, coverage) "
-                    f"carry a standard error of at most 0.5/sqrt({len(sample)}); SWD, FD and KID the sampling noise "
-                    "of that many images; the memorization counts cover every image",
-        }
-        result["real_vs_generated"].update(copies=summary["copies"], copy_share=summary["copy_share"],
-                                           median_copy_ratio=summary["median_ratio"])
-        result["memorization"].update(closest_pairs=summary["closest_pairs"], every_image={
-            key: summary[key] for key in ("generated", "copies", "copy_share", "training_images_copied", "min_ratio",
-                                          "median_ratio", "ratio_quantiles")} | {"rows": f"audit/{ROWS_FILE}"})
-        if summary["files"]["panel"]:
-            copy_regular_file(out / "audit" / PANEL_FILE, out / "memorization_pairs.png", inside=out / "audit")
-        write_json(out / "metrics.json", result)
-        write_report(out, result)
-    return result

@@ -16,6 +16,7 @@ from service.utility.settings import UtilitySettings, check_inputs, conditional_
 from service.utility.stats import MDE_FACTOR, bootstrap_difference, score
 from service.utility.summary import notes, reading, verdict
 
+UTILITY_FILE = "utility.json"  # the arms' scores and the verdict, in utility's folder
 CLASSIFIER_NAMES = {"features": "extremely randomised trees on the lesion's colour, shape and texture statistics",
                     "cnn": "a small convolutional network (backends/tf/classifier.py)"}
 METRICS = ("positive_auc", "positive_sensitivity_at_specificity", "balanced_accuracy")  # compared, in this order
@@ -185,7 +186,7 @@ def run_utility(run_dir, real, test, out_dir, settings: UtilitySettings | None =
         print(f"warning: {overlap} of the {len(test)} test images are also training images (the same pixels): "
               "their scores measure memory, not generalisation; test on held-out images", file=sys.stderr)
     # OUT made by this command (or by it before folders carried a marker), else refused
-    out_dir = claim_output_folder(out_dir, "utility", ours_if=lambda folder: (folder / "utility.json").is_file())
+    out_dir = claim_output_folder(out_dir, "utility", ours_if=lambda folder: (folder / UTILITY_FILE).is_file())
     with output_lock(out_dir, "a utility run"):
         counts = synthetic_counts(real.labels, plan.scarce, len(class_names), settings.arms, plan.positive)
         started = time.perf_counter()
@@ -194,6 +195,6 @@ def run_utility(run_dir, real, test, out_dir, settings: UtilitySettings | None =
         summary = evaluate_arms(real, test, synthetic, class_names, settings, progress, plan)
         summary.update(run=str(run_dir), generated=str(out_dir / "generated"), **provenance,
                        generation_seconds=generated - started, seconds=time.perf_counter() - started)
-        write_json(out_dir / "utility.json", summary)
+        write_json(out_dir / UTILITY_FILE, summary)
         plot_utility(summary, out_dir / "utility.png")
     return summary

@@ -34,7 +34,7 @@ from service.files import claim_output_folder, copy_regular_file, output_lock, r
 from service.imageio import save_grid, to_uint8
 from service.rundir import LOSS_CURVE_FILE, METRICS_FILE
 from service.validation import maps, memorization, metrics
-from service.validation.report import write_report
+from service.validation.report import REPORT_FILE, RESULTS_FILE, write_report
 from service.validation.features import FEATURE_SPACE, InceptionFeatures, random_net_features
 
 MIN_REAL_IMAGES = 2 * (metrics.DENSITY_COVERAGE_K + 1)  # two halves, each enough for 5-NN
@@ -200,7 +200,7 @@ def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_n
 
 def is_old_report_folder(folder) -> bool:
     """A report folder the tool wrote before output folders carried a marker."""
-    return (Path(folder) / "metrics.json").is_file() and (Path(folder) / "report.html").is_file()
+    return (Path(folder) / RESULTS_FILE).is_file() and (Path(folder) / REPORT_FILE).is_file()
 
 
 def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress,
@@ -308,7 +308,7 @@ def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, clas
     bar.close()
     result["timings_s"]["total"] = round(time.perf_counter() - started, 2)
     result = _jsonable(result)
-    write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / RESULTS_FILE, result)
     write_report(out_dir, result)
     return result
 
@@ -354,7 +354,7 @@ def _write_figures(out_dir: Path, real, fake, run_dir, seed: int) -> dict:
         files[role] = name
     if run_dir is not None:
         run_dir = Path(run_dir)
-        loss_png = out_dir / "loss_curve.png"
+        loss_png = out_dir / LOSS_CURVE_FILE
         if _regular_file(run_dir / METRICS_FILE):
             from service.plots import plot_loss_curve
 

@@ -15,6 +15,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from service.errors import UserError
 from service.files import write_text
 
+REPORT_FILE = "report.html"  # the report, in validate's folder
+RESULTS_FILE = "metrics.json"  # every figure of the report, for programs
+
 # metric key -> (label in the table, how to read it, better direction)
 METRIC_ROWS = {
     "swd_mean": ("SWD, mean over levels (x10^3)", "Sliced Wasserstein distance between 7x7 Laplacian-pyramid patches: local texture and structure at every scale. Lower is better; the reference is the noise floor. Blind to a uniform colour or brightness shift by design (each set is normalised per channel): FD and KID see that.", "lower"),
@@ -77,16 +80,16 @@ def add_utility(out_dir, summary: dict, chart) -> Path:
     from service.files import copy_regular_file, write_json
 
     out_dir, chart = Path(out_dir), Path(chart)
-    result = json.loads((out_dir / "metrics.json").read_text())
+    result = json.loads((out_dir / RESULTS_FILE).read_text())
     if not copy_regular_file(chart, out_dir / "utility.png", inside=chart.parent):
         raise UserError(f"{chart} is not a regular file the utility stage wrote")
     result["utility"] = summary
     result["files"]["utility"] = "utility.png"
-    write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / RESULTS_FILE, result)
     return write_report(out_dir, result)
 
 
 def write_report(out_dir, result: dict) -> Path:
-    path = Path(out_dir) / "report.html"
+    path = Path(out_dir) / REPORT_FILE
     write_text(path, render_html(result))
     return path
