@@ -59,7 +59,7 @@ from service.rundir import CONFIG_FILE, LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_D
 
 SAMPLE_GRID_SIZE = 64  # images in each epoch's fixed-noise sample grid (8 x 8)
 # SeedSequence([seed, stream]) keeps the trainer's streams apart; config.json records them
-SEED_STREAMS = {"trainer_stream": 1, "sample_noise_stream": 2}
+SEED_STREAMS = {"trainer_stream": 1, "sample_noise_stream": 2, "diversity_noise_stream": 3}
 
 
 class TrainingDiverged(UserError):
@@ -228,6 +228,9 @@ class Trainer:
     of metrics merged into the epoch's summary line; on_epoch_end(epoch, backend, run_dir,
     metrics) is called after the epoch's checkpoint, and returning True stops the run.
     sample_grid / loss_curve turn off the per-epoch PNG grid and the end-of-run loss plot.
+    diversity_every: every N steps, and at the end, measure G's diversity (service.diversity:
+    a "diversity" line in metrics.jsonl, a warning on stderr below its threshold); 0: never.
+    Not in a private run (it reads training images outside the privacy accountant).
     """
 
     def __init__(
@@ -247,6 +250,7 @@ class Trainer:
         sample_grid: bool = True,
         loss_curve: bool = True,
         handle_signals: bool = True,
+        diversity_every: int = 0,
     ):
         self.backend = backend
         self.config = config = backend.config
@@ -313,6 +317,9 @@ class Trainer:
             self.accountant = PrivacyAccountant(
                 self.batch_size / len(images), config.dp_noise, config.dp_delta, config.dp_epsilon
             )
+        self.diversity = self._diversity_check(diversity_every)
+        self._diversity_step: int | None = None  # the step last checked
+        self._diversity_low = False  # the last check was below the threshold (warned)
 
     # ----------------------------------------------------------------- state
 
@@ -474,6 +481,8 @@ class Trainer:
                     status = self._run_epoch(started, bar, metrics_file)
                     if status != "completed":
                         break
+                if self.diversity is not None and self._diversity_step != self.step:
+                    self._check_diversity(metrics_file)  # the end of training is always checked
         finally:
             bar.close()
             if self.loss_curve:
@@ -550,6 +559,8 @@ class Trainer:
                 + "\n"
             )
             metrics_file.flush()
+            if self.diversity is not None and self.step % self.diversity_every == 0:
+                self._check_diversity(metrics_file)
             self._update_bar(bar, result)
 
             out_of_time = self.time_budget is not None and time.perf_counter() - started >= self.time_budget
@@ -604,6 +615,38 @@ class Trainer:
         if self.stop_reason is not None:
             return f"stopped:{self.stop_reason}"
         return "completed"
+
+    # ----------------------------------------------------------------- diversity
+
+    def _diversity_check(self, every: int):
+        """The run's service.diversity.DiversityCheck, or None when off (every 0, a private
+        run, or too few images for its k-NN balls)."""
+        every = int(every or 0)
+        if every < 0:
+            raise UserError(f"--diversity-every must be >= 0 steps (0 turns the check off), got {every}")
+        self.diversity_every = every
+        if every == 0 or self.accountant is not None:
+            return None
+        from service.diversity import COVERAGE_K, DiversityCheck
+
+        if len(self.images) <= COVERAGE_K:
+            return None
+        return DiversityCheck(self.images, self.labels, self.config)
+
+    def _check_diversity(self, metrics_file) -> None:
+        """Measure G's diversity now (it changes no weight and no random stream), log it, and
+        warn once each time it falls below the threshold."""
+        started = time.perf_counter()
+        record = self.diversity.measure(self.backend, self.step * self.batch_size)
+        record = {"type": "diversity", "step": self.step, **record, "seconds": round(time.perf_counter() - started, 6)}
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        self._diversity_step = self.step
+        if record["collapsed"] and not self._diversity_low:
+            from tqdm import tqdm
+
+            tqdm.write(self.diversity.warning(self.step, record), file=sys.stderr)
+        self._diversity_low = record["collapsed"]
 
     def _write_sample_grid(self) -> Path:
         from service.imageio import save_grid

@@ -57,6 +57,9 @@ class TrainingRequest:
     epochs: int | None = None
     time_budget: float | None = None
     checkpoint_every: int = 0
+    # the diversity check's interval in steps (service.diversity); None: DIVERSITY_EVERY, or 0
+    # (off) in a private run; 0: off
+    diversity_every: int | None = None
     # what the user sees, and the Trainer's hooks
     progress: bool = True
     validate: Callable | None = field(default=None, compare=False)
@@ -75,6 +78,7 @@ class PlannedRun:
     backend_name: str
     dataset: Dataset
     epochs: int | None  # the total to reach; None: until the time budget
+    diversity_every: int = 0  # steps between diversity checks; 0: none
 
 
 @dataclass
@@ -99,12 +103,22 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
         f"{what}: step {result.step}, {result.epoch} epoch(s), {result.images_per_second:.1f} images/s, "
         f"{result.rebalance_d} extra D and {result.rebalance_g} extra G steps"
     ]
+    verdict = _diversity_verdict(outcome.run_dir)
+    if verdict:
+        lines.append(verdict)
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint}")
     if result.status not in ("completed", "nothing_to_do", "privacy_budget"):
         lines.append(f"resume with: python -m service.run train --resume {outcome.run_dir}")
     lines.append(f"run directory: {outcome.run_dir}")
     return lines
+
+
+def _diversity_verdict(run_dir) -> str | None:
+    from service.diversity import diversity_verdict
+    from service.rundir import METRICS_FILE
+
+    return diversity_verdict(Path(run_dir) / METRICS_FILE)
 
 
 def run_training(request: TrainingRequest) -> TrainingOutcome:
@@ -115,6 +129,19 @@ def run_training(request: TrainingRequest) -> TrainingOutcome:
     return train(run, request)
 
 
+def diversity_interval(request: TrainingRequest, config: GANConfig) -> int:
+    """Steps between the run's diversity checks: the request's, else DIVERSITY_EVERY; a private
+    run has none (the check reads training images outside the privacy accountant)."""
+    from service.diversity import DIVERSITY_EVERY
+
+    if config.private:
+        if request.diversity_every:
+            raise UserError("--diversity-every: a differentially private run has no diversity check (it would read "
+                            "training images outside the privacy accountant); give 0 or leave it out")
+        return 0
+    return DIVERSITY_EVERY if request.diversity_every is None else request.diversity_every
+
+
 def check_schedule(request: TrainingRequest) -> None:
     """The schedule's options, before loading data or a framework."""
     from service.trainer import check_plan
@@ -123,6 +150,8 @@ def check_schedule(request: TrainingRequest) -> None:
         raise UserError(f"--epochs must be >= 1, got {request.epochs}")
     if request.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {request.checkpoint_every}")
+    if request.diversity_every is not None and request.diversity_every < 0:
+        raise UserError(f"--diversity-every must be >= 0 steps (0 turns the check off), got {request.diversity_every}")
     if request.time_budget is not None:
         check_plan(request.epochs, request.time_budget)
 
@@ -142,6 +171,7 @@ def plan_resume(request: TrainingRequest) -> PlannedRun:
         )
     config, full = rundir.load_config(request.resume)
     run_dir = Path(request.resume)
+    diversity_every = diversity_interval(request, config)
     backend_name = request.backend or full.get("backend", DEFAULT_BACKEND)
     dataset = _resumed_dataset(request, run_dir, full.get("data", {}), config.image_size)
     training = dict(full.get("training", {}))
@@ -153,7 +183,7 @@ def plan_resume(request: TrainingRequest) -> PlannedRun:
     if training != full.get("training") or backend_name != full.get("backend"):
         # checkpoints are backend-neutral, so a run may continue in the other backend: record it
         rundir.update_config(run_dir, training=training, backend=backend_name)
-    return PlannedRun(run_dir, config, backend_name, dataset, epochs)
+    return PlannedRun(run_dir, config, backend_name, dataset, epochs, diversity_every)
 
 
 def _options_fixed_on_resume(request: TrainingRequest) -> list[str]:
@@ -201,6 +231,7 @@ def make_new_run(request: TrainingRequest) -> PlannedRun:
     if dataset is None:
         dataset = _load_dataset(request.data, image_size, request.data_count, request.progress)
     config = build_config(request, image_size, dataset)
+    diversity_every = diversity_interval(request, config)  # before the run folder is made
     backend_name = request.backend or DEFAULT_BACKEND
     epochs = request.epochs
     if epochs is None and request.time_budget is None:
@@ -209,7 +240,7 @@ def make_new_run(request: TrainingRequest) -> PlannedRun:
     run_dir = rundir.create_run_dir(
         request.out, config, backend_name, _data_record(request, dataset, config), seeds, training={"epochs": epochs}
     )
-    return PlannedRun(run_dir, config, backend_name, dataset, epochs)
+    return PlannedRun(run_dir, config, backend_name, dataset, epochs, diversity_every)
 
 
 def _data_record(request: TrainingRequest, dataset: Dataset, config: GANConfig) -> dict:
@@ -313,6 +344,7 @@ def train(run: PlannedRun, request: TrainingRequest) -> TrainingOutcome:
         progress=request.progress,
         validate=request.validate,
         on_epoch_end=request.on_epoch_end,
+        diversity_every=run.diversity_every,
     )
     if request.resume is not None:
         _restore_last_checkpoint(trainer, run.run_dir)

@@ -83,6 +83,11 @@ def add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training cleanly after this many seconds")
     p.add_argument("--conditional", action="store_true", help="condition G and D on the data's classes")
+    p.add_argument(
+        "--diversity-every", type=int, metavar="N",
+        help="check G's diversity every N training steps and at the end (coverage of a fixed slice of the "
+        "training images; a warning when it collapses); 0 turns it off (default: 250; off in a private run)",
+    )
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:
