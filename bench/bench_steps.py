@@ -188,12 +188,12 @@ def summary():
         lines.append(f"tf train_step: skipped ({RESULTS['tf_skipped']})")
     if SIDE_BY_SIDE:
         lines += ["", f"=== numpy and tf side by side, alternating rounds (median of {SIDE_BY_SIDE_ROUNDS}) ==="]
-        lines.append(f"{'model':16s} {'numpy':>10s} {'tf':>10s} {'numpy/tf':>9s}  target  (each round's ratio)")
+        lines.append(f"{'model':30s} {'numpy':>10s} {'tf':>10s} {'numpy/tf':>9s} {'tf/numpy':>9s}  (each round's numpy/tf)")
         for name, row in SIDE_BY_SIDE.items():
             rounds = ", ".join(f"{r:.2f}" for r in row["round_ratios"])
             lines.append(
-                f"{name:16s} {row['numpy_s'] * 1e3:8.1f}ms {row['tf_s'] * 1e3:8.1f}ms {row['ratio']:9.2f}"
-                f"  <= {row['target']}  ({rounds})"
+                f"{name:30s} {row['numpy_s'] * 1e3:8.1f}ms {row['tf_s'] * 1e3:8.1f}ms {row['ratio']:9.2f}"
+                f" {1 / row['ratio']:9.2f}  ({rounds})"
             )
     print("\n".join(lines))
 
@@ -201,11 +201,31 @@ def summary():
 SIDE_BY_SIDE: dict[str, dict] = {}
 
 
+def trainer_batch(backend):
+    """One batch as service.trainer.Trainer runs it: train_step and the margin loop (the
+    config's margin and cap), in the backend when it offers the fused call, else in Python."""
+    from service.trainer import rebalance
+
+    c = backend.config
+    fused = getattr(backend, "train_step_rebalanced", None)
+    if fused is not None:
+        return lambda real, z: fused(real, z, None, c.margin, c.max_rebalance_steps)
+
+    def batch(real, z):
+        d_loss, g_loss = backend.train_step(real, z)
+        return rebalance(lambda: backend.d_step(real, z), lambda: backend.g_step(z), d_loss, g_loss, c.margin,
+                         c.max_rebalance_steps)
+
+    return batch
+
+
+@pytest.mark.parametrize("what", ["train_step", "trainer batch"])
 @pytest.mark.parametrize("model", ["thesis 64x64", "default 32x32", "default 64x64"])
-def test_side_by_side(benchmark, model):
-    """Both backends on one model: a warm-up, then rounds of `steps` train_steps alternating
-    numpy, tf, numpy, tf, ... (each after SETTLE_SECONDS); per-step medians and the median of
-    the rounds' ratios."""
+def test_side_by_side(benchmark, model, what):
+    """Both backends on one model: a warm-up, then rounds of `steps` steps alternating numpy,
+    tf, numpy, tf, ... (each after SETTLE_SECONDS); per-step medians and the median of the
+    rounds' ratios. `train_step`: the bare step; `trainer batch`: the step with the margin loop
+    as the trainer runs it (trainer_batch: tf's fused call, numpy's Python loop)."""
     try:
         from backends.tf import TFBackend
     except ImportError as error:
@@ -215,27 +235,28 @@ def test_side_by_side(benchmark, model):
     config, steps, target = side_by_side_models()[model]
     real, z = step_inputs(config)
     backends = {"numpy": NumpyBackend(config), "tf": TFBackend(config)}
-    for backend in backends.values():
+    step_of = {name: (b.train_step if what == "train_step" else trainer_batch(b)) for name, b in backends.items()}
+    for step in step_of.values():
         for _ in range(2):
-            backend.train_step(real, z)
+            step(real, z)
     times = {"numpy": [], "tf": []}
 
     def alternate():
         for _ in range(SIDE_BY_SIDE_ROUNDS):
-            for name, backend in backends.items():
+            for name, step in step_of.items():
                 time.sleep(SETTLE_SECONDS)
                 started = time.perf_counter()
                 for _ in range(steps):
-                    backend.train_step(real, z)
+                    step(real, z)
                 times[name].append((time.perf_counter() - started) / steps)
 
     benchmark.pedantic(alternate, rounds=1, warmup_rounds=0)
     ratios = [n / t for n, t in zip(times["numpy"], times["tf"])]
-    SIDE_BY_SIDE[model] = {
+    SIDE_BY_SIDE[f"{model} {what}"] = {
         "numpy_s": float(np.median(times["numpy"])), "tf_s": float(np.median(times["tf"])),
         "ratio": float(np.median(ratios)), "round_ratios": ratios, "target": target,
     }
-    benchmark.extra_info.update({k: v for k, v in SIDE_BY_SIDE[model].items() if k != "round_ratios"})
+    benchmark.extra_info.update({k: v for k, v in SIDE_BY_SIDE[f"{model} {what}"].items() if k != "round_ratios"})
 
 
 def test_matmul_float32(benchmark):

@@ -121,3 +121,21 @@ class TimedBackend:
             return self._backend.train_step(real, z, labels)
         finally:
             self.step_seconds += time.perf_counter() - started
+
+    def __getattribute__(self, name):
+        # the fused margin step (the tf backend's train_step_rebalanced), timed like train_step;
+        # absent on a backend without one, so the trainer falls back to train_step
+        if name == "train_step_rebalanced":
+            fused = getattr(object.__getattribute__(self, "_backend"), name, None)
+            if fused is None:
+                raise AttributeError(name)
+
+            def timed(*args, **kwargs):
+                started = time.perf_counter()
+                try:
+                    return fused(*args, **kwargs)
+                finally:
+                    self.step_seconds += time.perf_counter() - started
+
+            return timed
+        return object.__getattribute__(self, name)

@@ -519,18 +519,26 @@ class Trainer:
                 backend.set_condition_strength(strength)
 
             step_started = time.perf_counter()
-            d_loss, g_loss = backend.train_step(real, z, labels)
-            if private:
-                self.accountant.record_step()
-            result = rebalance(
-                (lambda: self._private_d_step(z, fake_labels)) if private else (lambda: backend.d_step(real, z, labels)),
-                lambda: backend.g_step(z, labels if not private else fake_labels),
-                float(d_loss),
-                float(g_loss),
-                config.margin,
-                config.max_rebalance_steps,
-                self._d_steps_left() if private else None,
-            )
+            # A backend that runs the margin loop itself (tf: one compiled call, the decisions on
+            # the device; the same stop rules) takes the batch whole, unless the run is private
+            # (each extra D step samples afresh and is accounted here) or its train_step was
+            # wrapped on the instance (a hook that must see every step).
+            fused = None if private or "train_step" in vars(backend) else getattr(backend, "train_step_rebalanced", None)
+            if fused is not None:
+                result = RebalanceResult(*fused(real, z, labels, config.margin, config.max_rebalance_steps))
+            else:
+                d_loss, g_loss = backend.train_step(real, z, labels)
+                if private:
+                    self.accountant.record_step()
+                result = rebalance(
+                    (lambda: self._private_d_step(z, fake_labels)) if private else (lambda: backend.d_step(real, z, labels)),
+                    lambda: backend.g_step(z, labels if not private else fake_labels),
+                    float(d_loss),
+                    float(g_loss),
+                    config.margin,
+                    config.max_rebalance_steps,
+                    self._d_steps_left() if private else None,
+                )
             seconds = time.perf_counter() - step_started
             if not (math.isfinite(result.d_loss) and math.isfinite(result.g_loss)):
                 self._diverged(self.step + 1, result, metrics_file)

@@ -35,17 +35,19 @@ class FakeClock:
 
 
 def kill_in_step(kill_step: int) -> None:
-    rebalance = trainer.rebalance
+    # one RebalanceResult per training step, after its update, whether the margin loop ran in
+    # Python (rebalance) or in the backend's fused call
+    result_of_step = trainer.RebalanceResult
     calls = 0
 
-    def rebalance_then_maybe_die(*args, **kwargs):
+    def result_then_maybe_die(*args, **kwargs):
         nonlocal calls
         calls += 1  # one call per training step, after the step's train_step
         if calls == kill_step:
             os.kill(os.getpid(), signal.SIGKILL)
-        return rebalance(*args, **kwargs)
+        return result_of_step(*args, **kwargs)
 
-    trainer.rebalance = rebalance_then_maybe_die
+    trainer.RebalanceResult = result_then_maybe_die
 
 
 if __name__ == "__main__":

@@ -35,14 +35,16 @@ def pause_in_step(step: int, ready: Path) -> None:
     and wait until a signal has asked the trainer to stop (the handler runs in this wait)."""
     from service import trainer
 
-    rebalance, request_stop = trainer.rebalance, trainer.Trainer.request_stop
+    # every step's result is a RebalanceResult, made once per step whether the margin loop ran in
+    # Python (rebalance) or in the backend's fused call
+    result_of_step, request_stop = trainer.RebalanceResult, trainer.Trainer.request_stop
     calls, requested = 0, []
 
     def request_and_note(self, reason):
         requested.append(reason)
         return request_stop(self, reason)
 
-    def rebalance_after_a_pause(*args, **kwargs):
+    def result_after_a_pause(*args, **kwargs):
         nonlocal calls
         calls += 1  # one call per training step
         if calls == step:
@@ -53,10 +55,10 @@ def pause_in_step(step: int, ready: Path) -> None:
                     print(f"no stop was requested within {SAFETY_TIMEOUT} s of the pause", file=sys.stderr, flush=True)
                     os._exit(3)
                 time.sleep(0.01)
-        return rebalance(*args, **kwargs)
+        return result_of_step(*args, **kwargs)
 
     trainer.Trainer.request_stop = request_and_note
-    trainer.rebalance = rebalance_after_a_pause
+    trainer.RebalanceResult = result_after_a_pause
 
 
 def nan_batch_in_step(step: int) -> None:

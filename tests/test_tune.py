@@ -113,15 +113,16 @@ def killed_once_mid_epoch(marker, kill_at_step: int):
 
         if marker.exists():
             marker.unlink()
-            rebalance, calls = trainer_module.rebalance, [0]
+            # one RebalanceResult per step, whether the margin loop ran in Python or in the backend
+            result_of_step, calls = trainer_module.RebalanceResult, [0]
 
             def dying(*args, **options):
                 calls[0] += 1
                 if calls[0] == kill_at_step:
                     os.kill(os.getpid(), signal.SIGKILL)
-                return rebalance(*args, **options)
+                return result_of_step(*args, **options)
 
-            trainer_module.rebalance = dying
+            trainer_module.RebalanceResult = dying
         return run_trial(params, **kwargs)
 
     return trial

@@ -189,6 +189,13 @@ class TFBackend(Backend):
         else:
             self._train_step_fn = compiled(self._train_step_graph, "images", "z")
             self._d_step_fn = compiled(self._d_step_graph, "images", "z")
+            # the margin loop's two scalars: margin (float64) and the cap (int32)
+            limits = [tf.TensorSpec([], tf.float64), tf.TensorSpec([], tf.int32)]
+            self._rebalanced_step_fn = tf.function(
+                self._rebalanced_step_graph,
+                input_signature=limits + self._signature("images", "z"), jit_compile=self.jit_compile, autograph=False,
+            )
+            self._limits: dict[tuple[float, int], tuple] = {}
         self._g_step_fn = compiled(self._g_step_graph, "z")
         self._gradients_fn = compiled(self._gradients_graph, "images", "z")
         self._generate_fn = compiled(self._generate_graph, "z")
@@ -332,6 +339,39 @@ class TFBackend(Backend):
         self._apply_generator(g_grads, tf.shape(z)[0])
         return d_loss, g_loss
 
+    def _rebalanced_step_graph(self, margin, max_steps, real, z, labels=None):
+        """train_step, then service.trainer.rebalance's loop on the device: while
+        |d_loss - g_loss| > margin and fewer than max_steps extra steps were taken, retrain the
+        model whose loss was higher after the batch's step (a D step regenerates G(z) with the
+        current G, as d_step) and stop once its loss drops below the other's. The comparisons
+        run in float64 on the float32 losses, as Python's floats do in `rebalance`, so the
+        decisions are the same; a NaN loss fails every comparison and ends the loop.
+        Returns float64 [d_loss, g_loss, extra_d, extra_g]."""
+        d_loss, g_loss = (tf.cast(loss, tf.float64) for loss in self._train_step_graph(real, z, labels))
+        retrain_d = d_loss > g_loss  # fixed for the batch
+        zero, false = tf.constant(0, tf.int32), tf.constant(False)
+
+        def more(d, g, extra_d, extra_g, flipped):
+            return tf.logical_and(
+                tf.logical_and(tf.logical_not(flipped), tf.abs(d - g) > margin), extra_d + extra_g < max_steps
+            )
+
+        def again(d, g, extra_d, extra_g, flipped):
+            def d_again():
+                new_d = tf.cast(self._d_step_graph(real, z, labels), tf.float64)
+                return new_d, g, extra_d + 1, extra_g, new_d < g
+
+            def g_again():
+                new_g = tf.cast(self._g_step_graph(z, labels), tf.float64)
+                return d, new_g, extra_d, extra_g + 1, new_g < d
+
+            return tf.cond(retrain_d, d_again, g_again)
+
+        d_loss, g_loss, extra_d, extra_g, _ = tf.while_loop(
+            more, again, [d_loss, g_loss, zero, zero, false], parallel_iterations=1
+        )
+        return tf.stack([d_loss, g_loss, tf.cast(extra_d, tf.float64), tf.cast(extra_g, tf.float64)])
+
     def _d_step_graph(self, real, z, labels=None):
         fake = self._g_forward(z, labels, True)
         d_loss, d_grads = self._d_loss_and_grads(real, fake, labels)
@@ -409,6 +449,24 @@ class TFBackend(Backend):
         self._check_pair(real, z)
         d_loss, g_loss = self._train_step_fn(*self._args(real, z, labels=labels))
         return float(d_loss), float(g_loss)
+
+    def train_step_rebalanced(self, real, z, labels=None, margin: float | None = None,
+                              max_steps: int | None = None) -> tuple[float, float, int, int]:
+        """train_step and the margin-balancing loop of service.trainer.rebalance in one compiled
+        call (the loop stays on the device: no loss read back per decision; the same decisions,
+        tests/test_tf_fused_rebalance.py): (d_loss, g_loss, extra_d, extra_g). margin and
+        max_steps default to the config's. Not for a private run, whose extra D steps each
+        draw a fresh real sample and are counted by the accountant (the trainer's loop)."""
+        if self.config.private:
+            raise ValueError("a private run rebalances in the trainer: each extra D step samples afresh")
+        self._check_pair(real, z)
+        margin = self.config.margin if margin is None else float(margin)
+        max_steps = self.config.max_rebalance_steps if max_steps is None else int(max_steps)
+        limits = self._limits.get((margin, max_steps))
+        if limits is None:  # the scalars as tensors once, not on every step
+            limits = self._limits[(margin, max_steps)] = (tf.constant(margin, tf.float64), tf.constant(max_steps, tf.int32))
+        d_loss, g_loss, extra_d, extra_g = self._rebalanced_step_fn(*limits, *self._args(real, z, labels=labels)).numpy()
+        return float(d_loss), float(g_loss), int(extra_d), int(extra_g)
 
     def d_step(self, real, z, labels=None):
         if self.config.private:
@@ -493,6 +551,8 @@ class TFBackend(Backend):
         """How many times each compiled step has been traced (1 after use means no retracing)."""
         return {
             "train_step": self._train_step_fn.experimental_get_tracing_count(),
+            **({} if self.config.private else
+               {"train_step_rebalanced": self._rebalanced_step_fn.experimental_get_tracing_count()}),
             "d_step": self._d_step_fn.experimental_get_tracing_count(),
             "g_step": self._g_step_fn.experimental_get_tracing_count(),
             "generate": self._generate_fn.experimental_get_tracing_count(),
