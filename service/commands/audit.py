@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from service.commands.common import add_crop, add_image_size, add_progress, show_progress
+from service.commands.common import add_crop, add_image_size, add_progress, show_progress, workers_count
 
 
 def add_arguments(p):
@@ -19,7 +19,7 @@ def add_arguments(p):
     p.add_argument("--labels", metavar="CSV", help="label or metadata file of the training images (their groups: "
                    "source image or patient; default: the one beside them)")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder: audit.csv, summary.json, memorization_pairs.png")
-    p.add_argument("--workers", type=int, metavar="K",
+    p.add_argument("--workers", type=workers_count, metavar="K",
                    help="Ray tasks at a time (default: the CPUs of the machine or cluster); 0: no Ray, one in-process loop")
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--shard-size", type=int, default=None, metavar="S",
@@ -34,12 +34,9 @@ def run(args) -> int:
     from service.audit.job import AUDIT_COMMAND, refuse_nesting
     from service.audit.source import first_image_side
     from service.data import load_images
-    from service.errors import UserError
     from service.files import check_output_folder
     from service.imageio import to_uint8
 
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
     source = open_generated_set(args.fake, DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size)
     refuse_nesting(source, args.out)
     check_output_folder(args.out, AUDIT_COMMAND)  # a folder we may not write: one line before the long steps

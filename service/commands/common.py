@@ -113,3 +113,16 @@ def int_list(text: str, option: str, minimum: int = 0) -> tuple[int, ...]:
 def show_progress(args) -> bool:
     """--progress / --no-progress as given, else on exactly when stderr is a terminal."""
     return sys.stderr.isatty() if args.progress is None else bool(args.progress)
+
+
+def workers_count(text: str) -> int:
+    """--workers K: a count of Ray tasks at a time, 0 for none (one in-process loop)."""
+    from service.errors import UserError
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"--workers takes a whole number of tasks, got {text!r}") from None
+    if value < 0:
+        raise UserError(f"--workers must be >= 0, got {value}")
+    return value

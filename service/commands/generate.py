@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from service.commands.common import add_backend, add_progress, show_progress
+from service.commands.common import add_backend, add_progress, show_progress, workers_count
 from service.generation.job import OUTPUT_FORMATS
 
 
@@ -13,7 +13,7 @@ def add_arguments(p):
     p.add_argument("--run", metavar="RUN", required=True, help="run directory (config.json + checkpoints/)")
     p.add_argument("--count", type=int, required=True, metavar="N", help="number of images")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (PNG files or tar shards, and manifest.csv)")
-    p.add_argument("--workers", type=int, metavar="K", help="Ray tasks at a time (default: the CPUs of the machine or cluster); 0: no Ray, one in-process loop")
+    p.add_argument("--workers", type=workers_count, metavar="K", help="Ray tasks at a time (default: the CPUs of the machine or cluster); 0: no Ray, one in-process loop")
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="class to generate on a conditional run, by name or index (default: cycle the classes by index)")
     p.add_argument("--seed", type=int, default=0, help="base seed: image i's noise is keyed by (seed, i) (default: 0)")

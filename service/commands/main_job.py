@@ -8,7 +8,7 @@ The stages live in service.main_job; this module only reads the options.
 
 from __future__ import annotations
 
-from service.commands.common import add_backend, add_data, add_progress, add_seed, add_training
+from service.commands.common import add_backend, add_data, add_progress, add_seed, add_training, workers_count
 from service.commands.train import training_request
 from service.main_job import DEFAULT_COUNT, MainJob, run_main_job, summary_lines
 
@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
         help=f"images to generate and validate (default: {DEFAULT_COUNT})",
     )
     parser.add_argument(
-        "--workers", type=int, default=0, metavar="K",
+        "--workers", type=workers_count, default=0, metavar="K",
         help="generate on Ray with K workers (default: 0, one in-process loop; same bytes)",
     )
     parser.add_argument(

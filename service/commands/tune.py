@@ -37,17 +37,22 @@ def add_arguments(p):
     p.add_argument("--holdout", type=float, default=0.2, metavar="FRACTION", help="share of images held out for SWD (default: 0.2)")
     add_seed(p)
     add_progress(p)
-    DEFAULTS.update({name: p.get_default(name) for name in SEARCH_OPTIONS + ("out",)})
+    # what each search option is when not given, for _given (dropped before the options are recorded)
+    p.set_defaults(search_defaults={name: p.get_default(name) for name in SEARCH_OPTIONS + ("out",)})
 
 
 def run(args) -> int:
     from service.tune import TuneSettings, print_summary, resumed_arguments, search
 
+    arguments = vars(args).copy()
+    defaults = arguments.pop("search_defaults")
     resume = args.resume is not None
     if resume:
-        args = argparse.Namespace(**resumed_arguments(args.resume, vars(args), _given(args)))
+        args = argparse.Namespace(**resumed_arguments(args.resume, arguments, _given(args, defaults)))
     elif args.out is None:
         raise UserError("give --out DIR for a new search, or --resume DIR")
+    else:
+        args = argparse.Namespace(**arguments)
     settings = TuneSettings(
         trials=args.trials, time_budget=args.time_budget, out_dir=Path(args.out), backend=args.backend,
         epochs=args.epochs, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -61,10 +66,7 @@ def run(args) -> int:
     return 0
 
 
-def _given(args) -> list[str]:
-    """The search options given on the command line (those not at their defaults)."""
+def _given(args, defaults: dict) -> list[str]:
+    """The search options given on the command line (those not at their parser defaults)."""
     return [f"--{name.replace('_', '-')}" for name in SEARCH_OPTIONS + ("out",)
-            if getattr(args, name) is not None and getattr(args, name) != DEFAULTS.get(name)]
-
-
-DEFAULTS: dict = {}  # filled from the parser in add_arguments: an option at its default was not given
+            if getattr(args, name) is not None and getattr(args, name) != defaults.get(name)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.commands.common import add_crop, add_image_size, add_progress, add_seed, show_progress
+from service.commands.common import add_crop, add_image_size, add_progress, add_seed, show_progress, workers_count
 from service.training import DEFAULT_IMAGE_SIZE
 from service.errors import UserError
 from service.validation.report import REPORT_FILE
@@ -33,7 +33,7 @@ def add_arguments(p):
     p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
                    help="when a generated folder holds more images, the distribution metrics and maps use a fixed random "
                         f"sample of N (drawn from --seed, recorded) and the memorization audit covers every image (default: {DEFAULT_SAMPLE})")
-    p.add_argument("--workers", type=int, default=0, metavar="K",
+    p.add_argument("--workers", type=workers_count, default=0, metavar="K",
                    help="Ray tasks for the audit of every image when sampling (default: 0, in process)")
     add_seed(p)
     add_progress(p)
@@ -128,8 +128,6 @@ def sample_plan(args):
 
     if args.sample < 1:
         raise UserError(f"--sample must be a positive number of images, got {args.sample}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0, got {args.workers}")
     fake = Path(args.fake)
     if not ((fake / MANIFEST_FILE).is_file() or fake.suffix.lower() == ".tar" or (fake.is_dir() and any(fake.glob("*.tar")))):
         return None, None
