@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,39 @@ def _per_class(real, fake, real_features, fake_features, real_labels, fake_label
     return results
 
 
+@dataclass
+class ValidationSets:
+    """The sets of one validation, checked: uint8 NHWC images, int64 labels and groups (or None).
+    train is None when no training set was given (the audit then uses the real set)."""
+
+    real: np.ndarray
+    fake: np.ndarray
+    train: np.ndarray | None = None
+    real_labels: np.ndarray | None = None
+    fake_labels: np.ndarray | None = None
+    train_labels: np.ndarray | None = None
+    class_names: list | None = None
+    real_groups: np.ndarray | None = None
+    train_groups: np.ndarray | None = None  # the real set's groups when train is None
+
+    @property
+    def audit_train(self) -> np.ndarray:
+        return self.train if self.train is not None else self.real
+
+    @property
+    def labelled(self) -> bool:
+        return self.real_labels is not None and self.fake_labels is not None
+
+
+@dataclass
+class ValidationOptions:
+    out_dir: Path
+    run_dir: object = None
+    progress: bool = True
+    inception: InceptionFeatures | None = None
+    seed: int = 0
+
+
 def validate_sets(
     real,
     fake,
@@ -171,11 +205,20 @@ def validate_sets(
     # One OpenMP thread for scikit-learn's k-NN and t-SNE: their many short parallel regions
     # spin and contend on shared cores (measured 10-50x slower under load); BLAS keeps its threads.
     with threadpool_limits(limits=1, user_api="openmp"):
-        return _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups, train_groups, train_labels)
+        started = time.perf_counter()
+        sets = checked_sets(real, fake, train, real_labels, fake_labels, train_labels, class_names, real_groups,
+                            train_groups)
+        halves = _reference_halves(sets, seed)
+        inception = InceptionFeatures(inception_weights) if inception_weights else None  # fail before the long steps
+        out_dir = claim_output_folder(out_dir, VALIDATE_COMMAND, ours_if=is_old_report_folder)
+        options = ValidationOptions(out_dir, run_dir, progress, inception, seed)
+        with output_lock(out_dir, "a report"):
+            return _write_validation(sets, options, halves, started)
 
 
-def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress, inception_weights, seed, real_groups, train_groups, train_labels=None) -> dict:
-    started = time.perf_counter()
+def checked_sets(real, fake, train=None, real_labels=None, fake_labels=None, train_labels=None, class_names=None,
+                 real_groups=None, train_groups=None) -> ValidationSets:
+    """The sets as uint8 with their labels and groups checked; one-line UserError otherwise."""
     real = _as_uint8("real", real)
     fake = _as_uint8("generated", fake)
     train = None if train is None else _as_uint8("training", train)
@@ -185,17 +228,19 @@ def _validate_sets(real, fake, train, out_dir, real_labels, fake_labels, class_n
     train_labels = _check_labels("training", train_labels, len(train)) if train is not None else None
     real_groups = _check_labels("real group", real_groups, len(real))
     train_groups = _check_labels("training group", train_groups, len(train)) if train is not None else real_groups
-    if real_groups is not None and len(np.unique(real_groups)) < 2:
+    return ValidationSets(real, fake, train, real_labels, fake_labels, train_labels, class_names, real_groups,
+                          train_groups)
+
+
+def _reference_halves(sets: ValidationSets, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The real set's two halves for the real-vs-real reference; UserError when groups leave too few."""
+    if sets.real_groups is not None and len(np.unique(sets.real_groups)) < 2:
         raise UserError("the real images all belong to one group; a real-vs-real reference needs two or more")
-    half_a, half_b = _halves(len(real), seed, real_groups)
+    half_a, half_b = _halves(len(sets.real), seed, sets.real_groups)
     if min(len(half_a), len(half_b)) < metrics.DENSITY_COVERAGE_K + 1:
         raise UserError(f"splitting the real images by group leaves halves of {len(half_a)} images; "
                         f"the reference needs at least {metrics.DENSITY_COVERAGE_K + 1} on each side")
-    inception = InceptionFeatures(inception_weights) if inception_weights else None  # fail before the long steps
-    out_dir = claim_output_folder(out_dir, VALIDATE_COMMAND, ours_if=is_old_report_folder)
-    with output_lock(out_dir, "a report"):
-        return _write_validation(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress,
-                                 inception, seed, real_groups, train_groups, half_a, half_b, started, train_labels)
+    return half_a, half_b
 
 
 def is_old_report_folder(folder) -> bool:
@@ -203,114 +248,150 @@ def is_old_report_folder(folder) -> bool:
     return (Path(folder) / RESULTS_FILE).is_file() and (Path(folder) / REPORT_FILE).is_file()
 
 
-def _write_validation(real, fake, train, out_dir, real_labels, fake_labels, class_names, run_dir, progress,
-                      inception, seed, real_groups, train_groups, half_a, half_b, started, train_labels=None) -> dict:
+class _Steps:
+    """The report's steps as one progress bar, each step's seconds kept for metrics.json."""
 
-    audit_train = train if train is not None else real
-    timings: dict[str, float] = {}
+    def __init__(self, names: list[str], progress: bool):
+        self.timings: dict[str, float] = {}
+        self.bar = tqdm(total=len(names), desc="validate", disable=not progress, unit="step")
+
+    def start(self, name: str) -> None:
+        self.bar.set_postfix_str(name)
+        self.timings[name] = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        self.timings[name] = round(time.perf_counter() - self.timings[name], 2)
+        self.bar.update(1)
+
+
+def _step_names(sets: ValidationSets, options: ValidationOptions) -> list[str]:
     steps = ["features", "swd + feature metrics", "reference (real halves)", "memorization audit", "maps", "report"]
-    if real_labels is not None and fake_labels is not None:
+    if sets.labelled:
         steps.insert(3, "per-class metrics")
         steps.insert(4, "class fidelity")
-    if inception is not None:
+    if options.inception is not None:
         steps.insert(-1, "inception")
-    bar = tqdm(total=len(steps), desc="validate", disable=not progress, unit="step")
+    return steps
 
-    def step(name):
-        bar.set_postfix_str(name)
-        timings[name] = time.perf_counter()
 
-    def done(name):
-        timings[name] = round(time.perf_counter() - timings[name], 2)
-        bar.update(1)
+def _write_validation(sets: ValidationSets, options: ValidationOptions, halves, started: float) -> dict:
+    real, fake, seed, out_dir = sets.real, sets.fake, options.seed, options.out_dir
+    half_a, half_b = halves
+    steps = _Steps(_step_names(sets, options), options.progress)
 
-    step("features")
-    real_features = random_net_features(real, progress=progress, desc="features: real")
-    fake_features = random_net_features(fake, progress=progress, desc="features: generated")
-    done("features")
+    steps.start("features")
+    real_features = random_net_features(real, progress=options.progress, desc="features: real")
+    fake_features = random_net_features(fake, progress=options.progress, desc="features: generated")
+    steps.done("features")
 
-    step("swd + feature metrics")
+    steps.start("swd + feature metrics")
     main = _set_metrics(real, fake, real_features, fake_features, seed)
-    done("swd + feature metrics")
+    steps.done("swd + feature metrics")
 
-    step("reference (real halves)")
+    steps.start("reference (real halves)")
     reference = _set_metrics(real[half_a], real[half_b], real_features[half_a], real_features[half_b], seed)
-    done("reference (real halves)")
+    steps.done("reference (real halves)")
 
     per_class = class_fidelity = None
-    if real_labels is not None and fake_labels is not None:
-        step("per-class metrics")
-        per_class = _per_class(real, fake, real_features, fake_features, real_labels, fake_labels, class_names, seed, real_groups)
-        done("per-class metrics")
-        step("class fidelity")
-        class_fidelity = _class_fidelity(real, real_labels, fake, fake_labels, class_names, train, train_labels,
-                                         real_groups, seed)
-        done("class fidelity")
+    if sets.labelled:
+        steps.start("per-class metrics")
+        per_class = _per_class(real, fake, real_features, fake_features, sets.real_labels, sets.fake_labels,
+                               sets.class_names, seed, sets.real_groups)
+        steps.done("per-class metrics")
+        steps.start("class fidelity")
+        class_fidelity = _class_fidelity(real, sets.real_labels, fake, sets.fake_labels, sets.class_names, sets.train,
+                                         sets.train_labels, sets.real_groups, seed)
+        steps.done("class fidelity")
 
-    step("memorization audit")
-    audit = memorization.memorization_audit(audit_train, fake, train_groups)
-    reference_audit = memorization.memorization_audit(
-        real[half_a], real[half_b], None if real_groups is None else real_groups[half_a]
-    )
-    main.update(copy_share=audit["copy_share"], copies=audit["copies"], median_copy_ratio=audit["median_ratio"])
-    reference.update(copy_share=reference_audit["copy_share"], copies=reference_audit["copies"], median_copy_ratio=reference_audit["median_ratio"])
-    closest_pairs = memorization.save_pairs_panel(out_dir / "memorization_pairs.png", audit, fake, audit_train)
-    memorization.save_ratio_histogram(out_dir / "memorization_ratios.png", audit["ratio"], reference_audit["ratio"])
-    done("memorization audit")
+    steps.start("memorization audit")
+    closest_pairs = _memorization(sets, halves, main, reference, out_dir)
+    steps.done("memorization audit")
 
     inception_result = None
-    if inception is not None:
-        step("inception")
-        inception_real = inception(real, progress=progress, desc="inception: real")
-        inception_fake = inception(fake, progress=progress, desc="inception: generated")
-        for target, (a, b) in ((main, (inception_real, inception_fake)), (reference, (inception_real[half_a], inception_real[half_b]))):
-            kid = metrics.kernel_distance(a, b, seed=seed)
-            target.update(inception_fd=metrics.frechet_distance(a, b), inception_kid=kid["mean"], inception_kid_std=kid["std"])
-        inception_result = {"weights": inception.weights_path}
-        done("inception")
+    if options.inception is not None:
+        steps.start("inception")
+        inception_result = _inception(options.inception, real, fake, halves, main, reference, options)
+        steps.done("inception")
 
-    step("maps")
+    steps.start("maps")
     map_info = maps.save_maps(out_dir, real_features, fake_features, real, fake, seed=seed)
-    done("maps")
+    steps.done("maps")
 
-    step("report")
-    figures = _write_figures(out_dir, real, fake, run_dir, seed)
+    steps.start("report")
     result = {
-        "counts": {"real": len(real), "generated": len(fake), "training": len(audit_train), "reference_half": len(half_a)},
+        "counts": {"real": len(real), "generated": len(fake), "training": len(sets.audit_train),
+                   "reference_half": len(half_a)},
         "image_size": [int(real.shape[1]), int(real.shape[2])],
-        "reference_groups": None if real_groups is None else int(len(np.unique(real_groups))),
+        "reference_groups": None if sets.real_groups is None else int(len(np.unique(sets.real_groups))),
         "seed": seed,
         "real_vs_generated": main,
         "real_vs_real": reference,
         "per_class": per_class,
         "class_fidelity": class_fidelity,
-        "privacy": _run_privacy(run_dir),
+        "privacy": _run_privacy(options.run_dir),
         "memorization": {
             "space": memorization.AUDIT_SPACE,
-            "against": "training set" if train is not None else "real set (no training set given)",
+            "against": "training set" if sets.train is not None else "real set (no training set given)",
             "closest_pairs": closest_pairs,
         },
         "feature_space": FEATURE_SPACE,
         "inception": inception_result,
         "maps": map_info,
-        "settings": {
-            "swd": {"patch": metrics.SWD_PATCH_SIZE, "patches_per_image": metrics.SWD_PATCHES_PER_IMAGE, "directions": f"{metrics.SWD_DIRECTION_REPEATS}x{metrics.SWD_DIRECTIONS_PER_REPEAT}", "levels_down_to": metrics.SWD_MIN_RESOLUTION, "scale": metrics.SWD_SCALE},
-            "kid": {"subsets": metrics.KID_SUBSETS, "max_subset_size": metrics.KID_MAX_SUBSET_SIZE, "kernel": "(x.y/d + 1)^3"},
-            "precision_recall_k": metrics.PRECISION_RECALL_K,
-            "density_coverage_k": metrics.DENSITY_COVERAGE_K,
-            "per_class_max_images": PER_CLASS_MAX_IMAGES,
-            "sample_grid_images": SAMPLE_GRID_IMAGES,
-        },
-        "files": figures,
-        "timings_s": timings,
+        "settings": _settings(),
+        "files": _write_figures(out_dir, real, fake, options.run_dir, seed),
+        "timings_s": steps.timings,
     }
-    done("report")
-    bar.close()
+    steps.done("report")
+    steps.bar.close()
     result["timings_s"]["total"] = round(time.perf_counter() - started, 2)
     result = _jsonable(result)
     write_json(out_dir / RESULTS_FILE, result)
     write_report(out_dir, result)
     return result
+
+
+def _memorization(sets: ValidationSets, halves, main: dict, reference: dict, out_dir: Path) -> list:
+    """The copy audit of the generated set against the training set, and of one real half
+    against the other (the reference); their counts join `main` and `reference`; the panels are
+    written. Returns the closest pairs."""
+    half_a, half_b = halves
+    real, fake, audit_train = sets.real, sets.fake, sets.audit_train
+    audit = memorization.memorization_audit(audit_train, fake, sets.train_groups)
+    reference_audit = memorization.memorization_audit(
+        real[half_a], real[half_b], None if sets.real_groups is None else sets.real_groups[half_a]
+    )
+    main.update(copy_share=audit["copy_share"], copies=audit["copies"], median_copy_ratio=audit["median_ratio"])
+    reference.update(copy_share=reference_audit["copy_share"], copies=reference_audit["copies"],
+                     median_copy_ratio=reference_audit["median_ratio"])
+    closest_pairs = memorization.save_pairs_panel(out_dir / "memorization_pairs.png", audit, fake, audit_train)
+    memorization.save_ratio_histogram(out_dir / "memorization_ratios.png", audit["ratio"], reference_audit["ratio"])
+    return closest_pairs
+
+
+def _inception(inception: InceptionFeatures, real, fake, halves, main: dict, reference: dict,
+               options: ValidationOptions) -> dict:
+    """FD and KID in Inception's space (user-given weights), joined to `main` and `reference`."""
+    half_a, half_b = halves
+    inception_real = inception(real, progress=options.progress, desc="inception: real")
+    inception_fake = inception(fake, progress=options.progress, desc="inception: generated")
+    for target, (a, b) in ((main, (inception_real, inception_fake)),
+                           (reference, (inception_real[half_a], inception_real[half_b]))):
+        kid = metrics.kernel_distance(a, b, seed=options.seed)
+        target.update(inception_fd=metrics.frechet_distance(a, b), inception_kid=kid["mean"], inception_kid_std=kid["std"])
+    return {"weights": inception.weights_path}
+
+
+def _settings() -> dict:
+    return {
+        "swd": {"patch": metrics.SWD_PATCH_SIZE, "patches_per_image": metrics.SWD_PATCHES_PER_IMAGE,
+                "directions": f"{metrics.SWD_DIRECTION_REPEATS}x{metrics.SWD_DIRECTIONS_PER_REPEAT}",
+                "levels_down_to": metrics.SWD_MIN_RESOLUTION, "scale": metrics.SWD_SCALE},
+        "kid": {"subsets": metrics.KID_SUBSETS, "max_subset_size": metrics.KID_MAX_SUBSET_SIZE, "kernel": "(x.y/d + 1)^3"},
+        "precision_recall_k": metrics.PRECISION_RECALL_K,
+        "density_coverage_k": metrics.DENSITY_COVERAGE_K,
+        "per_class_max_images": PER_CLASS_MAX_IMAGES,
+        "sample_grid_images": SAMPLE_GRID_IMAGES,
+    }
 
 
 def _run_privacy(run_dir) -> dict | None:
