@@ -19,7 +19,7 @@ from pathlib import Path
 
 from service.data import Dataset
 from service.errors import UserError
-from service.training import DEFAULT_BACKEND, DEFAULT_PRESET, TrainingRequest
+from service.training import DEFAULT_BACKEND, TrainingRequest, preset_of
 
 DEFAULT_TIME_BUDGET = 480.0  # seconds of training when neither epochs nor a time budget is given
 DEFAULT_COUNT = 1000
@@ -65,7 +65,7 @@ def job_request(job: MainJob) -> TrainingRequest:
         time_budget = DEFAULT_TIME_BUDGET
     return replace(
         request, out=Path(request.out or Path("runs") / time.strftime("main-%Y%m%d-%H%M%S")),
-        time_budget=time_budget, backend=request.backend or DEFAULT_BACKEND, preset=request.preset or DEFAULT_PRESET,
+        time_budget=time_budget, backend=request.backend or DEFAULT_BACKEND, preset=preset_of(request),
         seed=0 if request.seed is None else request.seed,
     )
 

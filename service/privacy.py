@@ -16,6 +16,7 @@ first use, so importing this module stays cheap.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -67,11 +68,19 @@ def calibrate_noise(sampling_rate: float, steps: int, target_epsilon: float, del
 
     if not target_epsilon > 0 or steps < 1:
         raise ValueError("calibrate_noise needs a target epsilon > 0 and at least one step")
-    return float(
-        dp_accounting.calibrate_dp_mechanism(
-            _rdp_accountant, lambda sigma: dp_event(sampling_rate, sigma, steps), target_epsilon, delta
+    # the search tries small sigmas whose RDP terms do not converge at some orders; the accountant
+    # drops those orders (a looser epsilon, never a smaller one) and says so on absl's log: quiet it
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                _rdp_accountant, lambda sigma: dp_event(sampling_rate, sigma, steps), target_epsilon, delta
+            )
         )
-    )
+    finally:
+        absl.setLevel(level)
 
 
 @functools.lru_cache(maxsize=256)

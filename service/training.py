@@ -12,6 +12,7 @@ resume and run the Trainer).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,8 @@ from service.errors import UserError
 DEFAULT_EPOCHS = 10  # when neither --epochs nor --time-budget is given
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_PRESET = "default"
+PRIVATE_PRESET = "dp"  # what any --dp-* option starts from when --preset is not given
+DP_OPTIONS = ("dp_epsilon", "dp_delta", "dp_clip", "dp_noise")  # TrainingRequest fields = GANConfig fields
 DEFAULT_SOURCE = "default"  # config.json data.source of the embedded dataset
 IN_MEMORY_SOURCE = "in-memory"  # a Dataset handed over in TrainingRequest.dataset
 
@@ -53,6 +56,13 @@ class TrainingRequest:
     batch_size: int | None = None
     seed: int | None = None
     conditional: bool = False
+    # differential privacy (README "train"): a budget, its delta, the clip norm and the noise
+    # multiplier; any of them turns a run private (the `dp` preset unless --preset names
+    # another); a budget without a noise multiplier calibrates the noise to --epochs
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_clip: float | None = None
+    dp_noise: float | None = None
     # the schedule: epochs is the total to reach; neither it nor time_budget: DEFAULT_EPOCHS
     epochs: int | None = None
     time_budget: float | None = None
@@ -150,6 +160,10 @@ def check_schedule(request: TrainingRequest) -> None:
         raise UserError(f"--epochs must be >= 1, got {request.epochs}")
     if request.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {request.checkpoint_every}")
+    for name in DP_OPTIONS:
+        value = getattr(request, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a number above 0, got {value}")
     if request.diversity_every is not None and request.diversity_every < 0:
         raise UserError(f"--diversity-every must be >= 0 steps (0 turns the check off), got {request.diversity_every}")
     if request.time_budget is not None:
@@ -192,6 +206,7 @@ def _options_fixed_on_resume(request: TrainingRequest) -> list[str]:
     explicit = {
         "--out": request.out, "--preset": request.preset, "--image-size": request.image_size,
         "--batch-size": request.batch_size, "--seed": request.seed,
+        **{"--" + name.replace("_", "-"): getattr(request, name) for name in DP_OPTIONS},
         "--config": request.config_file or request.config_overrides, "--conditional": request.conditional or None,
         "--labels": options.labels, "--label-column": options.label_column, "--classes": options.classes or None,
         "--binary": options.binary, "--unknown": None if options.unknown == DataOptions.unknown else options.unknown,
@@ -270,12 +285,19 @@ def _data_record(request: TrainingRequest, dataset: Dataset, config: GANConfig) 
     }
 
 
+def preset_of(request: TrainingRequest) -> str:
+    """The request's preset: as given, else `dp` when a --dp-* option is given, else the default."""
+    if request.preset:
+        return request.preset
+    return PRIVATE_PRESET if any(getattr(request, name) is not None for name in DP_OPTIONS) else DEFAULT_PRESET
+
+
 def build_config(request: TrainingRequest, image_size: int, dataset: Dataset) -> GANConfig:
     """The run's GANConfig: the preset, then the request's config file and overrides, then its
     explicit fields; num_classes from the data when conditional."""
     from backends.presets import PRESETS, preset_config
 
-    preset = request.preset or DEFAULT_PRESET
+    preset = preset_of(request)
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     overrides = {}
@@ -283,16 +305,45 @@ def build_config(request: TrainingRequest, image_size: int, dataset: Dataset) ->
         overrides.update(read_config_file(request.config_file))
     overrides.update(request.config_overrides or {})
     overrides.pop("preset", None)
-    explicit = {"image_size": image_size, "batch_size": request.batch_size, "seed": request.seed}
+    explicit = {"image_size": image_size, "batch_size": request.batch_size, "seed": request.seed,
+                **{name: getattr(request, name) for name in DP_OPTIONS}}
     overrides.update({k: v for k, v in explicit.items() if v is not None})
     overrides["num_classes"] = class_count(dataset, request.conditional or overrides.get("num_classes", 0) > 0)
     try:
         config = preset_config(preset, **overrides)
     except (ConfigError, TypeError) as e:
-        raise UserError(f"bad config: {e}") from None
+        private = any(getattr(request, name) is not None for name in DP_OPTIONS)
+        hint = f" (--dp-* options with --preset {preset}: give --dp-noise, or use --preset dp)" if private else ""
+        raise UserError(f"bad config: {e}{hint}") from None
     if request.config_file is not None or request.config_overrides:
         config = config.replace(preset=f"{preset}+custom")
+    if request.dp_epsilon is not None and request.dp_noise is None and "dp_noise" not in overrides:
+        config = _calibrated_noise(config, request, len(dataset.images))
     return config
+
+
+def _calibrated_noise(config: GANConfig, request: TrainingRequest, count: int) -> GANConfig:
+    """--dp-epsilon without --dp-noise: the smallest noise multiplier whose planned steps
+    (--epochs x N // batch size Poisson-sampled D steps) spend the budget; the margin's extra D
+    steps then end the run early, at the budget. With a time budget and no --epochs the steps are
+    not known: the preset's noise multiplier stays, and the run stops when the budget is spent."""
+    from service.privacy import calibrate_noise
+
+    if not config.private:
+        raise UserError("--dp-epsilon needs a private run: a noise multiplier above 0 (--dp-noise)")
+    steps = None if request.epochs is None else request.epochs * (count // config.batch_size)
+    if not steps:
+        print(f"note: --dp-epsilon {request.dp_epsilon:g} with no --epochs: noise multiplier {config.dp_noise:g} "
+              "(the preset's); training stops when the budget is spent. Give --epochs to fit the noise to the "
+              "budget, or --dp-noise", file=sys.stderr)
+        return config
+    sigma = calibrate_noise(config.batch_size / count, steps, request.dp_epsilon, config.dp_delta)
+    print(f"privacy: noise multiplier {sigma:.4g} spends epsilon {request.dp_epsilon:g} (delta {config.dp_delta:g}) "
+          f"in {steps} D steps ({request.epochs} epochs of {count // config.batch_size})", file=sys.stderr)
+    try:
+        return config.replace(dp_noise=round(sigma, 6) + 1e-6)  # rounded up: never above the budget
+    except (ConfigError, TypeError) as e:
+        raise UserError(f"bad config: {e}") from None
 
 
 def class_count(dataset: Dataset, conditional: bool) -> int:

@@ -83,6 +83,16 @@ def add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training cleanly after this many seconds")
     p.add_argument("--conditional", action="store_true", help="condition G and D on the data's classes")
+    private = p.add_argument_group(
+        "differential privacy", "any of these trains D by DP-SGD (the `dp` preset unless --preset names another)")
+    private.add_argument("--dp-epsilon", type=float, metavar="E",
+                         help="privacy budget: training stops before spending more; without --dp-noise the noise is "
+                         "fitted to spend E over --epochs (the `dp` preset: 10)")
+    private.add_argument("--dp-delta", type=float, metavar="D", help="the guarantee's delta, below 1/N (default: 1e-5)")
+    private.add_argument("--dp-clip", type=float, metavar="C", help="per-image gradient norm bound (default: 1.0)")
+    private.add_argument("--dp-noise", type=float, metavar="SIGMA",
+                         help="noise multiplier: Gaussian noise of SIGMA x C on the clipped sum (default: 1.0, or "
+                         "fitted to --dp-epsilon)")
     p.add_argument(
         "--diversity-every", type=int, metavar="N",
         help="check G's diversity every N training steps and at the end (coverage of a fixed slice of the "
