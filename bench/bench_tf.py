@@ -39,7 +39,9 @@ import tensorflow as tf  # noqa: E402
 from backends import spec  # noqa: E402
 from backends.config import GANConfig  # noqa: E402
 from backends.tf import TFBackend, runtime  # noqa: E402
-from backends.tf.networks import upsample_conv_taps_per_block  # noqa: E402
+from backends.tf.networks import (  # noqa: E402
+    COMBINED_BELOW_FILTERS, COMBINED_MAX_WORK, combined_window_taps, upsample_conv_taps_per_block,
+)
 from thesis_recipe import ThesisRecipe  # noqa: E402
 
 
@@ -80,7 +82,10 @@ def forward_macs(config: GANConfig, net: str, phase_convs: bool = False) -> int:
     for layer in spec.net_spec(config, net):
         if phase_convs and upsampled and layer.kind == "conv":
             a = layer.args
-            total += (side // 2) ** 2 * upsample_conv_taps_per_block(a["kernel"]) * a["in"] * a["filters"]
+            small = (side // 2) ** 2 * a["in"] * a["filters"]
+            combined = a["filters"] < COMBINED_BELOW_FILTERS or small <= COMBINED_MAX_WORK  # UpSampleConv2D's choice
+            taps = combined_window_taps(a["kernel"]) if combined else upsample_conv_taps_per_block(a["kernel"])
+            total += small * taps
         else:
             macs, side = layer_macs(layer, side)
             total += macs

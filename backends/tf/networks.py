@@ -230,28 +230,45 @@ def _tap_matrix(kernel_size: int):
     return matrix, low
 
 
+# UpSampleConv2D runs as one convolution for very few filters (G's RGB output: 12 outputs run
+# better than four convolutions of 3) or a small layer (input side^2 x in x filters up to
+# COMBINED_MAX_WORK, where four convolutions cost more to dispatch than 1.44x the multiply-adds),
+# else as four phase convolutions. Measured on a 2-core CPU (oneDNN): one convolution took
+# 0.7-0.8x the time of four at 3 filters, 0.86x for the whole `default` 32x32 step, and
+# 1.7-6.5x for the thesis model's 128-1024-wide layers (docs/benchmarks.md).
+# extra["combined_upsample_conv"] forces either.
+COMBINED_BELOW_FILTERS = 8
+COMBINED_MAX_WORK = 1 << 16
+
+
 class UpSampleConv2D(keras.layers.Layer):
     """UpSampling2D(2, nearest) then Conv2D(filters, k, 'same'), computed without the upsampled
     image: each of the four output phases (even/odd row x even/odd column) is a small conv on
-    the input, with the taps that read the same source pixel summed. The four phase kernels,
-    padded to their common window, run as ONE convolution with 4 x filters outputs followed by
-    depth_to_space (the NumPy core's layout): a handful of ops per layer instead of a hundred
-    small ones, which on a CPU cost more in dispatch than the 36 against 25 multiply-adds per
-    2x2 output block. The phase kernels come from two contractions with a constant 0/1 matrix
-    (rows, then columns), the same sums of at most two taps as before, so they are exact.
-    Exactly the same function (the parity tests check it against the NumPy core to 1e-9).
-    Weights as Conv2D: kernel (k, k, cin, filters), bias.
+    the input, with the taps that read the same source pixel summed (25 instead of 64
+    multiply-adds per 2x2 output block for k=4); the four phase outputs, side by side along
+    channels, become the image by depth_to_space. The phase kernels come from contractions of
+    the kernel with constant 0/1 tap matrices (rows, then columns: a few ops per layer where
+    slicing and summing taps one by one took a hundred): sums of at most two taps, exact, so
+    forward outputs are bit for bit those of the tap-by-tap form. With `combined` the four
+    kernels, padded to their common window, run as ONE convolution with 4 x filters outputs
+    (the NumPy core's layout; 36 multiply-adds per block), which is faster for very few
+    filters or small layers (COMBINED_BELOW_FILTERS, COMBINED_MAX_WORK). Exactly the same function either way (the parity tests
+    check it against the NumPy core to 1e-9). Weights as Conv2D: kernel (k, k, cin, filters), bias.
     """
 
-    def __init__(self, filters: int, kernel_size: int, kernel_initializer, **kwargs):
+    def __init__(self, filters: int, kernel_size: int, kernel_initializer, combined: bool | None = None, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.kernel_size = filters, kernel_size
         self.kernel_initializer = kernel_initializer
+        self.combined = combined
         self.tap_matrix, low = _tap_matrix(kernel_size)
         window = len(self.tap_matrix[0])
         self.padding = [[0, 0], [-low, window - 1 + low], [-low, window - 1 + low], [0, 0]]
 
     def build(self, input_shape):
+        if self.combined is None:  # by size (COMBINED_BELOW_FILTERS, COMBINED_MAX_WORK)
+            work = input_shape[1] * input_shape[2] * input_shape[-1] * self.filters
+            self.combined = self.filters < COMBINED_BELOW_FILTERS or work <= COMBINED_MAX_WORK
         shape = (self.kernel_size, self.kernel_size, input_shape[-1], self.filters)
         self.kernel = self.add_weight(name="kernel", shape=shape, initializer=self.kernel_initializer)
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
@@ -265,8 +282,28 @@ class UpSampleConv2D(keras.layers.Layer):
         window, cin = len(self.tap_matrix[0]), kernel.shape[2]
         return tf.reshape(full, [window, window, cin, 4 * self.filters])
 
+    def phase_kernels(self, dtype):
+        """The four phase kernels [(0, 0), (0, 1), (1, 0), (1, 1)], each only as large as its
+        taps, with the padding its 'VALID' convolution needs."""
+        kernel = tf.cast(self.kernel, dtype)
+        low = -self.padding[1][0]
+        parts = []
+        for p in (0, 1):
+            rows = [d for d, taps in enumerate(self.tap_matrix[p]) if any(taps)]
+            by_row = tf.einsum("dt,tuio->duio", tf.constant([self.tap_matrix[p][d] for d in rows], dtype), kernel)
+            for q in (0, 1):
+                cols = [d for d, taps in enumerate(self.tap_matrix[q]) if any(taps)]
+                phase = tf.einsum("et,dtio->deio", tf.constant([self.tap_matrix[q][d] for d in cols], dtype), by_row)
+                padding = [[0, 0], [-(rows[0] + low), rows[-1] + low], [-(cols[0] + low), cols[-1] + low], [0, 0]]
+                parts.append((phase, padding))
+        return parts
+
     def call(self, inputs):
-        phases = tf.nn.conv2d(inputs, self.combined_kernel(inputs.dtype), 1, self.padding)
+        if self.combined:
+            phases = tf.nn.conv2d(inputs, self.combined_kernel(inputs.dtype), 1, self.padding)
+        else:
+            phases = tf.concat([tf.nn.conv2d(tf.pad(inputs, padding), phase, 1, "VALID")
+                                for phase, padding in self.phase_kernels(inputs.dtype)], axis=-1)
         return tf.nn.bias_add(tf.nn.depth_to_space(phases, 2), tf.cast(self.bias, inputs.dtype))
 
     def compute_output_shape(self, input_shape):
@@ -357,6 +394,7 @@ class _Context:
     seeds: dict[str, int]  # layer name -> seed of its initializer or dropout (layer_seeds)
     noise_maps: list = field(default_factory=list)  # the symbolic maps, once noise_inputs has split them
     class_code: object = None  # the symbolic class code, once class_input or class_split has taken it
+    combined_upsample_conv: bool | None = None  # UpSampleConv2D as one convolution; None: by its width
 
     def common(self, layer: spec.Layer) -> dict:
         """The Keras layer's name and dtype policy: full precision for an output under mixed precision."""
@@ -503,7 +541,8 @@ def fused_upsample_conv(layers: list[spec.Layer], index: int, c: _Context):
         return None
     conv = layers[index + 1]
     return UpSampleConv2D(
-        conv.args["filters"], conv.args["kernel"], c.initializer(conv), name=conv.name, dtype=c.policy
+        conv.args["filters"], conv.args["kernel"], c.initializer(conv), name=conv.name, dtype=c.policy,
+        combined=c.combined_upsample_conv,
     )
 
 
@@ -518,7 +557,8 @@ def build_network(config: GANConfig, net: str, name: str | None = None, portable
     layers_spec = spec.net_spec(config, net)
     functional = any(layer.kind in spec.FUNCTIONAL_KINDS for layer in layers_spec)
     fuse = config.extra.get("fuse_upsample_conv", True) and not portable
-    context = _Context(net, policy, portable, fuse, layer_seeds(config, net, layers_spec))
+    context = _Context(net, policy, portable, fuse, layer_seeds(config, net, layers_spec),
+                       combined_upsample_conv=config.extra.get("combined_upsample_conv"))
     layers, outputs = [inputs], inputs
     index = 0
     while index < len(layers_spec):
