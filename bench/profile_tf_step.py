@@ -44,6 +44,8 @@ MODELS = {
     "thesis64": lambda: GANConfig(image_size=64, width=128, max_width=1024, batch_size=BATCH, dtype="float32"),
 }
 WRAPPERS = ("Run", "Process", "Execute", "Executor", "FunctionRun")
+# ops whose events enclose other ops' (the margin loop's While and If, function calls): not summed
+CONTROL_FLOW = ("While", "StatelessWhile", "If", "StatelessIf", "PartitionedCall", "StatefulPartitionedCall")
 
 
 def kind_of(name: str, op_type: str) -> str:
@@ -86,6 +88,8 @@ def op_times(logdir: str) -> tuple[collections.Counter, collections.Counter]:
                 if ":" not in name or name.startswith("__") or any(w in name for w in WRAPPERS):
                     continue
                 op_name, op_type = name.rsplit(":", 1)
+                if op_type in CONTROL_FLOW:
+                    continue
                 kind = kind_of(op_name, op_type)
                 seconds[kind] += event.duration_ps / 1e12
                 counts[kind] += 1
