@@ -44,8 +44,8 @@ print(json.dumps({"steps": result.step, "seconds": time.perf_counter() - started
 """
 
 
-def run_once(tree: Path, budget: float, size: int, backend: str, preset: str, count: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(tree), TF_CPP_MIN_LOG_LEVEL="3")
+def run_once(tree: Path, budget: float, size: int, backend: str, preset: str, count: int, extra_env=None) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree), TF_CPP_MIN_LOG_LEVEL="3", **(extra_env or {}))
     with tempfile.TemporaryDirectory() as home:
         env.setdefault("LESIONGAN_CACHE", str(Path(home) / "cache"))
         done = subprocess.run(
@@ -66,12 +66,16 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="tf")
     parser.add_argument("--preset", default="default")
     parser.add_argument("--count", type=int, default=2000, help="stand-in images")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for this tree's runs only (e.g. thread pools)")
     args = parser.parse_args(argv)
+    extra_env = dict(item.split("=", 1) for item in args.env)
     trees = {"baseline": args.baseline, "this tree": HERE} if args.baseline else {"this tree": HERE}
     steps: dict[str, list[int]] = {name: [] for name in trees}
     for round_index in range(args.rounds):
         for name, tree in trees.items():
-            result = run_once(tree, args.budget, args.size, args.backend, args.preset, args.count)
+            result = run_once(tree, args.budget, args.size, args.backend, args.preset, args.count,
+                              extra_env if name == "this tree" else None)
             steps[name].append(result["steps"])
             print(f"round {round_index + 1} {name:10s}: {result['steps']} steps in {result['seconds']:.1f} s "
                   f"({result['status']}; extra D/G steps {result['rebalance_d']}/{result['rebalance_g']})", flush=True)

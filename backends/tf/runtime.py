@@ -75,6 +75,7 @@ def available_cores() -> int:
 
 
 THREADS_VARIABLE = "LESIONGAN_TF_THREADS"  # TensorFlow's intra-op threads, when set
+INTER_THREADS_VARIABLE = "LESIONGAN_TF_INTER_THREADS"  # TensorFlow's inter-op threads, when set
 OLD_THREADS_VARIABLE = "DCGAN_TF_THREADS"  # deprecated name of THREADS_VARIABLE, still read
 
 
@@ -82,10 +83,13 @@ def configure_threads(cores: int | None = None) -> dict:
     """One intra-op thread per core; the inter-op pool small, so the two pools do not
     oversubscribe the cores (a GAN step is a chain of large ops, with little to run side by side).
     `LESIONGAN_TF_THREADS` overrides the core count (`DCGAN_TF_THREADS`, its old name, is still
-    read, deprecated). Silently keeps TF's pools if its runtime already started (they cannot
-    change then)."""
+    read, deprecated); `LESIONGAN_TF_INTER_THREADS` the inter-op pool. On 2 busy cores,
+    LESIONGAN_TF_THREADS=1 LESIONGAN_TF_INTER_THREADS=2 (ops side by side, each on one thread)
+    made the `default` model's step 1.1-1.2x faster and the thesis model's 1.1x slower
+    (docs/benchmarks.md); the pools are fixed before the model is known, so the default stays.
+    Silently keeps TF's pools if its runtime already started (they cannot change then)."""
     cores = int(os.environ.get(THREADS_VARIABLE) or os.environ.get(OLD_THREADS_VARIABLE) or 0) or cores or available_cores()
-    inter = 1 if cores <= 4 else 2
+    inter = int(os.environ.get(INTER_THREADS_VARIABLE) or 0) or (1 if cores <= 4 else 2)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(cores)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
