@@ -163,21 +163,9 @@ class DiversityCheck:
 
 def read_diversity(metrics_path) -> list[dict]:
     """The "diversity" lines of a metrics.jsonl, in order (torn lines skipped)."""
-    import json
+    from service.rundir import metrics_records
 
-    records = []
-    try:
-        with open(metrics_path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(record, dict) and record.get("type") == "diversity":
-                    records.append(record)
-    except FileNotFoundError:
-        return []
-    return records
+    return metrics_records(metrics_path, "diversity")
 
 
 def diversity_verdict(metrics_path) -> str | None:

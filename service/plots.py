@@ -3,36 +3,25 @@ the diversity checks (service.diversity) in a panel of their own when the run ha
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from service.files import atomic_file
+from service.rundir import metrics_records
 
 
 def read_step_metrics(metrics_path) -> dict[str, np.ndarray]:
     """Columns of the per-step lines of a metrics.jsonl (torn or non-step lines skipped)."""
-    steps, d_loss, g_loss, extra_d, extra_g = [], [], [], [], []
-    with open(metrics_path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("type") != "step":
-                continue
-            steps.append(record["step"])
-            d_loss.append(record["d_loss"])
-            g_loss.append(record["g_loss"])
-            extra_d.append(record.get("rebalance_d", 0))
-            extra_g.append(record.get("rebalance_g", 0))
+    if not Path(metrics_path).is_file():
+        raise FileNotFoundError(metrics_path)  # as open() said before; callers skip the plot
+    records = metrics_records(metrics_path, "step")
     return {
-        "step": np.asarray(steps, dtype=np.int64),
-        "d_loss": np.asarray(d_loss, dtype=np.float64),
-        "g_loss": np.asarray(g_loss, dtype=np.float64),
-        "rebalance_d": np.asarray(extra_d, dtype=np.int64),
-        "rebalance_g": np.asarray(extra_g, dtype=np.int64),
+        "step": np.asarray([r["step"] for r in records], dtype=np.int64),
+        "d_loss": np.asarray([r["d_loss"] for r in records], dtype=np.float64),
+        "g_loss": np.asarray([r["g_loss"] for r in records], dtype=np.float64),
+        "rebalance_d": np.asarray([r.get("rebalance_d", 0) for r in records], dtype=np.int64),
+        "rebalance_g": np.asarray([r.get("rebalance_g", 0) for r in records], dtype=np.int64),
     }
 
 

@@ -126,3 +126,21 @@ def update_config(run_dir, **sections) -> dict:
     with output_lock(run_dir, "a run"):
         write_json(Path(run_dir) / CONFIG_FILE, full, durable=True)
     return full
+
+
+def metrics_records(metrics_path, kind: str) -> list[dict]:
+    """The lines of one type ("step", "epoch", "diversity") of a metrics.jsonl, in order; torn
+    lines are skipped (a killed run may leave one); [] when the file is missing."""
+    records = []
+    try:
+        with open(metrics_path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and record.get("type") == kind:
+                    records.append(record)
+    except FileNotFoundError:
+        return []
+    return records

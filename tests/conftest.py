@@ -64,3 +64,15 @@ def private_home():
     home = os.environ["HOME"]
     assert os.path.basename(home).startswith("lesiongan-tests-home-"), home
     return home
+
+
+@pytest.fixture
+def single_numba_thread():
+    """Tiny tensors on a shared 2-core box: Numba's parallel threads only add wake-up latency.
+    A module asks for it with pytestmark = pytest.mark.usefixtures("single_numba_thread")."""
+    import numba
+
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(previous)

@@ -28,15 +28,7 @@ from service.trainer import Trainer
 from test_trainer import ScriptedBackend, read_metrics, tiny_config, tiny_images, weights_equal
 
 
-@pytest.fixture(autouse=True)
-def single_numba_thread():
-    """Tiny tensors on a shared 2-core box: Numba's parallel threads only add wake-up latency."""
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_numba_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- the measure

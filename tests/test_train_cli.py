@@ -22,15 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = {"width": 4, "max_width": 16, "latent_dim": 8, "batch_size": 4, "max_rebalance_steps": 2}
 
 
-@pytest.fixture(autouse=True)
-def single_numba_thread():
-    """Tiny tensors on a shared 2-core box: Numba's parallel threads only add wake-up latency."""
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_numba_thread")  # tests/conftest.py
 
 
 @pytest.fixture

@@ -102,18 +102,7 @@ def tiny_images(count=12, size=32, seed=0):
     return rng.uniform(-1, 1, size=(count, size, size, 3)).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def single_numba_thread():
-    """Tiny tensors on a shared 2-core box: Numba's parallel threads only add wake-up latency."""
-    try:
-        import numba
-    except ImportError:
-        yield
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_numba_thread")  # tests/conftest.py
 
 
 def read_metrics(run_dir):
