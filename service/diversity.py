@@ -82,31 +82,27 @@ def diversity_noise(config, count: int) -> np.ndarray:
     return sample_noise(rng, count, config)
 
 
-def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    d = (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * (a @ b.T)
-    return np.maximum(d, 0.0)
-
-
 def real_radii(real_features: np.ndarray, k: int = COVERAGE_K) -> np.ndarray:
-    """Each real point's distance to its k-th nearest other real point."""
+    """Each real point's distance to its k-th nearest other real point (the report's k-NN radii,
+    service.validation.metrics.knn_radii)."""
+    from service.validation.metrics import knn_radii
+
     real_features = np.asarray(real_features)
     if len(real_features) <= k:
         raise ValueError(f"coverage at k={k} needs more than {k} real points, got {len(real_features)}")
-    d = _squared_distances(real_features, real_features)
-    np.fill_diagonal(d, np.inf)  # itself excluded
-    return np.sqrt(np.partition(d, k - 1, axis=1)[:, k - 1])
+    return knn_radii(real_features, k)
 
 
 def coverage(real_features: np.ndarray, fake_features: np.ndarray, k: int = COVERAGE_K,
              radii: np.ndarray | None = None) -> float:
     """Share of real points whose k-NN ball (radius: the k-th nearest other real point)
-    holds at least one fake point (Naeem et al. 2020). `radii`: real_radii(real, k), if known."""
+    holds at least one fake point (Naeem et al. 2020; the report's coverage, at this k).
+    `radii`: real_radii(real, k), if known."""
+    from service.validation.metrics import coverage_in_balls
+
     if radii is None:
         radii = real_radii(real_features, k)
-    nearest_fake = np.sqrt(_squared_distances(real_features, fake_features).min(axis=1))
-    return float(np.mean(nearest_fake <= radii))
+    return coverage_in_balls(np.asarray(real_features), np.asarray(fake_features), radii)
 
 
 class DiversityCheck:

@@ -266,9 +266,15 @@ def density_coverage(real_features: np.ndarray, fake_features: np.ndarray, k: in
     """
     real_radii = knn_radii(real_features, k)
     density = float(_ball_counts(fake_features, real_features, real_radii).sum() / (k * len(fake_features)))
+    return {"density": density, "coverage": coverage_in_balls(real_features, fake_features, real_radii)}
+
+
+def coverage_in_balls(real_features: np.ndarray, fake_features: np.ndarray, real_radii: np.ndarray) -> float:
+    """Coverage given the real balls' radii (knn_radii of the real set): the share of real points
+    whose ball holds at least one generated point. The radii depend on the real set alone, so a
+    caller comparing many generated sets with one real set computes them once."""
     nearest_fake, _ = NearestNeighbors(n_neighbors=1).fit(fake_features).kneighbors(real_features)
-    coverage = float(np.mean(nearest_fake[:, 0] <= real_radii))
-    return {"density": density, "coverage": coverage}
+    return float(np.mean(nearest_fake[:, 0] <= real_radii))
 
 
 def feature_metrics(real_features: np.ndarray, fake_features: np.ndarray, seed: int = 0) -> dict:
