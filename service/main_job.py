@@ -19,7 +19,7 @@ from pathlib import Path
 
 from service.data import Dataset
 from service.errors import UserError
-from service.training import DEFAULT_BACKEND, TrainingRequest, preset_of
+from service.training import DEFAULT_BACKEND, TrainingRequest, diversity_verdict_of, preset_of
 
 DEFAULT_TIME_BUDGET = 480.0  # seconds of training when neither epochs nor a time budget is given
 DEFAULT_COUNT = 1000
@@ -162,9 +162,6 @@ def utility_stage(job: MainJob, request: TrainingRequest, run_dir: Path, train: 
 def summary_lines(outcome: dict) -> list[str]:
     """What the command prints at the end: the two SWD numbers a user reads first, whether the
     training collapsed (the diversity checks, service.diversity), and where everything is."""
-    from service.diversity import diversity_verdict
-    from service.rundir import METRICS_FILE
-
     lines = []
     try:
         generated = outcome["results"]["real_vs_generated"]["swd_mean"]
@@ -172,7 +169,7 @@ def summary_lines(outcome: dict) -> list[str]:
         lines.append(f"SWD x1e3: real vs generated {generated:.1f}, real vs real {reference:.1f} (lower is closer)")
     except (KeyError, TypeError):
         pass
-    verdict = diversity_verdict(Path(outcome["run_dir"]) / METRICS_FILE) if outcome.get("run_dir") else None
+    verdict = diversity_verdict_of(outcome["run_dir"]) if outcome.get("run_dir") else None
     lines.append(verdict or "diversity: not checked during training (--diversity-every 0)")
     if outcome.get("utility"):
         from service.utility import describe

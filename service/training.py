@@ -113,7 +113,7 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
         f"{what}: step {result.step}, {result.epoch} epoch(s), {result.images_per_second:.1f} images/s, "
         f"{result.rebalance_d} extra D and {result.rebalance_g} extra G steps"
     ]
-    verdict = _diversity_verdict(outcome.run_dir)
+    verdict = diversity_verdict_of(outcome.run_dir)
     if verdict:
         lines.append(verdict)
     if result.checkpoint is not None:
@@ -124,7 +124,8 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
     return lines
 
 
-def _diversity_verdict(run_dir) -> str | None:
+def diversity_verdict_of(run_dir) -> str | None:
+    """The run's diversity line (service.diversity.diversity_verdict), or None without checks."""
     from service.diversity import diversity_verdict
     from service.rundir import METRICS_FILE
 
@@ -285,11 +286,16 @@ def _data_record(request: TrainingRequest, dataset: Dataset, config: GANConfig) 
     }
 
 
+def asks_for_privacy(request: TrainingRequest) -> bool:
+    """Whether the request gives any --dp-* option."""
+    return any(getattr(request, name) is not None for name in DP_OPTIONS)
+
+
 def preset_of(request: TrainingRequest) -> str:
     """The request's preset: as given, else `dp` when a --dp-* option is given, else the default."""
     if request.preset:
         return request.preset
-    return PRIVATE_PRESET if any(getattr(request, name) is not None for name in DP_OPTIONS) else DEFAULT_PRESET
+    return PRIVATE_PRESET if asks_for_privacy(request) else DEFAULT_PRESET
 
 
 def build_config(request: TrainingRequest, image_size: int, dataset: Dataset) -> GANConfig:
@@ -312,8 +318,8 @@ def build_config(request: TrainingRequest, image_size: int, dataset: Dataset) ->
     try:
         config = preset_config(preset, **overrides)
     except (ConfigError, TypeError) as e:
-        private = any(getattr(request, name) is not None for name in DP_OPTIONS)
-        hint = f" (--dp-* options with --preset {preset}: give --dp-noise, or use --preset dp)" if private else ""
+        hint = (f" (--dp-* options with --preset {preset}: give --dp-noise, or use --preset dp)"
+                if asks_for_privacy(request) else "")
         raise UserError(f"bad config: {e}{hint}") from None
     if request.config_file is not None or request.config_overrides:
         config = config.replace(preset=f"{preset}+custom")
