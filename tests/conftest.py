@@ -21,12 +21,8 @@ import pytest
 # TensorFlow runs with one intra-op thread in the tests and the processes they start, so the
 # tests that compare runs bit for bit (stop and resume, replayed dropout) compare like with like:
 # multi-threaded sums may differ in the last bits from run to run (README, "train").
-# Ray's log deduplication holds repeated worker lines back for a few seconds and prints a
-# "[repeated Nx across cluster]" line later, after the Ray session that made them has ended:
-# in a test process that line lands in the next test's stderr. Off in the tests, each line is
-# printed while its own test runs.
 TEST_ENVIRONMENT = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "LESIONGAN_CACHE",
-                    "LESIONGAN_TF_THREADS", "RAY_DEDUP_LOGS")
+                    "LESIONGAN_TF_THREADS")
 _saved_environment: dict[str, str | None] = {}
 
 
@@ -36,8 +32,7 @@ def pytest_configure(config):
     _saved_environment["_home"] = home
     os.environ.update(HOME=home, XDG_CACHE_HOME=os.path.join(home, ".cache"), XDG_CONFIG_HOME=os.path.join(home, ".config"),
                       XDG_DATA_HOME=os.path.join(home, ".local", "share"),
-                      LESIONGAN_CACHE=os.path.join(home, ".cache", "lesiongan"), LESIONGAN_TF_THREADS="1",
-                      RAY_DEDUP_LOGS="0")
+                      LESIONGAN_CACHE=os.path.join(home, ".cache", "lesiongan"), LESIONGAN_TF_THREADS="1")
 
 
 def pytest_unconfigure(config):
