@@ -344,7 +344,7 @@ def test_a_worker_node_lost_mid_audit_still_audits_every_image_once(cluster, set
     (head, worker), (_, reference) = cluster, in_process
     started, go = tmp_path / "started", tmp_path / "go"
     started.mkdir()
-    ray.init(address=head.address, logging_level="ERROR")
+    ray.init(address=head.address, logging_level="ERROR", log_to_driver=False)  # no late worker lines in later tests
     result = lose_the_worker_node_mid_run(
         lambda: run(sets, tmp_path / "out", workers=2, shard_task=gated(started, go)), head, worker, started, go,
     )

@@ -112,7 +112,7 @@ def test_a_worker_node_lost_mid_job_still_gives_every_image_once(cluster, run_an
     started.mkdir()
     out = tmp_path / "out"
     job = generation.plan_job(run, COUNT, out, seed=5, backend=BACKEND, shard_size=SHARD)
-    ray.init(address=head.address, logging_level="ERROR")
+    ray.init(address=head.address, logging_level="ERROR", log_to_driver=False)  # no late worker lines in later tests
 
     result = lose_the_worker_node_mid_run(
         lambda: generation.generate_on_ray(job, workers=2, progress=False, shard_task=gated(started, go)),

@@ -35,7 +35,10 @@ TINY = dict(image_size=32, width=8, max_width=32, latent_dim=16)
 def ray_cluster():
     import logging
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=100 * 1024**2)
+    # log_to_driver off: Ray's log monitor prints workers' output to this process's stderr when
+    # it gets to it, which can be during a later test that checks stderr is one line
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=100 * 1024**2,
+             log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -23,7 +23,10 @@ TINY_TUNE = [
 def ray_cluster():
     import logging
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=100 * 1024**2)
+    # log_to_driver off: Ray's log monitor prints workers' output to this process's stderr when
+    # it gets to it, which can be during a later test that checks stderr is one line
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=100 * 1024**2,
+             log_to_driver=False)
     yield
     ray.shutdown()
 
