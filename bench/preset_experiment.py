@@ -384,11 +384,13 @@ def train_and_score(args, protocol: Protocol, score: Scorer, variant: str, seed:
     if conditional:
         scores["per_class"] = score.per_class(images, np.array(labels))
         scores["class_fidelity"] = score.class_fidelity(images, np.array(labels))
+    privacy = json.loads((run_dir / "config.json").read_text()).get("privacy")  # a private run's epsilon spent
+    spent = "" if not privacy else f"  epsilon {privacy['epsilon']:.2f} ({privacy['steps']} private D steps, {result.status})"
     print(f"{variant + f' seed {seed}':40s} steps {result.step:5d} (+{result.rebalance_d} D, +{result.rebalance_g} G)  "
-          f"{format_scores(scores)}", flush=True)
+          f"{format_scores(scores)}{spent}", flush=True)
     return {"variant": variant, "seed": seed, "preset": preset, "overrides": overrides, "conditional": conditional,
             "steps": result.step, "epochs": result.epoch, "rebalance_d": result.rebalance_d,
-            "rebalance_g": result.rebalance_g, "train_s": result.seconds,
+            "rebalance_g": result.rebalance_g, "train_s": result.seconds, "status": result.status, "privacy": privacy,
             "wall_s": time.perf_counter() - started, "scores": scores}
 
 

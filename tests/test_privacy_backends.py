@@ -226,18 +226,26 @@ def test_tf_private_noise_has_sigma_clip_over_batch_and_resumes():
 
 
 @pytest.mark.slow
-def test_tf_private_step_with_huge_clip_and_no_noise_is_the_ordinary_step():
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"dropout": 0.3, "diffaugment": "translation,cutout", "spectral_norm": True},
+     {"dropout": 0.2, "diffaugment": "translation", "num_classes": 2, "d_conditioning": "projection"}],
+    ids=["plain", "dropout-augment-spectral-norm", "dropout-augment-projection"],
+)
+def test_tf_private_step_with_huge_clip_and_no_noise_is_the_ordinary_step(changes):
+    """The per-example pass draws augmentation and dropout as the ordinary step does."""
     from backends.tf import TFBackend
 
-    ordinary = TFBackend(private_config(dp_noise=0.0))
-    private = TFBackend(private_config(dp_clip=1e12))
+    ordinary = TFBackend(private_config(dp_noise=0.0, **changes))
+    private = TFBackend(private_config(dp_clip=1e12, **changes))
     private.set_weights(ordinary.get_weights())
     private.set_dp_noise(0.0)
     real, z = batch(ordinary.config)
+    labels = np.arange(BATCH) % 2 if changes.get("num_classes") else None
     for backend in (ordinary, private):
-        backend.d_step(real, z)
-        backend.train_step(real, z)
+        backend.d_step(real, z, labels)
+        backend.train_step(real, z, labels)
     assert_arrays_match(ordinary.get_weights(), private.get_weights(), 1e-9, "weights")
     assert private.trace_counts()["train_step"] == 1
-    private.train_step(real[:2], z)  # another real count: the same trace
-    assert private.trace_counts()["train_step"] == 1
+    private.train_step(real[:2], z, None if labels is None else (labels[:2], labels))  # another real count
+    assert private.trace_counts()["train_step"] == 1  # the same trace

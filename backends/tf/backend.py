@@ -6,8 +6,8 @@ pass once and shares it: D takes an Adam step on [real; fake], then G takes one 
 updated D. With config.ema_kimg, the averaged generator (spec.ema_beta) follows G inside the
 same compiled step after every G update, and `generate` runs it.
 With config.dp_noise > 0, D's updates are DP-SGD's (backends.spec, "Differential privacy"):
-the real examples' gradients per example as the Jacobian of their loss terms (pfor over the
-batch), clipped, summed, plus noise from a checkpointed tf.random.Generator
+each real example's gradient from its own forward and backward pass (tf.vectorized_map
+over the batch, the batch's augmentation and dropout draws made once outside), clipped, summed, plus noise from a checkpointed tf.random.Generator
 ("rng/tf/dp_noise/state").
 """
 
@@ -19,13 +19,21 @@ import numpy as np
 
 from backends.tf import runtime  # sets TF's start-up options and thread pools before TF starts
 
+import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from backends import spec  # noqa: E402
 from backends.base import Backend, check_groups, check_labels, check_weights, whole_groups_chunk  # noqa: E402
 from backends.config import GANConfig  # noqa: E402
 from backends.tf.augment import diff_augment  # noqa: E402
-from backends.tf.networks import SpectralNorm, build_network, dropout_seed_variables, weight_variables  # noqa: E402
+from backends.tf.networks import (  # noqa: E402
+    ClassSplit,
+    Projection,
+    SpectralNorm,
+    build_network,
+    dropout_seed_variables,
+    weight_variables,
+)
 
 GENERATE_CHUNK = 256  # images per compiled call in generate/discriminate: bounds memory
 
@@ -264,32 +272,45 @@ class TFBackend(Backend):
 
     def _private_d_loss_and_grads(self, real, fake, real_labels, fake_labels, noise=True):
         """A private D step's gradient (backends.spec; the NumPy backend's
-        _private_discriminator_grads): per-example gradients of the real terms as a Jacobian,
-        clipped jointly over D's weights, summed, noised, over batch_size; plus the fakes'."""
+        _private_discriminator_grads): per-example gradients of the real terms, clipped jointly
+        over D's weights, summed, noised, over batch_size; plus the fakes'.
+
+        The batch's random draws (augmentation, then each Dropout layer's mask) are made once
+        for [real; fake], as in an ordinary step; each real image's gradient is then its own
+        forward and backward pass under tf.vectorized_map, so the cost is about one batch's
+        backward pass (a Jacobian of the whole batch's terms repeats it per image)."""
         c = self.config
         for layer in self.discriminator.layers:
             if isinstance(layer, SpectralNorm):
                 layer.power_iteration()
         both = tf.concat([real, tf.stop_gradient(fake)], axis=0)
         both_labels = tf.concat([real_labels, fake_labels], axis=0) if self.conditional else None
-        real_count, fake_count = tf.shape(real)[0], tf.shape(fake)[0]
+        real_count = tf.shape(real)[0]
         dtype = self.float_dtype
         variables = self.trainable["discriminator"]
-        with tf.GradientTape(persistent=True) as tape:
-            logits = self._d_forward(both, both_labels, training=True, augment=True)
-            targets = tf.concat([tf.fill([real_count], tf.constant(1.0 - c.label_smoothing, dtype)),
-                                 tf.zeros([fake_count], dtype)], axis=0)
-            terms = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
-            real_terms = 0.5 * terms[:real_count]
-            fake_loss = tf.reduce_mean(terms[real_count:])
+        inputs = self._d_inputs(both, both_labels, training=True, augment=True)
+        masks = self._dropout_masks(tf.shape(inputs)[0])
+        real_target = tf.constant(1.0 - c.label_smoothing, dtype)
+
+        def one_image(args):
+            image, *image_masks = args
+            with tf.GradientTape() as tape:
+                logit = self._d_chain(image[None], [m[None] for m in image_masks])[0]
+                term = 0.5 * tf.nn.sigmoid_cross_entropy_with_logits(labels=real_target, logits=logit)
+            grads = tape.gradient(term, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return [tf.cast(g, dtype) for g in grads]
+
+        # one row more (a fake's, dropped after): the vectorised loop must not be empty when no
+        # real image was drawn
+        rows = real_count + 1
+        per_example = tf.vectorized_map(one_image, (inputs[:rows], *[m[:rows] for m in masks]))
+        per_example = [j[:real_count] for j in per_example]
+        with tf.GradientTape() as tape:
+            logits = self._d_chain(inputs[real_count:], [m[real_count:] for m in masks])
+            fake_loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.zeros_like(logits),
+                                                                               logits=logits))
             fake_half = 0.5 * fake_loss
-            # one constant term more: pfor's loop must not be empty when no real image was drawn
-            padded = tf.concat([real_terms, tf.zeros([1], dtype)], axis=0)
-        per_example = tape.jacobian(padded, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO,
-                                    experimental_use_pfor=True)
         fake_grads = tape.gradient(fake_half, variables)
-        del tape
-        per_example = [tf.cast(j[:real_count], dtype) for j in per_example]
         squares = tf.add_n([tf.reduce_sum(tf.reshape(tf.square(j), [real_count, -1]), axis=1) for j in per_example])
         norms = tf.sqrt(squares)
         clip = tf.constant(c.dp_clip, dtype)
@@ -302,6 +323,47 @@ class TFBackend(Backend):
                 summed += std * tf.cast(self.dp_generator.normal(tf.shape(variable), dtype=tf.float32 if dtype == tf.float32 else tf.float64), dtype)
             grads.append(summed / tf.constant(float(c.batch_size), dtype) + tf.cast(fake_grad, dtype))
         return fake_loss, grads
+
+    def _d_inputs(self, images, labels, training, augment=False):
+        """What D's first layer reads: the images augmented, with the class planes when the model
+        is conditional (pack 1: a private D judges each image alone)."""
+        if augment and self.augment_policy:
+            images = diff_augment(images, self.augment_policy, self.augment_generator)
+        if self.conditional:
+            one_hot = self._class_code(labels, images.dtype, training)
+            size = self.config.image_size
+            planes = tf.broadcast_to(one_hot[:, None, None, :], [tf.shape(images)[0], size, size, self.config.num_classes])
+            images = tf.concat([images, planes], axis=-1)
+        return images
+
+    def _dropout_masks(self, batch):
+        """Each active Dropout layer's multiplier (0 or 1 / (1 - rate)) for a batch of `batch`
+        inputs, drawn by the layer itself in D's layer order: the draws its forward pass on that
+        batch would make."""
+        masks = []
+        for layer in self.discriminator.layers:
+            if isinstance(layer, keras.layers.Dropout) and layer.rate > 0:
+                shape = tf.concat([[batch], tf.constant(layer.output.shape[1:], tf.int32)], axis=0)
+                masks.append(layer(tf.ones(shape, layer.compute_dtype), training=True))
+        return masks
+
+    def _d_chain(self, inputs, masks):
+        """D's real/fake logits on prepared inputs (_d_inputs), layer by layer with the given
+        dropout multipliers (_dropout_masks) in place of fresh draws. D is a chain: its class
+        split (projection) hands the class code to its last layer."""
+        masks, code, x = list(masks), None, inputs
+        for layer in self.discriminator.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            if isinstance(layer, ClassSplit):
+                x, code = layer(x)
+            elif isinstance(layer, Projection):
+                x = layer([x, code])
+            elif isinstance(layer, keras.layers.Dropout):
+                x = x * masks.pop(0) if layer.rate > 0 else x
+            else:
+                x = layer(x, training=True)
+        return tf.cast(tf.reshape(x, [-1]), self.float_dtype)
 
     def _private_train_step_graph(self, real, z, real_labels=None, fake_labels=None):
         with tf.GradientTape() as g_tape:
