@@ -98,6 +98,21 @@ def held_out_part(held, part: str):
     return validation if part == "validation" else test
 
 
+def fresh_part(dataset, holdout: float):
+    """(train, held) for a check on images no recipe was scored on: as many images as the usual
+    held-out set, drawn (by group, else stratified by class, another fixed draw) from the usual
+    training images; the usual held-out images join the training images instead."""
+    from service import data
+
+    index = data.Dataset(np.arange(len(dataset), dtype=np.float32)[:, None, None, None], dataset.labels,
+                         dataset.class_names, groups=dataset.groups)
+    kept, held = data.split(index, holdout, seed=HOLDOUT_SEED)
+    rest, fresh = data.split(kept, len(held) / len(kept), seed=HOLDOUT_SEED + 2)
+    positions = lambda d: d.images[:, 0, 0, 0].astype(np.int64)
+    train = np.sort(np.concatenate([positions(rest), positions(held)]))
+    return dataset.subset(train), dataset.subset(np.sort(positions(fresh)))
+
+
 def real_protocol(path: str, image_size: int | None, holdout: float, labels: str | None = None,
                   part: str = "all") -> Protocol:
     from service import data
@@ -108,8 +123,11 @@ def real_protocol(path: str, image_size: int | None, holdout: float, labels: str
     dataset = data.load_images(path, size, labels_csv=labels, progress=False)
     # By group where the data names one (patches of one image never on both sides), else
     # stratified by class: data.split does whichever applies.
-    train, held = data.split(dataset, holdout, seed=HOLDOUT_SEED)
-    held = held_out_part(held, part)
+    if part == "fresh":
+        train, held = fresh_part(dataset, holdout)
+    else:
+        train, held = data.split(dataset, holdout, seed=HOLDOUT_SEED)
+        held = held_out_part(held, part)
     train_uint8, reference = to_uint8(train.images), to_uint8(held.images)
     rng = np.random.default_rng(HOLDOUT_SEED)
     floors = [train_uint8[np.sort(rng.choice(len(train_uint8), len(reference), replace=False))] for _ in range(2)]
@@ -286,9 +304,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", metavar="PATH", help="real images: a folder or .npz (default: the embedded stand-in)")
     parser.add_argument("--labels", metavar="CSV", help="the folder's label file, when not found beside it")
-    parser.add_argument("--part", choices=("all", "validation", "test"), default="all",
+    parser.add_argument("--part", choices=("all", "validation", "test", "fresh"), default="all",
                         help="score against all held-out images, or the validation half (choose recipes on it) "
-                             "or the test half (report the chosen recipe on it once)")
+                             "or the test half (report the chosen recipe on it once); fresh: as many other "
+                             "images, drawn from the usual training images, which no screen has scored on")
     parser.add_argument("--holdout", type=float, default=0.2,
                         help="share held out (default 0.2): whole groups where the data names them, else stratified by class")
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of training per run (default 600)")
