@@ -20,3 +20,9 @@ def listed(names) -> str:
 def warn(message: str) -> None:
     """A warning on one line of stderr (the message's own line breaks and runs of spaces folded)."""
     print(f"warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+def needs_labels(what: str) -> UserError:
+    """The one error for class-conditional work on a dataset without class labels."""
+    return UserError(f"{what} needs class labels, and this dataset has none (give --labels, or put the images "
+                     "in class subfolders)")

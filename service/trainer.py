@@ -53,7 +53,7 @@ from backends.base import Backend
 from backends.noise import sample_noise
 from backends.rng_state import rng_from_arrays, rng_to_arrays
 from service import checkpoint as ckpt
-from service.errors import UserError
+from service.errors import UserError, needs_labels
 from service.files import append_lines, make_folder, output_lock, write_text
 from service.rundir import CONFIG_FILE, LOSS_CURVE_FILE, METRICS_FILE, SAMPLES_DIR, claim_run_dir, update_config
 
@@ -207,11 +207,12 @@ class TrainResult:
 
 
 def check_plan(epochs: int | None, time_budget: float | None) -> None:
-    """A training plan the Trainer can run: epochs, a time budget, or both."""
+    """A training plan the Trainer can run: epochs (at least one), a time budget, or both. The
+    one home of these bounds: train, the main job and tune check them here."""
     if epochs is None and time_budget is None:
         raise UserError("give a number of epochs or a time budget")
-    if epochs is not None and epochs < 0:
-        raise UserError(f"--epochs must be >= 0, got {epochs}")
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
     if time_budget is not None and not time_budget > 0:
         raise UserError(f"--time-budget must be > 0 seconds, got {time_budget}")
 
@@ -266,7 +267,7 @@ class Trainer:
         self.images = images
         if config.num_classes > 0:
             if labels is None:
-                raise UserError("conditional training needs class labels, and this dataset has none")
+                raise needs_labels("conditional training")
             labels = np.asarray(labels, dtype=np.int64)
             if labels.shape != (len(images),):
                 raise UserError(f"got {labels.shape[0] if labels.ndim else 0} labels for {len(images)} images")

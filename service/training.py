@@ -19,16 +19,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from backends import DEFAULT_BACKEND
-from backends.config import ConfigError, GANConfig
+from backends import BACKENDS, DEFAULT_BACKEND
+from backends.config import SUPPORTED_IMAGE_SIZES, ConfigError, GANConfig
+from backends.presets import PRESETS
 from service.data import DEFAULT_DATA_COUNT, DataOptions, Dataset
-from service.errors import UserError
+from service.errors import UserError, needs_labels
 
 DEFAULT_EPOCHS = 10  # when neither --epochs nor --time-budget is given
 DEFAULT_IMAGE_SIZE = 64
 DEFAULT_PRESET = "default"
 PRIVATE_PRESET = "dp"  # what any --dp-* option starts from when --preset is not given
-DP_OPTIONS = ("dp_epsilon", "dp_delta", "dp_clip", "dp_noise")  # TrainingRequest fields = GANConfig fields
 DEFAULT_SOURCE = "default"  # config.json data.source of the embedded dataset
 IN_MEMORY_SOURCE = "in-memory"  # a Dataset handed over in TrainingRequest.dataset
 
@@ -77,6 +77,76 @@ class TrainingRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", DataOptions.of(self.data))
+
+
+@dataclass(frozen=True)
+class TrainingOption:
+    """One option of `train` (and, unless train_only, of the main job): the flag --FIELD (dashes
+    for underscores, or `flag`) fills the TrainingRequest field FIELD. kind "config": a GANConfig
+    field of the same name, over the preset and --config (build_config); "run": how a new run is
+    made. --resume refuses both (a run keeps its model and data). "schedule": how long and where
+    to train, which a resumed run may change. Not given is None (False for a switch), so a
+    resumed run and the preset can tell it from a default."""
+
+    field: str
+    kind: str  # "config", "run" or "schedule"
+    help: str
+    arguments: dict = field(default_factory=dict)  # argparse's type, metavar, choices, action, default
+    group: str = ""  # the help's group ("differential privacy")
+    train_only: bool = False
+    flag: str = ""
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.field.replace("_", "-")
+
+    def given(self, request: TrainingRequest) -> bool:
+        value = getattr(request, self.field)
+        return value is not None and value is not False and value != self.arguments.get("default")
+
+    @property
+    def fixed_on_resume(self) -> bool:
+        return self.kind in ("config", "run")
+
+
+PRIVACY_GROUP = ("differential privacy", "any of these trains D by DP-SGD (the `dp` preset unless --preset names another)")
+
+# Every training option, once: the parser (service.commands.common.add_training), the options a
+# resumed run refuses (_options_fixed_on_resume) and the config's explicit fields (build_config)
+# are derived from it. A new option: a line here, a TrainingRequest field and its use.
+TRAINING_OPTIONS = (
+    TrainingOption("backend", "schedule", f"compute backend (default: {DEFAULT_BACKEND})", dict(choices=BACKENDS)),
+    TrainingOption("preset", "run", f"training recipe (default: {DEFAULT_PRESET}, or {PRIVATE_PRESET} with a --dp-* "
+                   "option; seed = the thesis)", dict(choices=tuple(PRESETS))),
+    TrainingOption("config_file", "run", "JSON file of GANConfig fields (e.g. a tune result); overrides the preset",
+                   dict(metavar="JSON"), train_only=True, flag="--config"),
+    TrainingOption("epochs", "schedule", "epochs to train", dict(type=int)),
+    TrainingOption("image_size", "config", "image side in pixels (default: the images' own size when they are square "
+                   "of a supported side, else 64)", dict(type=int, choices=SUPPORTED_IMAGE_SIZES)),
+    TrainingOption("batch_size", "config", "batch size (default: the preset's)", dict(type=int)),
+    TrainingOption("seed", "config", "random seed (default: 0)", dict(type=int)),
+    TrainingOption("time_budget", "schedule", "stop training cleanly after this many seconds",
+                   dict(type=float, metavar="SECONDS")),
+    TrainingOption("conditional", "run", "condition G and D on the data's classes", dict(action="store_true")),
+    TrainingOption("dp_epsilon", "config", "privacy budget: training stops before spending more; without --dp-noise "
+                   "the noise is fitted to spend E over --epochs (the `dp` preset: 10)",
+                   dict(type=float, metavar="E"), group="differential privacy"),
+    TrainingOption("dp_delta", "config", "the guarantee's delta, below 1/N (default: 1e-5)",
+                   dict(type=float, metavar="D"), group="differential privacy"),
+    TrainingOption("dp_clip", "config", "per-image gradient norm bound (default: 1.0)",
+                   dict(type=float, metavar="C"), group="differential privacy"),
+    TrainingOption("dp_noise", "config", "noise multiplier: Gaussian noise of SIGMA x C on the clipped sum "
+                   "(default: 1.0, or fitted to --dp-epsilon)", dict(type=float, metavar="SIGMA"),
+                   group="differential privacy"),
+    TrainingOption("diversity_every", "schedule", "check G's diversity every N training steps and at the end "
+                   "(coverage of a fixed slice of the training images; a warning when it collapses); 0 turns it off "
+                   "(default: 250; off in a private run)", dict(type=int, metavar="N")),
+    TrainingOption("checkpoint_every", "schedule", "also checkpoint every N steps (default: epoch ends and stops only)",
+                   dict(type=int, default=0, metavar="N"), train_only=True),
+    TrainingOption("data_count", "schedule", f"images of the embedded dataset when no --data (default: "
+                   f"{DEFAULT_DATA_COUNT})", dict(type=int, default=DEFAULT_DATA_COUNT, metavar="N"), train_only=True),
+)
+DP_OPTIONS = tuple(o.field for o in TRAINING_OPTIONS if o.group == "differential privacy")
 
 
 @dataclass(frozen=True)
@@ -157,8 +227,8 @@ def check_schedule(request: TrainingRequest) -> None:
     """The schedule's options, before loading data or a framework."""
     from service.trainer import check_plan
 
-    if request.epochs is not None and request.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {request.epochs}")
+    if request.epochs is not None or request.time_budget is not None:
+        check_plan(request.epochs, request.time_budget)
     if request.checkpoint_every < 0:
         raise UserError(f"--checkpoint-every must be >= 0, got {request.checkpoint_every}")
     for name in DP_OPTIONS:
@@ -167,8 +237,6 @@ def check_schedule(request: TrainingRequest) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a number above 0, got {value}")
     if request.diversity_every is not None and request.diversity_every < 0:
         raise UserError(f"--diversity-every must be >= 0 steps (0 turns the check off), got {request.diversity_every}")
-    if request.time_budget is not None:
-        check_plan(request.epochs, request.time_budget)
 
 
 # ----------------------------------------------------------------------------- plan the resume
@@ -205,10 +273,9 @@ def _options_fixed_on_resume(request: TrainingRequest) -> list[str]:
     """The options a resumed run takes from its config.json that the request gives anyway."""
     options = request.data
     explicit = {
-        "--out": request.out, "--preset": request.preset, "--image-size": request.image_size,
-        "--batch-size": request.batch_size, "--seed": request.seed,
-        **{"--" + name.replace("_", "-"): getattr(request, name) for name in DP_OPTIONS},
-        "--config": request.config_file or request.config_overrides, "--conditional": request.conditional or None,
+        "--out": request.out,
+        **{o.option: getattr(request, o.field) if o.given(request) else None for o in TRAINING_OPTIONS if o.fixed_on_resume},
+        "--config": request.config_file or request.config_overrides,
         "--labels": options.labels, "--label-column": options.label_column, "--classes": options.classes or None,
         "--binary": options.binary, "--unknown": None if options.unknown == DataOptions.unknown else options.unknown,
         "--unlabelled": options.unlabelled or None,
@@ -301,7 +368,7 @@ def preset_of(request: TrainingRequest) -> str:
 def build_config(request: TrainingRequest, image_size: int, dataset: Dataset) -> GANConfig:
     """The run's GANConfig: the preset, then the request's config file and overrides, then its
     explicit fields; num_classes from the data when conditional."""
-    from backends.presets import PRESETS, preset_config
+    from backends.presets import preset_config
 
     preset = preset_of(request)
     if preset not in PRESETS:
@@ -311,8 +378,8 @@ def build_config(request: TrainingRequest, image_size: int, dataset: Dataset) ->
         overrides.update(read_config_file(request.config_file))
     overrides.update(request.config_overrides or {})
     overrides.pop("preset", None)
-    explicit = {"image_size": image_size, "batch_size": request.batch_size, "seed": request.seed,
-                **{name: getattr(request, name) for name in DP_OPTIONS}}
+    explicit = {o.field: getattr(request, o.field) for o in TRAINING_OPTIONS if o.kind == "config"}
+    explicit["image_size"] = image_size
     overrides.update({k: v for k, v in explicit.items() if v is not None})
     overrides["num_classes"] = class_count(dataset, request.conditional or overrides.get("num_classes", 0) > 0)
     try:
@@ -358,8 +425,7 @@ def class_count(dataset: Dataset, conditional: bool) -> int:
     if not conditional:
         return 0
     if dataset.labels is None:
-        raise UserError("--conditional needs class labels, and this dataset has none (give --labels, or put "
-                        "the images in class subfolders)")
+        raise needs_labels("--conditional")
     return len(dataset.class_names) or int(dataset.labels.max()) + 1
 
 

@@ -37,6 +37,7 @@ from backends.config import ConfigError, GANConfig
 from service.data import DEFAULT_DATA_COUNT, DataOptions
 from service.errors import UserError
 from service.files import claim_output_folder, output_lock, write_json, write_text
+from service.trainer import check_plan
 
 METRIC = "swd"
 EXPERIMENT_NAME = "tune"
@@ -81,10 +82,7 @@ class TuneSettings:
             raise UserError(f"--max-images must be >= 2, got {self.max_images}")
         if self.trials < 1:
             raise UserError(f"--trials must be >= 1, got {self.trials}")
-        if not self.time_budget > 0:
-            raise UserError(f"--time-budget must be > 0 seconds, got {self.time_budget}")
-        if self.epochs < 1:
-            raise UserError(f"--epochs must be >= 1, got {self.epochs}")
+        check_plan(self.epochs, self.time_budget)
         if not self.cpus_per_trial > 0 or self.gpus_per_trial < 0:
             raise UserError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
 

@@ -87,6 +87,20 @@ def test_a_resumed_run_refuses_dp_options(tmp_path, capsys):
     assert "drop --dp-epsilon" in capsys.readouterr().err
 
 
+def test_the_main_job_with_a_dp_option_trains_the_private_preset():
+    """The main job's parser leaves the preset, backend and seed unset, as train's does, so a
+    --dp-* option picks the private preset there too."""
+    from backends import DEFAULT_BACKEND
+    from service.commands.train import training_request
+    from service.main_job import MainJob, job_request
+    from service.run import build_parser
+
+    request = job_request(MainJob(training=training_request(build_parser().parse_args(["--dp-epsilon", "4"]))))
+    assert (request.preset, request.backend, request.seed, request.dp_epsilon) == ("dp", DEFAULT_BACKEND, 0, 4.0)
+    request = job_request(MainJob(training=training_request(build_parser().parse_args([]))))
+    assert request.preset == training.DEFAULT_PRESET
+
+
 @pytest.mark.slow
 def test_train_with_a_budget_spends_it_and_no_more(tmp_path, capsys):
     """The CLI end to end (numpy backend, tiny data): the fitted noise spends the budget over the

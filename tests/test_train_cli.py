@@ -3,6 +3,7 @@ SIGTERM, corrupt-checkpoint fallback, and one-line exit-2 errors for bad input."
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -296,3 +297,29 @@ def test_resume_in_the_other_backend_continues_the_same_run(tmp_path, tiny_data,
     for name in ("rng/trainer/state", "rng/trainer/inc", "rng/trainer/permutation"):
         np.testing.assert_array_equal(after[name], reference[name], err_msg=name)
     assert all(np.isfinite(v).all() for n, v in after.items() if v.dtype.kind == "f")
+
+
+def test_every_training_option_is_one_table_row():
+    """TRAINING_OPTIONS drives the parser, the resume refusal and the config's explicit fields:
+    each row is a request field; a "config" row a GANConfig field; every row a flag of train;
+    every config and run row refused by --resume."""
+    from dataclasses import fields as dataclass_fields
+
+    from backends.config import GANConfig
+    from service.commands import train
+    from service.training import TRAINING_OPTIONS, TrainingRequest, _options_fixed_on_resume
+
+    request_fields = {f.name for f in dataclass_fields(TrainingRequest)}
+    config_fields = {f.name for f in dataclass_fields(GANConfig)}
+    train_parser = argparse.ArgumentParser()
+    train.add_arguments(train_parser)
+    flags = {flag for action in train_parser._actions for flag in action.option_strings}
+    samples = {"str": "x", "int": 3, "float": 0.5, "store_true": True}
+    for option in TRAINING_OPTIONS:
+        assert option.field in request_fields and option.option in flags, option
+        assert option.kind in ("config", "run", "schedule"), option
+        if option.kind == "config":
+            assert option.field in config_fields, option
+        kind = option.arguments.get("action") or getattr(option.arguments.get("type"), "__name__", "str")
+        refused = _options_fixed_on_resume(TrainingRequest(resume="r", **{option.field: samples[kind]}))
+        assert (option.option in refused) == option.fixed_on_resume, (option, refused)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from backends import BACKENDS
+from backends import BACKENDS, DEFAULT_BACKEND
 from backends.config import SUPPORTED_IMAGE_SIZES
-from backends.presets import PRESETS
 from service.data import CROP_MODES, DataOptions
 from service.labels import UNKNOWN_CHOICES
-from service.training import DEFAULT_BACKEND
+from service.training import PRIVACY_GROUP, TRAINING_OPTIONS
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:
@@ -76,28 +75,15 @@ def add_image_size(p: argparse.ArgumentParser, what: str = "image side in pixels
     )
 
 
-def add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="training recipe (default: default; seed = the thesis)")
-    p.add_argument("--epochs", type=int, help="epochs to train")
-    add_image_size(p)
-    p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training cleanly after this many seconds")
-    p.add_argument("--conditional", action="store_true", help="condition G and D on the data's classes")
-    private = p.add_argument_group(
-        "differential privacy", "any of these trains D by DP-SGD (the `dp` preset unless --preset names another)")
-    private.add_argument("--dp-epsilon", type=float, metavar="E",
-                         help="privacy budget: training stops before spending more; without --dp-noise the noise is "
-                         "fitted to spend E over --epochs (the `dp` preset: 10)")
-    private.add_argument("--dp-delta", type=float, metavar="D", help="the guarantee's delta, below 1/N (default: 1e-5)")
-    private.add_argument("--dp-clip", type=float, metavar="C", help="per-image gradient norm bound (default: 1.0)")
-    private.add_argument("--dp-noise", type=float, metavar="SIGMA",
-                         help="noise multiplier: Gaussian noise of SIGMA x C on the clipped sum (default: 1.0, or "
-                         "fitted to --dp-epsilon)")
-    p.add_argument(
-        "--diversity-every", type=int, metavar="N",
-        help="check G's diversity every N training steps and at the end (coverage of a fixed slice of the "
-        "training images; a warning when it collapses); 0 turns it off (default: 250; off in a private run)",
-    )
+def add_training(p: argparse.ArgumentParser, main_job: bool = False) -> None:
+    """The training options (service.training.TRAINING_OPTIONS; the main job's leave out the
+    train-only ones), each into the TrainingRequest field of its name."""
+    groups = {PRIVACY_GROUP[0]: p.add_argument_group(*PRIVACY_GROUP)}
+    for option in TRAINING_OPTIONS:
+        if main_job and option.train_only:
+            continue
+        target = groups[option.group] if option.group else p
+        target.add_argument(option.option, dest=option.field, help=option.help, **option.arguments)
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:

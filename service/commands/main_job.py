@@ -8,16 +8,14 @@ The stages live in service.main_job; this module only reads the options.
 
 from __future__ import annotations
 
-from service.commands.common import add_backend, add_data, add_progress, add_seed, add_training, workers_count
+from service.commands.common import add_data, add_progress, add_training, workers_count
 from service.commands.train import training_request
 from service.main_job import DEFAULT_COUNT, MainJob, run_main_job, summary_lines
 
 
 def add_arguments(parser) -> None:
     add_data(parser)
-    add_backend(parser)
-    add_training(parser)
-    add_seed(parser)
+    add_training(parser, main_job=True)
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/main-<date>-<time>)")
     parser.add_argument(
         "--count", type=int, default=DEFAULT_COUNT, metavar="N",

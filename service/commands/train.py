@@ -16,10 +16,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from service.commands.common import (
-    add_backend, add_data, add_progress, add_seed, add_training, data_options, show_progress,
-)
-from service.data import DEFAULT_DATA_COUNT
+from service.commands.common import add_data, add_progress, add_training, data_options, show_progress
 from service.training import TrainingRequest, outcome_lines, run_training
 
 
@@ -27,21 +24,15 @@ def add_arguments(parser) -> None:
     add_data(parser)
     parser.add_argument("--out", metavar="DIR", help="run directory to create (required unless --resume)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last valid checkpoint")
-    add_backend(parser)
     add_training(parser)
-    add_seed(parser)
-    parser.add_argument("--config", dest="config_file", metavar="JSON", help="JSON file of GANConfig fields (e.g. a tune result); overrides the preset")
-    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="also checkpoint every N steps (default: epoch ends and stops only)")
-    parser.add_argument("--data-count", type=int, default=DEFAULT_DATA_COUNT, metavar="N", help=f"images of the embedded dataset when no --data (default: {DEFAULT_DATA_COUNT})")
     add_progress(parser)
-    # None marks "not given", so --resume can tell explicit flags from defaults.
-    parser.set_defaults(backend=None, image_size=None, seed=None, preset=None)
 
 
 def training_request(args) -> TrainingRequest:
     """The parsed options as one TrainingRequest: each option into the request's field of the
     same name, the data options as one DataOptions. The main job's command reads its training
-    options with it too, so a new training option is a parser line and a request field."""
+    options with it too, so a new training option is a line of service.training.TRAINING_OPTIONS
+    and a request field."""
     options = {f.name: getattr(args, f.name) for f in fields(TrainingRequest) if hasattr(args, f.name)}
     return TrainingRequest(**{**options, "data": data_options(args), "progress": show_progress(args)})
 
