@@ -68,6 +68,9 @@ from service import labels as label_files
 
 CLASS_NAMES = ("nevus", "melanoma", "seborrheic_keratosis")  # ISIC 2017, in the ground truth's terms
 DEFAULT_DATA_COUNT = 2000  # images of the embedded dataset: the ISIC 2017 training set's size
+DEFAULT_IMAGE_SIZE = 64  # the side to train at when neither the request nor the data says
+DEFAULT_SOURCE = "default"  # config.json data.source of the embedded dataset
+IN_MEMORY_SOURCE = "in-memory"  # data.source of a Dataset handed over in memory
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SUPERPIXEL_SUFFIX = "_superpixels.png"
 CROP_MODES = ("center", "squash")
@@ -115,18 +118,21 @@ class DataOptions:
 
     @classmethod
     def from_record(cls, path, record: dict) -> "DataOptions":
-        """The options a run recorded (config.json data), for --resume; old runs have no choices."""
+        """The options a run recorded (config.json data, see data_record), for --resume: `path`
+        where the data is now (the recorded source; DEFAULT_SOURCE is the embedded dataset); old
+        runs have no choices."""
         choices = record.get("choices") or {}
         return cls(
-            path=path, labels=record.get("labels"), crop=record.get("crop", "center"),
+            path=None if path == DEFAULT_SOURCE else path, labels=record.get("labels"), crop=record.get("crop", "center"),
             label_column=choices.get("label_column"), classes=tuple(choices.get("classes") or ()),
             binary=choices.get("binary"), unknown=choices.get("unknown", "drop"),
             unlabelled=bool(choices.get("unlabelled", False)),
         )
 
-    def load(self, image_size: int, cache_dir=None, progress: bool = True) -> "Dataset":
+    def load(self, image_size: int, count: int = DEFAULT_DATA_COUNT, cache_dir=None, progress: bool = True) -> "Dataset":
+        """The images at `path`, or without one `count` images of the embedded dataset."""
         if self.path is None:
-            raise UserError("no data path given")
+            return default_dataset(image_size, count=count, cache_dir=cache_dir, progress=progress)
         return load_images(self.path, image_size, labels_csv=self.labels, crop=self.crop, strict=self.strict,
                            cache_dir=cache_dir, progress=progress, **self.choices())
 
@@ -159,12 +165,62 @@ class Dataset:
             labelling=self.labelling,
         )
 
+    def fingerprint(self) -> str:
+        """The exact images and labels (dataset_fingerprint): a resumed run checks it."""
+        return dataset_fingerprint(self.images, self.labels)
+
     def class_counts(self) -> str:
         """'name count, ...' of the labelled images, for a line to the user."""
         if self.labels is None:
             return "unlabelled"
         counts = np.bincount(self.labels, minlength=len(self.class_names))
         return ", ".join(f"{name} {count}" for name, count in zip(self.class_names, counts))
+
+
+def dataset_fingerprint(images: np.ndarray, labels: np.ndarray | None = None) -> str:
+    """sha256 over the training arrays (shape, dtype, bytes): identifies the exact data a run saw."""
+    digest = hashlib.sha256()
+    for array in (images, labels):
+        if array is None:
+            digest.update(b"none")
+            continue
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def data_record(options: DataOptions, dataset: Dataset, image_size: int, in_memory: bool, default_count: int) -> dict:
+    """config.json's "data": where the images came from, how they were labelled and their
+    fingerprint, so --resume loads the same data the same way (DataOptions.from_record) and
+    checks it. `in_memory`: the Dataset was handed over, not loaded from options."""
+    if options.path is not None:
+        source = str(Path(options.path).resolve())
+    else:
+        source = IN_MEMORY_SOURCE if in_memory else DEFAULT_SOURCE
+    labels_file = dataset.labelling.get("labels_file")
+    return {
+        "source": source,
+        # the label file actually read (given or found), so --resume reads the same one
+        "labels": str(Path(labels_file).resolve()) if labels_file and Path(labels_file).is_file() else None,
+        "choices": options.choices(),
+        "labelling": dataset.labelling or None,
+        "crop": options.crop,
+        "default_count": default_count if source == DEFAULT_SOURCE else None,
+        "description": dataset.source,
+        "count": len(dataset),
+        "image_size": image_size,
+        "class_names": list(dataset.class_names),
+        "fingerprint": dataset.fingerprint(),
+    }
+
+
+def default_image_size(path, dataset: Dataset | None = None) -> int:
+    """The size to train at when none is asked for: a given dataset's own, a `.npz`'s own (so
+    32x32 data is not upscaled), else DEFAULT_IMAGE_SIZE."""
+    if dataset is not None:
+        return int(dataset.images.shape[1])
+    return (native_image_size(path) if path is not None else None) or DEFAULT_IMAGE_SIZE
 
 
 # ----------------------------------------------------------------------------- public API

@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from backends.config import ConfigError, GANConfig
 from service.errors import UserError
@@ -30,19 +28,6 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 REPORT_DIR = "report"
 RUN_COMMAND = "train"  # the command named in a run directory's marker (service.files)
-
-
-def dataset_fingerprint(images: np.ndarray, labels: np.ndarray | None = None) -> str:
-    """sha256 over the training arrays (shape, dtype, bytes): identifies the exact data a run saw."""
-    digest = hashlib.sha256()
-    for array in (images, labels):
-        if array is None:
-            digest.update(b"none")
-            continue
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
 
 
 def is_old_run_dir(folder) -> bool:

@@ -22,15 +22,12 @@ from typing import Callable
 from backends import BACKENDS, DEFAULT_BACKEND
 from backends.config import SUPPORTED_IMAGE_SIZES, ConfigError, GANConfig
 from backends.presets import PRESETS
-from service.data import DEFAULT_DATA_COUNT, DataOptions, Dataset
+from service.data import DEFAULT_DATA_COUNT, IN_MEMORY_SOURCE, DataOptions, Dataset, data_record, default_image_size
 from service.errors import UserError, needs_labels
 
 DEFAULT_EPOCHS = 10  # when neither --epochs nor --time-budget is given
-DEFAULT_IMAGE_SIZE = 64
 DEFAULT_PRESET = "default"
 PRIVATE_PRESET = "dp"  # what any --dp-* option starts from when --preset is not given
-DEFAULT_SOURCE = "default"  # config.json data.source of the embedded dataset
-IN_MEMORY_SOURCE = "in-memory"  # a Dataset handed over in TrainingRequest.dataset
 
 
 @dataclass(frozen=True)
@@ -292,8 +289,9 @@ def _resumed_dataset(request: TrainingRequest, run_dir: Path, stored: dict, imag
             raise UserError(f"{run_dir} was trained on data passed in memory; give --data to resume it")
         recorded = DataOptions.from_record(request.data.path or stored.get("source"), stored)
         recorded = replace(recorded, strict=request.data.strict)
-        dataset = _load_dataset(recorded, image_size, stored.get("default_count", request.data_count), request.progress)
-    if dataset_fingerprint_of(dataset) != stored.get("fingerprint"):
+        dataset = recorded.load(image_size, count=stored.get("default_count") or request.data_count,
+                                progress=request.progress)
+    if dataset.fingerprint() != stored.get("fingerprint"):
         raise UserError(f"cannot resume {run_dir}: the data differs from the data the run was trained on")
     return dataset
 
@@ -312,7 +310,7 @@ def make_new_run(request: TrainingRequest) -> PlannedRun:
     image_size = request.image_size or default_image_size(request.data.path, request.dataset)
     dataset = request.dataset
     if dataset is None:
-        dataset = _load_dataset(request.data, image_size, request.data_count, request.progress)
+        dataset = request.data.load(image_size, count=request.data_count, progress=request.progress)
     config = build_config(request, image_size, dataset)
     diversity_every = diversity_interval(request, config)  # before the run folder is made
     backend_name = request.backend or DEFAULT_BACKEND
@@ -321,36 +319,12 @@ def make_new_run(request: TrainingRequest) -> PlannedRun:
         epochs = DEFAULT_EPOCHS
     seeds = {"config": config.seed, **{name: [config.seed, stream] for name, stream in SEED_STREAMS.items()}}
     run_dir = rundir.create_run_dir(
-        request.out, config, backend_name, _data_record(request, dataset, config), seeds, training={"epochs": epochs}
+        request.out, config, backend_name,
+        data_record(request.data, dataset, config.image_size, in_memory=request.dataset is not None,
+                    default_count=request.data_count),
+        seeds, training={"epochs": epochs},
     )
     return PlannedRun(run_dir, config, backend_name, dataset, epochs, diversity_every)
-
-
-def _data_record(request: TrainingRequest, dataset: Dataset, config: GANConfig) -> dict:
-    """config.json's "data": where the images came from, how they were labelled and their
-    fingerprint, so --resume loads the same data the same way and checks it."""
-    options = request.data
-    if options.path is not None:
-        source = str(Path(options.path).resolve())
-    elif request.dataset is None:
-        source = DEFAULT_SOURCE
-    else:
-        source = IN_MEMORY_SOURCE
-    labels_file = dataset.labelling.get("labels_file")
-    return {
-        "source": source,
-        # the label file actually read (given or found), so --resume reads the same one
-        "labels": str(Path(labels_file).resolve()) if labels_file and Path(labels_file).is_file() else None,
-        "choices": options.choices(),
-        "labelling": dataset.labelling or None,
-        "crop": options.crop,
-        "default_count": request.data_count if source == DEFAULT_SOURCE else None,
-        "description": dataset.source,
-        "count": len(dataset),
-        "image_size": config.image_size,
-        "class_names": list(dataset.class_names),
-        "fingerprint": dataset_fingerprint_of(dataset),
-    }
 
 
 def asks_for_privacy(request: TrainingRequest) -> bool:
@@ -493,30 +467,3 @@ def _restore_last_checkpoint(trainer, run_dir: Path) -> None:
     else:
         trainer.truncate_metrics()
         print(f"warning: {run_dir} has no checkpoint yet; training from the start", file=sys.stderr)
-
-
-# ----------------------------------------------------------------------------- the data
-
-
-def default_image_size(data, dataset=None) -> int:
-    """The size to train at when none is asked for: a given dataset's own, a `.npz`'s own (so
-    32x32 data is not upscaled), else DEFAULT_IMAGE_SIZE."""
-    from service.data import native_image_size
-
-    if dataset is not None:
-        return int(dataset.images.shape[1])
-    return (native_image_size(data) if data is not None else None) or DEFAULT_IMAGE_SIZE
-
-
-def dataset_fingerprint_of(dataset) -> str:
-    from service.rundir import dataset_fingerprint
-
-    return dataset_fingerprint(dataset.images, dataset.labels)
-
-
-def _load_dataset(options: DataOptions, image_size: int, data_count: int, progress: bool) -> Dataset:
-    from service import data as data_module
-
-    if options.path is None or options.path == DEFAULT_SOURCE:
-        return data_module.default_dataset(image_size, count=data_count, progress=progress)
-    return options.load(image_size, progress=progress)

@@ -74,7 +74,7 @@ class TuneSettings:
     data: DataOptions = field(default_factory=DataOptions)
     max_images: int | None = None  # at most this many images (None: all; the embedded dataset: its default)
     preset: str = "default"
-    image_size: int | None = None  # None: the data's own size (service.training.default_image_size)
+    image_size: int | None = None  # None: the data's own size (service.data.default_image_size)
     conditional: bool = False
 
     def check(self) -> None:
@@ -248,8 +248,8 @@ def search(settings: TuneSettings, options: dict, resume: bool = False) -> dict:
     run_tune. `options` are the command's (SEARCH_OPTIONS are recorded in search.json; resumed,
     they hold the recorded data fingerprint, which the data must match)."""
     from backends.presets import preset_config
-    from service.rundir import dataset_fingerprint
-    from service.training import class_count, default_image_size
+    from service.data import default_image_size
+    from service.training import class_count
 
     settings.check()  # before loading data
     image_size = settings.image_size or default_image_size(settings.data.path)
@@ -259,7 +259,7 @@ def search(settings: TuneSettings, options: dict, resume: bool = False) -> dict:
         probe_address(settings.address)  # fail fast, before loading data
     dataset = load_dataset(settings.data, image_size, max_images=settings.max_images, seed=settings.seed)
     num_classes = class_count(dataset, settings.conditional)
-    fingerprint = dataset_fingerprint(dataset.images, dataset.labels)
+    fingerprint = dataset.fingerprint()
     if resume and options.get("fingerprint") != fingerprint:
         raise UserError(f"cannot resume {settings.out_dir}: the data differs from the data the search started on")
     settings.base = preset_config(settings.preset, image_size=image_size, num_classes=num_classes,

@@ -10,8 +10,9 @@ import pytest
 
 from backends.config import GANConfig
 from service import checkpoint as ckpt
+from service.data import dataset_fingerprint
 from service.errors import UserError
-from service.rundir import create_run_dir, dataset_fingerprint, load_config
+from service.rundir import create_run_dir, load_config
 
 
 def sample_arrays(step: int) -> dict[str, np.ndarray]:

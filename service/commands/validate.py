@@ -13,7 +13,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.commands.common import add_crop, add_image_size, add_progress, add_seed, show_progress, workers_count
-from service.training import DEFAULT_IMAGE_SIZE
 from service.errors import UserError
 from service.validation.report import REPORT_FILE
 
@@ -69,7 +68,7 @@ def run(args) -> int:
         # (TF_CPP_MIN_LOG_LEVEL set first, its start-up lines held aside; --verbose keeps them),
         # so a weights file Keras refuses is the one line of the error, not after CUDA's chatter.
         import backends.tf.runtime  # noqa: F401
-    from service.data import native_image_size
+    from service.data import DEFAULT_IMAGE_SIZE, native_image_size
 
     image_size = args.image_size or native_image_size(args.real) or native_image_size(args.fake) or DEFAULT_IMAGE_SIZE
     source, sample = sample_plan(args)
