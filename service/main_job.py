@@ -19,7 +19,7 @@ from pathlib import Path
 
 from service.data import Dataset
 from service.errors import UserError
-from service.training import DEFAULT_BACKEND, TrainingRequest, diversity_verdict_of, preset_of
+from service.training import TrainingRequest
 
 DEFAULT_TIME_BUDGET = 480.0  # seconds of training when neither epochs nor a time budget is given
 DEFAULT_COUNT = 1000
@@ -59,15 +59,7 @@ def job_request(job: MainJob) -> TrainingRequest:
     """The job's training request with the main job's defaults: RUN named by the start time,
     a time budget when neither epochs nor one is given, and the backend, preset and seed
     named, since the later stages use them too."""
-    request = job.training
-    time_budget = request.time_budget
-    if request.epochs is None and time_budget is None:
-        time_budget = DEFAULT_TIME_BUDGET
-    return replace(
-        request, out=Path(request.out or Path("runs") / time.strftime("main-%Y%m%d-%H%M%S")),
-        time_budget=time_budget, backend=request.backend or DEFAULT_BACKEND, preset=preset_of(request),
-        seed=0 if request.seed is None else request.seed,
-    )
+    return job.training.resolved(Path("runs") / time.strftime("main-%Y%m%d-%H%M%S"), DEFAULT_TIME_BUDGET)
 
 
 def stage(number: int, text: str, stages: int = STAGES) -> None:
@@ -79,7 +71,7 @@ def run_main_job(job: MainJob) -> dict:
     from service.generation import generate_in_process, generate_on_ray, plan_job, read_generated, real_class_indices
     from service.imageio import to_uint8
     from service.rundir import check_run_dir
-    from service.training import outcome_lines, run_training
+    from service.training import run_training
     from service.validation import validate_sets
 
     job.check()
@@ -91,7 +83,7 @@ def run_main_job(job: MainJob) -> dict:
     budget = f", {request.time_budget:.0f} s budget" if request.time_budget else ""
     stage(1, f"training ({request.backend} backend, preset {request.preset}{budget})", stages)
     outcome = run_training(request)
-    print("\n".join(outcome_lines(outcome)), flush=True)
+    print("\n".join(outcome.lines), flush=True)
     run_dir, config, train = outcome.run_dir, outcome.config, outcome.dataset
 
     stage(2, f"generating {job.count} images", stages)
@@ -119,7 +111,7 @@ def run_main_job(job: MainJob) -> dict:
         real_groups=real.groups, train_groups=train.groups,
     )
     outcome = {"run_dir": run_dir, "generated": generated_dir, "report": report_dir / "report.html",
-               "results": results}
+               "results": results, "diversity": outcome.diversity}
     if job.utility:
         stage(5, "downstream utility: training the classifier arms", stages)
         outcome["utility"] = utility_stage(job, request, run_dir, train, real, config.image_size, report_dir)
@@ -169,8 +161,7 @@ def summary_lines(outcome: dict) -> list[str]:
         lines.append(f"SWD x1e3: real vs generated {generated:.1f}, real vs real {reference:.1f} (lower is closer)")
     except (KeyError, TypeError):
         pass
-    verdict = diversity_verdict_of(outcome["run_dir"]) if outcome.get("run_dir") else None
-    lines.append(verdict or "diversity: not checked during training (--diversity-every 0)")
+    lines.append(outcome.get("diversity") or "diversity: not checked during training (--diversity-every 0)")
     if outcome.get("utility"):
         from service.utility import describe
 

@@ -75,6 +75,15 @@ class TrainingRequest:
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", DataOptions.of(self.data))
 
+    def resolved(self, out: str | Path, time_budget: float) -> "TrainingRequest":
+        """The request with what later stages read named (the main job's): `out` when none is
+        given, `time_budget` when neither epochs nor a budget is, and the backend, preset and
+        seed a new run would take."""
+        no_schedule = self.epochs is None and self.time_budget is None
+        return replace(self, out=Path(self.out or out), time_budget=time_budget if no_schedule else self.time_budget,
+                       backend=self.backend or DEFAULT_BACKEND, preset=preset_of(self),
+                       seed=0 if self.seed is None else self.seed)
+
 
 @dataclass(frozen=True)
 class TrainingOption:
@@ -165,6 +174,8 @@ class TrainingOutcome:
     backend_name: str
     result: object  # service.trainer.TrainResult
     dataset: Dataset | None = None  # the images trained on, for later stages (the main job)
+    diversity: str | None = None  # the diversity checks' verdict line (None: no checks)
+    lines: list[str] = field(default_factory=list)  # what the call did, for the user (outcome_lines)
 
 
 def outcome_lines(outcome: TrainingOutcome) -> list[str]:
@@ -180,9 +191,8 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
         f"{what}: step {result.step}, {result.epoch} epoch(s), {result.images_per_second:.1f} images/s, "
         f"{result.rebalance_d} extra D and {result.rebalance_g} extra G steps"
     ]
-    verdict = diversity_verdict_of(outcome.run_dir)
-    if verdict:
-        lines.append(verdict)
+    if outcome.diversity:
+        lines.append(outcome.diversity)
     if result.checkpoint is not None:
         lines.append(f"checkpoint: {result.checkpoint}")
     if result.status not in ("completed", "nothing_to_do", "privacy_budget"):
@@ -204,7 +214,10 @@ def run_training(request: TrainingRequest) -> TrainingOutcome:
     Raises UserError for bad input and TrainingDiverged on NaN/inf."""
     check_schedule(request)
     run = plan_resume(request) if request.resume is not None else make_new_run(request)
-    return train(run, request)
+    outcome = train(run, request)
+    outcome.diversity = diversity_verdict_of(outcome.run_dir)
+    outcome.lines = outcome_lines(outcome)
+    return outcome
 
 
 def diversity_interval(request: TrainingRequest, config: GANConfig) -> int:

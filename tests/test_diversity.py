@@ -327,14 +327,18 @@ def test_a_private_run_refuses_an_explicit_interval(tmp_path, tiny_npz, capsys):
 
 
 def test_the_main_job_summary_says_whether_the_run_collapsed(tmp_path):
+    """run_training's outcome carries the run's verdict (read from its metrics.jsonl); the main
+    job's summary prints it."""
     from service.main_job import summary_lines
+    from service.training import diversity_verdict_of
 
     run = tmp_path / "run"
     run.mkdir()
     outcome = {"run_dir": run, "generated": run / "generated", "report": run / "report.html", "results": {},
-               "seconds": 1.0}
+               "seconds": 1.0, "diversity": diversity_verdict_of(run)}
     assert "diversity: not checked during training" in "\n".join(summary_lines(outcome))
     (run / "metrics.jsonl").write_text(json.dumps(
         {"type": "diversity", "step": 500, "coverage": 0.02, "k": 3, "images": 256, "judged": True, "collapsed": True}
     ) + "\n")
+    outcome["diversity"] = diversity_verdict_of(run)
     assert any("COLLAPSED" in line for line in summary_lines(outcome))

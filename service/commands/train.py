@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from service.commands.common import add_data, add_progress, add_training, data_options, show_progress
-from service.training import TrainingRequest, outcome_lines, run_training
+from service.training import TrainingRequest, run_training
 
 
 def add_arguments(parser) -> None:
@@ -38,5 +38,5 @@ def training_request(args) -> TrainingRequest:
 
 
 def run(args) -> int:
-    print("\n".join(outcome_lines(run_training(training_request(args)))))
+    print("\n".join(run_training(training_request(args)).lines))
     return 0
