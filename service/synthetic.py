@@ -17,6 +17,15 @@ and hairs. The three ISIC 2017 classes have different looks:
 - seborrheic keratosis (2): lighter tan, waxy sheen, cerebriform ridges and furrows, milia-like
   cysts (whitish dots) and comedo-like openings (dark dots), a sharp "stuck-on" edge.
 
+Each image is drawn on a canvas twice its side (at least 64, at most 256 pixels) and
+area-downsampled, as real dermoscopy reaches the network's size from large photographs: hairs
+are faint and edges soft. The skin is desaturated and the whole image brightened to the colours
+of photographs. Measured against the ISIC 2017 training images at 64x64
+(bench/standin_stats.py; median over images, real / stand-in): high-pass RMS 4.1 / 4.5 levels
+(9.4 before this drawing), the spectrum's high band 2.7% / 1.4% (10.1%), thin dark structures
+on 1.7% / 2.2% of the pixels (3.1%) at contrast 30 / 36 levels (63), mean colour (180, 151, 139)
+/ (173, 144, 129), saturation 61 / 68 (104).
+
 Classes come in the ISIC 2017 training proportions (1,372 nevi, 374 melanomas, 254 seborrheic
 keratoses in 2,000 images).
 Determinism: `make_image(seed, index, cls, size)` is a pure function of its arguments; in
@@ -44,11 +53,16 @@ from service.errors import UserError
 from service.files import make_folder, refuse_link, write_bytes, write_text
 
 DRAWING_VERSION = 4  # in every image's random stream: bump when the drawing changes
-GENERATOR_VERSION = 5  # in the cache key: bump when the drawing or the class layout changes, so cached copies are rebuilt
+GENERATOR_VERSION = 6  # in the cache key: bump when the drawing or the class layout changes, so cached copies are rebuilt
 ISIC_CLASS_COUNTS = (1372, 374, 254)  # nevus, melanoma, seborrheic keratosis in ISIC 2017 training
 ISIC_IMAGE_SHAPES = ((768, 1024), (576, 767), (480, 640))  # (height, width) of the written JPEGs
 GROUND_TRUTH_NAME = "ISIC-2017_Training_Part3_GroundTruth.csv"
 ISIC_WORK_SIZE = 192  # drawing canvas (short side) of the large ISIC-layout JPEGs: keeps writing fast
+# Calibrated against ISIC 2017 training images at 64x64 (bench/standin_stats.py, docs/presets.md):
+# the skin tones below are more saturated, and the whole drawing darker, than photographs are.
+SKIN_SATURATION = np.float32(0.5)
+PHOTO_BRIGHTNESS = 1.05
+DRAW_SCALE = 2  # the drawing canvas is this many times the target side (at most 256), then area-downsampled
 
 NEVUS, MELANOMA, KERATOSIS = 0, 1, 2
 
@@ -98,10 +112,11 @@ def make_image(seed: int, index: int, cls: int, size: int | tuple[int, int], wor
 
 
 def default_work_size(short_side: int) -> int:
-    """Drawing canvas: the target size itself (OpenCV anti-aliases lines and circles, and the
-    lesion edge is an analytic fade), but at least 64 pixels so tiny images keep their detail,
-    and at most 256 so large ones stay cheap."""
-    return int(min(max(short_side, 64), 256))
+    """Drawing canvas: DRAW_SCALE times the target side, area-downsampled as real dermoscopy
+    reaches the network's size from photographs of about 1000 px (hairs faint, edges soft),
+    but at least 64 pixels and at most 256 (or the target itself when larger), so large images
+    stay cheap."""
+    return int(max(min(max(DRAW_SCALE * short_side, 64), 256), short_side))
 
 
 BATCH_PIXELS = 300_000  # canvas pixels drawn at once: bounds memory, amortises per-call cost
@@ -260,6 +275,11 @@ def _render(rngs, cls: int, height: int, width: int) -> np.ndarray:
     for b, rng in enumerate(rngs):
         image[b] = cv2.GaussianBlur(image[b], (0, 0), sigma)
         image[b] += rng.standard_normal((height, width, 3), dtype=np.float32) * np.float32(0.006)
+    # the colours of a dermoscope photograph: the skin's saturation scaled (each pixel's hue and
+    # brightest channel kept; the lesion's colours as drawn), then the brightness
+    value = image.max(axis=-1, keepdims=True)
+    saturation = SKIN_SATURATION + (1 - SKIN_SATURATION) * coverage[..., None]
+    image = (value - (value - image) * saturation) * np.float32(PHOTO_BRIGHTNESS)
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -517,11 +537,11 @@ def _dots(rng, cls, image, shape, short) -> None:
 
 
 def _hairs(rng, image, short) -> None:
-    """Dark, slightly curved hairs (quadratic Bezier curves), none in about a third of
+    """Dark, slightly curved hairs (quadratic Bezier curves), none in about half of the
     images; drawn into `image` (a contiguous H x W x 3 view) in place."""
     height, width = image.shape[:2]
-    count = 0 if rng.random() < 0.35 else int(rng.integers(1, 7))
-    colour = tuple(float(c) for c in rng.uniform(0.05, 0.22) * np.array([1.0, 0.85, 0.75]))
+    count = 0 if rng.random() < 0.5 else int(rng.integers(1, 7))
+    colour = tuple(float(c) for c in rng.uniform(0.12, 0.35) * np.array([1.0, 0.85, 0.75]))
     t = np.linspace(0, 1, 24)[:, None]
     for _ in range(count):
         start = rng.uniform(0, 1, 2) * (width, height)
