@@ -227,13 +227,7 @@ class TFBackend(Backend):
     def _d_outputs(self, images, labels, training, augment=False):
         """D's outputs (groups, 1 + class logits): the real/fake logit, then the auxiliary class
         logits when the run has the class loss."""
-        if augment and self.augment_policy:
-            images = diff_augment(images, self.augment_policy, self.augment_generator)
-        if self.conditional:
-            one_hot = self._class_code(labels, images.dtype, training)
-            size = self.config.image_size
-            planes = tf.broadcast_to(one_hot[:, None, None, :], [tf.shape(images)[0], size, size, self.config.num_classes])
-            images = tf.concat([images, planes], axis=-1)
+        images = self._d_inputs(images, labels, training, augment)
         pack = self.config.pack
         if pack > 1:  # groups of `pack` consecutive images side by side along channels
             shape = tf.shape(images)
@@ -325,8 +319,8 @@ class TFBackend(Backend):
         return fake_loss, grads
 
     def _d_inputs(self, images, labels, training, augment=False):
-        """What D's first layer reads: the images augmented, with the class planes when the model
-        is conditional (pack 1: a private D judges each image alone)."""
+        """What D's first layer reads before packing: the images augmented, with the class planes
+        when the model is conditional."""
         if augment and self.augment_policy:
             images = diff_augment(images, self.augment_policy, self.augment_generator)
         if self.conditional:
