@@ -22,6 +22,11 @@ def warn(message: str) -> None:
     print(f"warning: {' '.join(message.split())}", file=sys.stderr)
 
 
+def note(message: str) -> None:
+    """A line of information on stderr, folded like warn's (no "warning:" before it)."""
+    print(" ".join(message.split()), file=sys.stderr)
+
+
 def needs_labels(what: str) -> UserError:
     """The one error for class-conditional work on a dataset without class labels."""
     return UserError(f"{what} needs class labels, and this dataset has none (give --labels, or put the images "

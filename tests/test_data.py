@@ -210,7 +210,7 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(data, "decode_image", no_decoding)
+    monkeypatch.setattr(data.folder, "decode_image", no_decoding)
     second = load_images(folder, 32, cache_dir=tmp_path / "c", progress=False)
     np.testing.assert_array_equal(first.images, second.images)
     assert second.labels.tolist() == first.labels.tolist() and second.files == first.files
@@ -223,7 +223,7 @@ def test_cache_is_invalidated_when_a_file_changes(tmp_path, monkeypatch):
     first = load_images(folder, 32, cache_dir=tmp_path / "c", progress=False)
     decoded = []
     real_decode = data.decode_image
-    monkeypatch.setattr(data, "decode_image", lambda *a: decoded.append(1) or real_decode(*a))
+    monkeypatch.setattr(data.folder, "decode_image", lambda *a: decoded.append(1) or real_decode(*a))
     write_image(folder / "ISIC_0000001.jpg", np.zeros((50, 50, 3), np.uint8))
     second = load_images(folder, 32, cache_dir=tmp_path / "c", progress=False)
     assert len(decoded) == 2
