@@ -17,9 +17,20 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from service import data
 from service.data import Dataset
 from service.errors import UserError
-from service.training import TrainingRequest
+from service.generation import (
+    generate_in_process,
+    generate_on_ray,
+    plan_job,
+    read_generated,
+    real_class_indices,
+)
+from service.imageio import to_uint8
+from service.rundir import check_run_dir
+from service.training import TrainingRequest, run_training
+from service.utility import UtilitySettings, describe, run_utility
 
 DEFAULT_TIME_BUDGET = 480.0  # seconds of training when neither epochs nor a time budget is given
 DEFAULT_COUNT = 1000
@@ -68,11 +79,7 @@ def stage(number: int, text: str, stages: int = STAGES) -> None:
 
 def run_main_job(job: MainJob) -> dict:
     """Every stage in order; returns {"run_dir", "generated", "report", "results", "seconds"}."""
-    from service.generation import generate_in_process, generate_on_ray, plan_job, read_generated, real_class_indices
-    from service.imageio import to_uint8
-    from service.rundir import check_run_dir
-    from service.training import run_training
-    from service.validation import validate_sets
+    from service.validation import validate_sets  # scikit-learn and matplotlib: loaded when a job runs
 
     job.check()
     started = time.perf_counter()
@@ -122,7 +129,6 @@ def run_main_job(job: MainJob) -> dict:
 def reference_set(request: TrainingRequest, train: Dataset, image_size: int, count: int) -> Dataset:
     """The real images the generated ones are measured against, per the module docstring: on
     the embedded dataset fresh images of another seed, on user data the training images."""
-    from service import data
 
     if request.data.path is not None:
         return train
@@ -136,7 +142,6 @@ def utility_stage(job: MainJob, request: TrainingRequest, run_dir: Path, train: 
     """service.utility on the training images against a held-out real test set (on the embedded
     dataset the fresh reference set, never trained on; on user data --utility-test), then the
     result into the report."""
-    from service.utility import UtilitySettings, run_utility
     from service.validation.report import add_utility
 
     if job.utility_test is None:
@@ -163,8 +168,6 @@ def summary_lines(outcome: dict) -> list[str]:
         pass
     lines.append(outcome.get("diversity") or "diversity: not checked during training (--diversity-every 0)")
     if outcome.get("utility"):
-        from service.utility import describe
-
         lines += ["downstream utility (classifier arms on held-out real images):", *describe(outcome["utility"])]
     lines += [
         f"done in {outcome['seconds']:.0f} s",

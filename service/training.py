@@ -19,11 +19,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import backends
 from backends import BACKENDS, DEFAULT_BACKEND
 from backends.config import SUPPORTED_IMAGE_SIZES, ConfigError, GANConfig
-from backends.presets import PRESETS
-from service.data import DEFAULT_DATA_COUNT, IN_MEMORY_SOURCE, DataOptions, Dataset, data_record, default_image_size
+from backends.presets import PRESETS, preset_config
+from service import checkpoint as ckpt
+from service import rundir
+from service.data import (
+    DEFAULT_DATA_COUNT,
+    IN_MEMORY_SOURCE,
+    DataOptions,
+    Dataset,
+    data_record,
+    default_image_size,
+)
+from service.diversity import DIVERSITY_EVERY, diversity_verdict
 from service.errors import UserError, needs_labels
+from service.privacy import calibrate_noise
+from service.rundir import METRICS_FILE
+from service.trainer import SEED_STREAMS, Trainer, check_plan
 
 DEFAULT_EPOCHS = 10  # when neither --epochs nor --time-budget is given
 DEFAULT_PRESET = "default"
@@ -203,8 +217,6 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
 
 def diversity_verdict_of(run_dir) -> str | None:
     """The run's diversity line (service.diversity.diversity_verdict), or None without checks."""
-    from service.diversity import diversity_verdict
-    from service.rundir import METRICS_FILE
 
     return diversity_verdict(Path(run_dir) / METRICS_FILE)
 
@@ -223,7 +235,6 @@ def run_training(request: TrainingRequest) -> TrainingOutcome:
 def diversity_interval(request: TrainingRequest, config: GANConfig) -> int:
     """Steps between the run's diversity checks: the request's, else DIVERSITY_EVERY; a private
     run has none (the check reads training images outside the privacy accountant)."""
-    from service.diversity import DIVERSITY_EVERY
 
     if config.private:
         if request.diversity_every:
@@ -235,7 +246,6 @@ def diversity_interval(request: TrainingRequest, config: GANConfig) -> int:
 
 def check_schedule(request: TrainingRequest) -> None:
     """The schedule's options, before loading data or a framework."""
-    from service.trainer import check_plan
 
     if request.epochs is not None or request.time_budget is not None:
         check_plan(request.epochs, request.time_budget)
@@ -255,7 +265,6 @@ def check_schedule(request: TrainingRequest) -> None:
 def plan_resume(request: TrainingRequest) -> PlannedRun:
     """The run in request.resume as its config.json recorded it: the same model, and the same
     data (checked by fingerprint); the schedule and the backend may change, and are recorded."""
-    from service import rundir
 
     given = _options_fixed_on_resume(request)
     if given:
@@ -315,8 +324,6 @@ def _resumed_dataset(request: TrainingRequest, run_dir: Path, stored: dict, imag
 def make_new_run(request: TrainingRequest) -> PlannedRun:
     """A new run directory in request.out: the data loaded, the config built, RUN/config.json
     written with what --resume needs to load the same data the same way."""
-    from service import rundir
-    from service.trainer import SEED_STREAMS
 
     if request.out is None:
         raise UserError("give --out DIR for a new run, or --resume RUN_DIR")
@@ -355,7 +362,6 @@ def preset_of(request: TrainingRequest) -> str:
 def build_config(request: TrainingRequest, image_size: int, dataset: Dataset) -> GANConfig:
     """The run's GANConfig: the preset, then the request's config file and overrides, then its
     explicit fields; num_classes from the data when conditional."""
-    from backends.presets import preset_config
 
     preset = preset_of(request)
     if preset not in PRESETS:
@@ -387,7 +393,6 @@ def _calibrated_noise(config: GANConfig, request: TrainingRequest, count: int) -
     (--epochs x N // batch size Poisson-sampled D steps) spend the budget; the margin's extra D
     steps then end the run early, at the budget. With a time budget and no --epochs the steps are
     not known: the preset's noise multiplier stays, and the run stops when the budget is spent."""
-    from service.privacy import calibrate_noise
 
     if not config.private:
         raise UserError("--dp-epsilon needs a private run: a noise multiplier above 0 (--dp-noise)")
@@ -436,8 +441,6 @@ def read_config_file(path) -> dict:
 
 def train(run: PlannedRun, request: TrainingRequest) -> TrainingOutcome:
     """Run the Trainer on a planned run; a resumed run first restores its last valid checkpoint."""
-    import backends
-    from service.trainer import Trainer
 
     try:
         model = backends.get(run.backend_name, run.config)
@@ -466,7 +469,6 @@ def train(run: PlannedRun, request: TrainingRequest) -> TrainingOutcome:
 def _restore_last_checkpoint(trainer, run_dir: Path) -> None:
     """The trainer at the run's last valid checkpoint (damaged ones skipped with a warning); a
     run killed before its first checkpoint starts over."""
-    from service import checkpoint as ckpt
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ckpt.CheckpointWarning)
