@@ -52,13 +52,19 @@ def test_a_config_saved_before_base_side_existed_keeps_its_architecture():
     assert preset_config("default", image_size=32).base_size == 4
 
 
-def test_default_changes_from_64x64_up_and_an_override_still_wins():
-    small, large = preset_config("default", image_size=32), preset_config("default", image_size=64)
+def test_a_conditional_default_changes_from_64x64_up_and_an_override_still_wins():
+    """The unconditional `default` is one recipe at every size; a conditional one adds noise
+    inputs and G's rate at 5e-4 from 64x64 up (backends/presets.py, docs/presets.md)."""
+    for size in (32, 64, 128):
+        plain = preset_config("default", image_size=size)
+        assert (plain.noise_inputs, plain.lr_g, plain.lr_d) == (False, 1e-3, 1e-3)
+    small, large = (preset_config("default", image_size=size, num_classes=2) for size in (32, 64))
     assert (small.noise_inputs, small.lr_g, small.lr_d) == (False, 1e-3, 1e-3)
     assert (large.noise_inputs, large.lr_g, large.lr_d) == (True, 5e-4, 1e-3)
-    assert preset_config("default", image_size=128).lr_g == 5e-4
-    assert preset_config("default", image_size=64, lr_g=2e-4, noise_inputs=False).lr_g == 2e-4
-    assert not preset_config("default", image_size=64, noise_inputs=False).noise_inputs
+    assert preset_config("default", image_size=128, num_classes=3).lr_g == 5e-4
+    assert preset_config("dp", image_size=64, num_classes=2).noise_inputs
+    assert preset_config("default", image_size=64, num_classes=2, lr_g=2e-4, noise_inputs=False).lr_g == 2e-4
+    assert not preset_config("default", image_size=64, num_classes=2, noise_inputs=False).noise_inputs
 
 
 def test_conditional_widens_inputs():
