@@ -189,7 +189,11 @@ class TrainingOutcome:
     result: object  # service.trainer.TrainResult
     dataset: Dataset | None = None  # the images trained on, for later stages (the main job)
     diversity: str | None = None  # the diversity checks' verdict line (None: no checks)
-    lines: list[str] = field(default_factory=list)  # what the call did, for the user (outcome_lines)
+
+    @property
+    def lines(self) -> list[str]:
+        """What the call did, for the user (outcome_lines)."""
+        return outcome_lines(self)
 
 
 def outcome_lines(outcome: TrainingOutcome) -> list[str]:
@@ -217,7 +221,6 @@ def outcome_lines(outcome: TrainingOutcome) -> list[str]:
 
 def diversity_verdict_of(run_dir) -> str | None:
     """The run's diversity line (service.diversity.diversity_verdict), or None without checks."""
-
     return diversity_verdict(Path(run_dir) / METRICS_FILE)
 
 
@@ -228,14 +231,12 @@ def run_training(request: TrainingRequest) -> TrainingOutcome:
     run = plan_resume(request) if request.resume is not None else make_new_run(request)
     outcome = train(run, request)
     outcome.diversity = diversity_verdict_of(outcome.run_dir)
-    outcome.lines = outcome_lines(outcome)
     return outcome
 
 
 def diversity_interval(request: TrainingRequest, config: GANConfig) -> int:
     """Steps between the run's diversity checks: the request's, else DIVERSITY_EVERY; a private
     run has none (the check reads training images outside the privacy accountant)."""
-
     if config.private:
         if request.diversity_every:
             raise UserError("--diversity-every: a differentially private run has no diversity check (it would read "
@@ -246,7 +247,6 @@ def diversity_interval(request: TrainingRequest, config: GANConfig) -> int:
 
 def check_schedule(request: TrainingRequest) -> None:
     """The schedule's options, before loading data or a framework."""
-
     if request.epochs is not None or request.time_budget is not None:
         check_plan(request.epochs, request.time_budget)
     if request.checkpoint_every < 0:
@@ -265,7 +265,6 @@ def check_schedule(request: TrainingRequest) -> None:
 def plan_resume(request: TrainingRequest) -> PlannedRun:
     """The run in request.resume as its config.json recorded it: the same model, and the same
     data (checked by fingerprint); the schedule and the backend may change, and are recorded."""
-
     given = _options_fixed_on_resume(request)
     if given:
         raise UserError(
@@ -324,7 +323,6 @@ def _resumed_dataset(request: TrainingRequest, run_dir: Path, stored: dict, imag
 def make_new_run(request: TrainingRequest) -> PlannedRun:
     """A new run directory in request.out: the data loaded, the config built, RUN/config.json
     written with what --resume needs to load the same data the same way."""
-
     if request.out is None:
         raise UserError("give --out DIR for a new run, or --resume RUN_DIR")
     image_size = request.image_size or default_image_size(request.data.path, request.dataset)
@@ -362,7 +360,6 @@ def preset_of(request: TrainingRequest) -> str:
 def build_config(request: TrainingRequest, image_size: int, dataset: Dataset) -> GANConfig:
     """The run's GANConfig: the preset, then the request's config file and overrides, then its
     explicit fields; num_classes from the data when conditional."""
-
     preset = preset_of(request)
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -393,7 +390,6 @@ def _calibrated_noise(config: GANConfig, request: TrainingRequest, count: int) -
     (--epochs x N // batch size Poisson-sampled D steps) spend the budget; the margin's extra D
     steps then end the run early, at the budget. With a time budget and no --epochs the steps are
     not known: the preset's noise multiplier stays, and the run stops when the budget is spent."""
-
     if not config.private:
         raise UserError("--dp-epsilon needs a private run: a noise multiplier above 0 (--dp-noise)")
     steps = None if request.epochs is None else request.epochs * (count // config.batch_size)
@@ -441,7 +437,6 @@ def read_config_file(path) -> dict:
 
 def train(run: PlannedRun, request: TrainingRequest) -> TrainingOutcome:
     """Run the Trainer on a planned run; a resumed run first restores its last valid checkpoint."""
-
     try:
         model = backends.get(run.backend_name, run.config)
     except ImportError as e:
@@ -469,7 +464,6 @@ def train(run: PlannedRun, request: TrainingRequest) -> TrainingOutcome:
 def _restore_last_checkpoint(trainer, run_dir: Path) -> None:
     """The trainer at the run's last valid checkpoint (damaged ones skipped with a warning); a
     run killed before its first checkpoint starts over."""
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ckpt.CheckpointWarning)
         path, arrays = ckpt.load_latest_valid(run_dir) if ckpt.list_checkpoints(run_dir) else (None, None)
