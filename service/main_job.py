@@ -129,7 +129,6 @@ def run_main_job(job: MainJob) -> dict:
 def reference_set(request: TrainingRequest, train: Dataset, image_size: int, count: int) -> Dataset:
     """The real images the generated ones are measured against, per the module docstring: on
     the embedded dataset fresh images of another seed, on user data the training images."""
-
     if request.data.path is not None:
         return train
     return data.default_dataset(

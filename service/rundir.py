@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from backends.config import ConfigError, GANConfig
 from service.errors import UserError
 from service.files import check_output_folder, claim_output_folder, make_folder, output_lock, remove_file, write_json

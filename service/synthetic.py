@@ -60,7 +60,7 @@ GROUND_TRUTH_NAME = "ISIC-2017_Training_Part3_GroundTruth.csv"
 ISIC_WORK_SIZE = 192  # drawing canvas (short side) of the large ISIC-layout JPEGs: keeps writing fast
 # Calibrated against ISIC 2017 training images at 64x64 (bench/standin_stats.py, docs/presets.md):
 # the skin tones below are more saturated, and the whole drawing darker, than photographs are.
-SKIN_SATURATION = np.float32(0.5)
+SKIN_SATURATION = 0.5
 PHOTO_BRIGHTNESS = 1.05
 DRAW_SCALE = 2  # the drawing canvas is this many times the target side (at most 256), then area-downsampled
 
@@ -279,7 +279,7 @@ def _render(rngs, cls: int, height: int, width: int) -> np.ndarray:
     # brightest channel kept; the lesion's colours as drawn), then the brightness
     value = image.max(axis=-1, keepdims=True)
     saturation = SKIN_SATURATION + (1 - SKIN_SATURATION) * coverage[..., None]
-    image = (value - (value - image) * saturation) * np.float32(PHOTO_BRIGHTNESS)
+    image = (value - (value - image) * saturation) * PHOTO_BRIGHTNESS
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
 
 

@@ -6,9 +6,9 @@ pass once and shares it: D takes an Adam step on [real; fake], then G takes one 
 updated D. With config.ema_kimg, the averaged generator (spec.ema_beta) follows G inside the
 same compiled step after every G update, and `generate` runs it.
 With config.dp_noise > 0, D's updates are DP-SGD's (backends.spec, "Differential privacy"):
-each real example's gradient from its own forward and backward pass (tf.vectorized_map
-over the batch, the batch's augmentation and dropout draws made once outside), clipped, summed, plus noise from a checkpointed tf.random.Generator
-("rng/tf/dp_noise/state").
+each real example's gradient from its own forward and backward pass (tf.vectorized_map over
+the batch, the batch's augmentation and dropout draws made once outside), clipped, summed,
+plus noise from a checkpointed tf.random.Generator ("rng/tf/dp_noise/state").
 """
 
 from __future__ import annotations
