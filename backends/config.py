@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 SUPPORTED_IMAGE_SIZES = (32, 64, 128, 256)
 D_CONDITIONING = ("concat", "projection")
+UPSAMPLE = ("nearest", "bilinear")
 G_CONDITIONING = ("concat", "cbn")
 
 
@@ -32,6 +33,11 @@ class GANConfig:
     d_width: int = 0
     kernel_size: int = 4
     channels: int = 3
+    # How G doubles its maps before each convolution: "nearest" (the thesis's UpSampling2D) or
+    # "bilinear" (each new pixel 3/4 of its nearest source and 1/4 of the next, edges clamped:
+    # Keras's UpSampling2D(interpolation="bilinear")); nearest copies leave each coarse map's
+    # block edges at fixed places in every image (docs/presets.md, "the lattice")
+    upsample: str = "nearest"
     num_classes: int = 0  # 0: unconditional; else conditional on this many classes (ISIC 2017: 3)
     # How a conditional D reads the class (backends.spec): "concat", one-hot planes joined to its
     # input (the thesis's); "projection", the inner product of a learned class embedding with
@@ -116,6 +122,8 @@ class GANConfig:
         for name in ("latent_dim", "width", "max_width", "kernel_size", "channels", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.upsample not in UPSAMPLE:
+            raise ConfigError(f"upsample must be one of {', '.join(UPSAMPLE)}, got {self.upsample!r}")
         if int(self.d_width) < 0:
             raise ConfigError(f"d_width must be 0 (as width) or a positive integer, got {self.d_width}")
         if int(self.pack) < 1:

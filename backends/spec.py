@@ -29,6 +29,9 @@ Semantics both backends follow:
   convolution (before the batch norm) adds map i-1 times its strength to every channel:
   out[b, y, x, c] = in[b, y, x, c] + map[b, y, x] * strength[c]. The maps are G's input, in
   training and in inference alike, so an image depends on its z alone.
+- G's "upsample_<i>" layers double each side by `interpolation` ("nearest", or "bilinear":
+  along each axis output 2i = 3/4 in[i] + 1/4 in[i - 1], output 2i + 1 = 3/4 in[i] + 1/4
+  in[i + 1], indices clamped to the edge, rows then columns; Keras's bilinear UpSampling2D).
 - Conditioning (num_classes K > 0). The backends join the class code c (K values: the
   one-hot label, times the ramp's strength in training, GANConfig.condition_ramp_kimg) to
   each network's input as above, whatever the mechanism; the mechanism is in the layers:
@@ -135,7 +138,10 @@ def fuses_with_next(layers: list[Layer], index: int) -> bool:
     """Whether layer `index` is a 2x nearest upsampling straight into a stride-1 'same' conv:
     both backends compute that pair as one fused layer (the same function, with fewer
     multiply-adds; see backends/tf/networks.py UpSampleConv2D and core.UpSampleConv2D)."""
-    if layers[index].kind != "upsample" or layers[index].args["factor"] != 2 or index + 1 >= len(layers):
+    layer = layers[index]
+    if layer.kind != "upsample" or layer.args["factor"] != 2 or index + 1 >= len(layers):
+        return False
+    if layer.args.get("interpolation", "nearest") != "nearest":
         return False
     after = layers[index + 1]
     return after.kind == "conv" and after.args["stride"] == 1 and after.args["padding"] == "same"
@@ -177,7 +183,7 @@ def generator_spec(cfg: GANConfig) -> list[Layer]:
     for i in range(1, n + 1):
         last = i == n
         cout = cfg.channels if last else _filters(cfg, n - 1 - i)
-        layers.append(Layer("upsample", f"upsample_{i}", {"factor": 2}))
+        layers.append(Layer("upsample", f"upsample_{i}", {"factor": 2, "interpolation": cfg.upsample}))
         layers.append(
             Layer(
                 "conv",

@@ -53,7 +53,9 @@ import numpy as np
 
 HOLDOUT_SEED = 2017  # the fixed draw of held-out groups
 PCA_COMPONENTS = 64
-METRICS = ("swd", "fd", "pca_fd", "precision", "recall", "density", "coverage", "mean_hp", "copies")
+METRICS = ("swd", "fd", "pca_fd", "precision", "recall", "density", "coverage", "mean_hp", "mean_hp_inner",
+           "mean_hp_border", "copies")
+BORDER = 3  # pixels: mean_hp_border's frame, where zero padding and translation's fill act
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -172,7 +174,8 @@ class Scorer:
         pixels = protocol.train_uint8.reshape(len(protocol.train_uint8), -1).astype(np.float32) / 255.0
         self.pca = PCA(n_components=min(PCA_COMPONENTS, *pixels.shape), random_state=0).fit(pixels)
         self.reference_pca = self._pca(protocol.reference)
-        self.reference_mean_hp = mean_image_highpass(protocol.reference)
+        self.reference_mean_hp = {region: mean_image_highpass(protocol.reference, region)
+                                  for region in ("all", "inner", "border")}
         self._fidelity = None  # (classifier, its probabilities on the reference), fitted on first use
 
     def class_fidelity(self, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -234,25 +237,34 @@ class Scorer:
             **density_coverage(self.reference_features, features),
             # marks at fixed places survive averaging over images; real images average to a
             # smooth field: high-pass energy of the mean image, over the reference's
-            "mean_hp": mean_image_highpass(images) / self.reference_mean_hp,
+            "mean_hp": mean_image_highpass(images) / self.reference_mean_hp["all"],
+            # the same split: inside the frame (a lattice of marks) and the frame (border bands)
+            "mean_hp_inner": mean_image_highpass(images, "inner") / self.reference_mean_hp["inner"],
+            "mean_hp_border": mean_image_highpass(images, "border") / self.reference_mean_hp["border"],
             # a floor set is training images: the audit would flag every one of them
             "copies": audit_summary(memorization_audit(self.protocol.train_uint8, images))["copies"] if audit else None,
         }
 
 
-def mean_image_highpass(images: np.ndarray) -> float:
-    """Energy (mean square) of the Laplacian of the set's mean image, per pixel and channel."""
+def mean_image_highpass(images: np.ndarray, region: str = "all") -> float:
+    """Energy (mean square) of the Laplacian of the set's mean image, per pixel and channel:
+    over the whole image, inside a BORDER-pixel frame ("inner") or on that frame ("border")."""
     import cv2
 
     mean = images.astype(np.float64).mean(axis=0)
-    return float(np.mean(cv2.Laplacian(mean, cv2.CV_64F) ** 2))
+    energy = cv2.Laplacian(mean, cv2.CV_64F) ** 2
+    frame = np.ones(energy.shape[:2], bool)
+    frame[BORDER:-BORDER, BORDER:-BORDER] = False
+    chosen = {"all": np.ones_like(frame), "inner": ~frame, "border": frame}[region]
+    return float(np.mean(energy[chosen]))
 
 
 def format_scores(scores: dict) -> str:
     levels = ", ".join(f"{v:.1f}" for v in scores["swd_levels"].values())
     return (f"SWD {scores['swd']:6.1f} ({levels})  FD {scores['fd']:7.3f}  pcaFD {scores['pca_fd']:6.2f}  "
             f"P {scores['precision']:.2f} R {scores['recall']:.2f} D {scores['density']:.2f} "
-            f"C {scores['coverage']:.2f}  meanHP {scores['mean_hp']:.2f}" + ("" if scores["copies"] is None else f"  copies {scores['copies']}")
+            f"C {scores['coverage']:.2f}  meanHP {scores['mean_hp']:.2f} (inner {scores['mean_hp_inner']:.2f}, "
+            f"border {scores['mean_hp_border']:.2f})" + ("" if scores["copies"] is None else f"  copies {scores['copies']}")
             + "".join(f"  [{name}: SWD {c['swd']:.1f} R {c['recall']:.2f}]" for name, c in scores.get("per_class", {}).items())
             + "".join(f"  [{name}: AUC gen {c['generated_auc']:.3f} real {c['real_auc']:.3f}]"
                       for name, c in (scores.get("class_fidelity") or {}).get("classes", {}).items()
@@ -263,7 +275,7 @@ def summarise(runs: list[dict]) -> dict:
     """Mean, min and max of every metric (and SWD level) over runs."""
     summary = {}
     for metric in METRICS:
-        values = [r["scores"][metric] for r in runs if r["scores"][metric] is not None]
+        values = [r["scores"][metric] for r in runs if r["scores"].get(metric) is not None]
         if not values:
             continue
         summary[metric] = {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
@@ -293,6 +305,7 @@ def format_summary(name: str, summary: dict, count: int) -> str:
     return (f"{name:40s} n={count}  SWD {cell('swd')}  {levels}  FD {cell('fd', 3)}  pcaFD {cell('pca_fd', 2)}  "
             f"P {cell('precision', 2)}  R {cell('recall', 2)}  C {cell('coverage', 2)}  D {cell('density', 2)}  "
             f"meanHP {cell('mean_hp', 2)}"
+            + (f" (inner {cell('mean_hp_inner', 2)}, border {cell('mean_hp_border', 2)})" if "mean_hp_inner" in summary else "")
             + (f"  copies {cell('copies', 0)}" if "copies" in summary else "")
             + "".join(f"  [{k[:-4]}: SWD {cell(k)} R {cell(k[:-4] + '_recall', 2)}]" for k in summary
                       if k.endswith("_swd") and not k.startswith("swd_"))

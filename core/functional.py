@@ -131,6 +131,54 @@ def upsample_backward(dout, factor):
     return dout.reshape(b, h // factor, factor, w // factor, factor, c).sum(axis=(2, 4))
 
 
+# --- bilinear UpSampling2D by 2 (half-pixel centres, edges clamped; Keras's "bilinear") -------
+
+
+def _bilinear_double_axis(x, axis):
+    """Along `axis`: output 2i = 3/4 x[i] + 1/4 x[i - 1], output 2i + 1 = 3/4 x[i] + 1/4 x[i + 1],
+    the neighbour's index clamped to the edge."""
+    n = x.shape[axis]
+    before = np.take(x, np.maximum(np.arange(n) - 1, 0), axis=axis)
+    after = np.take(x, np.minimum(np.arange(n) + 1, n - 1), axis=axis)
+    near, far = x.dtype.type(0.75), x.dtype.type(0.25)
+    out = np.stack([near * x + far * before, near * x + far * after], axis=axis + 1)
+    shape = list(x.shape)
+    shape[axis] *= 2
+    return out.reshape(shape)
+
+
+def _bilinear_double_axis_backward(dout, axis):
+    """The transpose of _bilinear_double_axis: each output's gradient back to its two sources."""
+    shape = list(dout.shape)
+    shape[axis : axis + 1] = [shape[axis] // 2, 2]
+    pairs = dout.reshape(shape)
+    even, odd = np.take(pairs, 0, axis=axis + 1), np.take(pairs, 1, axis=axis + 1)
+    near, far = dout.dtype.type(0.75), dout.dtype.type(0.25)
+    dx = near * (even + odd)
+    n = dx.shape[axis]
+    index = [slice(None)] * dx.ndim
+
+    def at(s):
+        index[axis] = s
+        return tuple(index)
+
+    # even output i read x[i - 1] (x[0] at i = 0); odd output i read x[i + 1] (x[n - 1] at the end)
+    dx[at(slice(0, n - 1))] += far * even[at(slice(1, n))]
+    dx[at(slice(0, 1))] += far * even[at(slice(0, 1))]
+    dx[at(slice(1, n))] += far * odd[at(slice(0, n - 1))]
+    dx[at(slice(n - 1, n))] += far * odd[at(slice(n - 1, n))]
+    return dx
+
+
+def bilinear_upsample_forward(x):
+    """(B, H, W, C) -> (B, 2H, 2W, C): rows then columns (backends.spec, "upsample")."""
+    return _bilinear_double_axis(_bilinear_double_axis(x, 1), 2)
+
+
+def bilinear_upsample_backward(dout):
+    return _bilinear_double_axis_backward(_bilinear_double_axis_backward(dout, 2), 1)
+
+
 def phase_tap_rows(kernel_size: int, factor: int):
     """Where each kernel tap lands on the low-resolution input, per output phase.
 

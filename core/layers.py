@@ -163,15 +163,29 @@ class UpSampleConv2D(Conv2D):
 
 
 class UpSampling2D(Layer):
-    def __init__(self, name, factor=2):
+    """Keras's UpSampling2D: "nearest" by any factor, or "bilinear" by 2."""
+
+    INTERPOLATIONS = ("nearest", "bilinear")
+
+    def __init__(self, name, factor=2, interpolation="nearest"):
         super().__init__(name)
-        self.factor = factor
+        if interpolation not in self.INTERPOLATIONS:
+            raise ValueError(f"{name}: interpolation must be one of {', '.join(self.INTERPOLATIONS)}, got {interpolation!r}")
+        if interpolation == "bilinear" and factor != 2:
+            raise ValueError(f"{name}: bilinear upsampling is by a factor of 2 only, got {factor}")
+        self.factor, self.interpolation = factor, interpolation
 
     def forward(self, x, training=True):
+        if self.interpolation == "bilinear":
+            return F.bilinear_upsample_forward(x)
         return F.upsample_forward(x, self.factor)
 
     def backward(self, dout, need_input_grad=True, need_param_grads=True):
-        return F.upsample_backward(dout, self.factor) if need_input_grad else None
+        if not need_input_grad:
+            return None
+        if self.interpolation == "bilinear":
+            return F.bilinear_upsample_backward(dout)
+        return F.upsample_backward(dout, self.factor)
 
 
 class BatchNormalization(Layer):

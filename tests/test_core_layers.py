@@ -158,10 +158,11 @@ def test_batchnorm_inference_gradients():
         lambda: core.Tanh("tanh"),
         lambda: core.UpSampling2D("up", 2),
         lambda: core.UpSampling2D("up", 3),
+        lambda: core.UpSampling2D("up", 2, "bilinear"),
         lambda: core.Reshape("reshape", (6, 5)),
         lambda: core.Flatten("flatten"),
     ],
-    ids=["relu", "leaky_relu", "tanh", "upsample2", "upsample3", "reshape", "flatten"],
+    ids=["relu", "leaky_relu", "tanh", "upsample2", "upsample3", "bilinear", "reshape", "flatten"],
 )
 def test_parameter_free_layer_gradients(make):
     rng = np.random.default_rng(5)
@@ -194,6 +195,19 @@ def test_upsampling_is_nearest():
         core.UpSampling2D("up", 2).forward(x)[0, :, :, 0],
         [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]],
     )
+
+
+def test_bilinear_upsampling_weighs_the_nearest_source_three_quarters_and_clamps_the_edges():
+    x = np.array([0.0, 4.0, 8.0]).reshape(1, 3, 1, 1)
+    rows = core.UpSampling2D("up", 2, "bilinear").forward(x)[0, :, 0, 0]
+    np.testing.assert_array_equal(rows, [0, 1, 3, 5, 7, 8])
+    image = np.arange(6.0).reshape(1, 2, 3, 1)  # rows, then columns: a linear ramp stays a ramp inside
+    out = core.UpSampling2D("up", 2, "bilinear").forward(image)[0, :, :, 0]
+    np.testing.assert_allclose(out[1:-1, 1:-1], 0.5 * np.arange(1, 5)[None, :] + 1.5 * np.arange(1, 3)[:, None] - 0.25 * 3 - 0.25)
+    with pytest.raises(ValueError, match="factor of 2"):
+        core.UpSampling2D("up", 3, "bilinear")
+    with pytest.raises(ValueError, match="interpolation"):
+        core.UpSampling2D("up", 2, "cubic")
 
 
 @pytest.mark.parametrize("group", [2, 3])

@@ -49,11 +49,13 @@ def exported_images(model_path, tmp_path, z, labels=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["unconditional-numpy", "conditional-averaged-tf", "conditional-cbn-noise-numpy"])
+@pytest.mark.parametrize("case", ["unconditional-numpy", "conditional-averaged-tf", "conditional-cbn-noise-numpy",
+                                  "unconditional-bilinear-tf"])
 def test_exported_generator_gives_generate_s_images(tmp_path, case):
     conditional = case.startswith("conditional")
     config = GANConfig(**TINY, num_classes=3 if conditional else 0, ema_kimg=1.0 if "averaged" in case else 0.0,
-                       g_conditioning="cbn" if "cbn" in case else "concat", noise_inputs="noise" in case)
+                       g_conditioning="cbn" if "cbn" in case else "concat", noise_inputs="noise" in case,
+                       upsample="bilinear" if "bilinear" in case else "nearest")
     backend = case.rsplit("-", 1)[1]
     run = init_random_run(tmp_path / "run", config, backend=backend, seed=4)
     if "averaged" in case or "cbn" in case:

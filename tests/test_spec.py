@@ -93,6 +93,7 @@ def test_optimizer_state_names_cover_trainable_weights_only():
         ("spectral_norm", "yes"),
         ("noise_inputs", "yes"),
         ("d_width", -1),
+        ("upsample", "bicubic"),
     ],
 )
 def test_bad_config_values_name_the_field(field, value):
@@ -195,6 +196,22 @@ def test_noise_inputs_add_a_trained_zero_started_strength_per_channel_after_each
     assert layers[layers.index("conv_2") + 1] == "noise_2" and layers[layers.index("noise_2") + 1] == "bn_2"
     assert spec.generator_spec(config)[layers.index("dense_0")].args["in"] == 100  # the maps bypass dense_0
     assert plain.z_size == plain.latent_dim and plain.noise_map_sides == ()
+
+
+def test_a_config_saved_before_upsample_existed_keeps_nearest_upsampling_fused():
+    saved = preset_config("seed", image_size=32).to_dict()
+    del saved["upsample"]
+    config = GANConfig.from_dict(saved)
+    layers = spec.generator_spec(config)
+    assert config.upsample == "nearest"
+    assert {layer.args["interpolation"] for layer in layers if layer.kind == "upsample"} == {"nearest"}
+    assert all(spec.fuses_with_next(layers, i) for i, layer in enumerate(layers) if layer.kind == "upsample")
+
+
+def test_bilinear_upsampling_is_never_fused_with_the_convolution():
+    layers = spec.generator_spec(GANConfig(image_size=32, upsample="bilinear"))
+    ups = [i for i, layer in enumerate(layers) if layer.kind == "upsample"]
+    assert ups and all(layers[i].args["interpolation"] == "bilinear" and not spec.fuses_with_next(layers, i) for i in ups)
 
 
 def test_a_config_saved_before_noise_inputs_existed_has_them_off():

@@ -74,7 +74,8 @@ def _projection(layer: spec.Layer, c: _Context):
 CONSTRUCTORS = {
     "dense": _dense,
     "conv": _conv,
-    "upsample": lambda layer, c: core.UpSampling2D(layer.name, layer.args["factor"]),
+    "upsample": lambda layer, c: core.UpSampling2D(layer.name, layer.args["factor"],
+                                                   layer.args.get("interpolation", "nearest")),
     "bn": _batch_norm,
     "relu": lambda layer, c: core.ReLU(layer.name),
     "leaky_relu": lambda layer, c: core.LeakyReLU(layer.name, layer.args["slope"]),

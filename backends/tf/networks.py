@@ -311,6 +311,38 @@ class UpSampleConv2D(keras.layers.Layer):
         return (batch, None if height is None else 2 * height, None if width is None else 2 * width, self.filters)
 
 
+class BilinearUpSampling2D(keras.layers.Layer):
+    """UpSampling2D(2, interpolation="bilinear") in the input's own dtype (backends.spec,
+    "upsample"; the NumPy core's core.functional.bilinear_upsample_forward): along rows then
+    columns, output 2i = 3/4 x[i] + 1/4 x[i - 1] and 2i + 1 = 3/4 x[i] + 1/4 x[i + 1], edges
+    clamped. Keras's own layer is the same function but resizes in float32 (1e-7 off in a
+    float64 run, too coarse for the parity checks); exported models use Keras's."""
+
+    def call(self, inputs):
+        return self._double(self._double(inputs, 1), 2)
+
+    @staticmethod
+    def _double(x, axis):
+        n = x.shape[axis]  # G's map sides are static
+
+        def rows(begin, end):
+            index = [slice(None)] * 4
+            index[axis] = slice(begin, end)
+            return x[tuple(index)]
+
+        before = tf.concat([rows(0, 1), rows(0, n - 1)], axis=axis)  # x[i - 1], x[0] at the edge
+        after = tf.concat([rows(1, n), rows(n - 1, n)], axis=axis)  # x[i + 1], x[n - 1] at the edge
+        near, far = tf.constant(0.75, x.dtype), tf.constant(0.25, x.dtype)
+        pair = tf.stack([near * x + far * before, near * x + far * after], axis=axis + 1)
+        shape = [-1 if d is None else d for d in x.shape]
+        shape[axis] = 2 * n
+        return tf.reshape(pair, shape)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, None if height is None else 2 * height, None if width is None else 2 * width, channels)
+
+
 def dtype_policy(config: GANConfig) -> str:
     if config.dtype == "float64":
         return "float64"
@@ -433,7 +465,10 @@ def _conv(layer: spec.Layer, c: _Context):
 
 
 def _upsample(layer: spec.Layer, c: _Context):
-    return keras.layers.UpSampling2D(layer.args["factor"], interpolation="nearest", **c.common(layer))
+    interpolation = layer.args.get("interpolation", "nearest")
+    if interpolation == "bilinear" and not c.portable:
+        return BilinearUpSampling2D(**c.common(layer))
+    return keras.layers.UpSampling2D(layer.args["factor"], interpolation=interpolation, **c.common(layer))
 
 
 def _batch_norm(layer: spec.Layer, c: _Context):
