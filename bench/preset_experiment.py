@@ -174,8 +174,7 @@ class Scorer:
         pixels = protocol.train_uint8.reshape(len(protocol.train_uint8), -1).astype(np.float32) / 255.0
         self.pca = PCA(n_components=min(PCA_COMPONENTS, *pixels.shape), random_state=0).fit(pixels)
         self.reference_pca = self._pca(protocol.reference)
-        self.reference_mean_hp = {region: mean_image_highpass(protocol.reference, region)
-                                  for region in ("all", "inner", "border")}
+        self.reference_mean_hp = mean_image_highpass(protocol.reference)
         self._fidelity = None  # (classifier, its probabilities on the reference), fitted on first use
 
     def class_fidelity(self, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -228,6 +227,7 @@ class Scorer:
 
         swd_scores = swd(self.protocol.reference, images)
         features = random_net_features(images)
+        mean_hp = mean_image_highpass(images)
         return {
             "swd": swd_scores["mean"],
             "swd_levels": {str(k): v for k, v in swd_scores["levels"].items()},
@@ -237,26 +237,25 @@ class Scorer:
             **density_coverage(self.reference_features, features),
             # marks at fixed places survive averaging over images; real images average to a
             # smooth field: high-pass energy of the mean image, over the reference's
-            "mean_hp": mean_image_highpass(images) / self.reference_mean_hp["all"],
+            "mean_hp": mean_hp["all"] / self.reference_mean_hp["all"],
             # the same split: inside the frame (a lattice of marks) and the frame (border bands)
-            "mean_hp_inner": mean_image_highpass(images, "inner") / self.reference_mean_hp["inner"],
-            "mean_hp_border": mean_image_highpass(images, "border") / self.reference_mean_hp["border"],
+            "mean_hp_inner": mean_hp["inner"] / self.reference_mean_hp["inner"],
+            "mean_hp_border": mean_hp["border"] / self.reference_mean_hp["border"],
             # a floor set is training images: the audit would flag every one of them
             "copies": audit_summary(memorization_audit(self.protocol.train_uint8, images))["copies"] if audit else None,
         }
 
 
-def mean_image_highpass(images: np.ndarray, region: str = "all") -> float:
-    """Energy (mean square) of the Laplacian of the set's mean image, per pixel and channel:
-    over the whole image, inside a BORDER-pixel frame ("inner") or on that frame ("border")."""
+def mean_image_highpass(images: np.ndarray) -> dict[str, float]:
+    """Energy (mean square) of the Laplacian of the set's mean image, per pixel and channel: over
+    the whole image ("all"), inside a BORDER-pixel frame ("inner") and on that frame ("border")."""
     import cv2
 
     mean = images.astype(np.float64).mean(axis=0)
     energy = cv2.Laplacian(mean, cv2.CV_64F) ** 2
     frame = np.ones(energy.shape[:2], bool)
     frame[BORDER:-BORDER, BORDER:-BORDER] = False
-    chosen = {"all": np.ones_like(frame), "inner": ~frame, "border": frame}[region]
-    return float(np.mean(energy[chosen]))
+    return {"all": float(np.mean(energy)), "inner": float(np.mean(energy[~frame])), "border": float(np.mean(energy[frame]))}
 
 
 def format_scores(scores: dict) -> str:
